@@ -138,3 +138,15 @@ def test_cli_bad_input(tmp_path, args, msg):
     r = _cli(*args, cwd=tmp_path)
     assert r.returncode == 2 and msg in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not (tmp_path / 'x.safetensors').exists()
+
+def test_chunked_ce_skips_gradients_under_no_grad(monkeypatch):
+    "Evaluation must not pay for gradients: under no_grad the backward products are never computed."
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, 'mm', lambda *a, **k: calls.append(1) or real_mm(*a, **k))
+    head = nn.Linear(4, 9)
+    h, t = torch.randn(10, 4, requires_grad=True), torch.randint(0, 9, (10,))
+    with torch.no_grad(): chunked_cross_entropy(h, head.weight, head.bias, t, 3)
+    assert calls == []
+    chunked_cross_entropy(h, head.weight, head.bias, t, 3)
+    assert len(calls) == 4  # one grad-of-h product per chunk
