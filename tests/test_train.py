@@ -114,6 +114,7 @@ def test_cli_train_and_eval(tmp_path):
     (tmp_path / 't.txt').write_text('w0 w1 nonsense\n')
     res = json.loads(_cli('eval', 'm.safetensors', '--text', 't.txt', cwd=tmp_path).stdout)
     assert res['tokens'] == 3 and res['oov'] == 1
+    assert abs(res['unigram_ppl'] - 4.0) < 1e-9  # in-sample MLE over 4 distinct tokens: p = 1/4 each
 
 def test_cli_wikitext2_eval(tmp_path, wt2_dir):
     "An untrained reference-width model on the real test split: the counts and the unigram floor are the benchmark's."
