@@ -195,3 +195,13 @@ def test_reference_config_int8_bytes(tmp_path):
     assert 3.75 < ratio < 3.77
     # biases, norms and the vocabulary stay as they were: the whole file shrinks less
     assert fp32 / file_bytes(save_quantized(m, tmp_path / 'q.safetensors', vocab)) > 3.4
+
+def test_fake_quantizer_follows_train_and_eval():
+    fq = FakeQuantizer(MinMaxObserver())
+    holder = nn.Sequential(fq)
+    with calibrating(holder): holder(torch.tensor([-1., 1.]))
+    s0 = fq.scale.clone()
+    holder.eval(); holder(torch.tensor([5.]))
+    assert torch.equal(fq.scale, s0)  # eval: frozen
+    holder.train(); holder(torch.tensor([5.]))
+    assert fq.scale.item() == pytest.approx(5 / 127)  # QAT: the scale follows what the observer sees
