@@ -67,8 +67,11 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_a
     out['qat'] = dict(test_ppl=qat, file_bytes=file_bytes(f), steps=qat_steps, lr=qat_lr, seconds=qat_s,
                       tokens_per_s=qat_steps * 32 * teacher.cfg.n_seq / qat_s, config=cfg.to_dict(),
                       fp32_control_same_steps_test_ppl=ctrl_ppl,
-                      share_of_ptq_loss_recovered=(ptq - qat) / (ptq - fp32) if ptq != fp32 else None,
-                      share_of_ptq_loss_recovered_vs_control=(ptq - qat) / (ptq - ctrl_ppl) if ptq != ctrl_ppl else None)
+                      ptq_loss_ppl=ptq - fp32,
+                      # a share of a loss is only meaningful when there is a loss: below 0.1% of the fp32 perplexity
+                      # (seed-to-seed noise of training is larger) it is reported as None
+                      share_of_ptq_loss_recovered=(ptq - qat) / (ptq - fp32) if ptq - fp32 > 1e-3 * fp32 else None,
+                      qat_minus_fp32_control_ppl=qat - ctrl_ppl)
     print('qat', out['qat'], flush=True)
     for k, v in out.items():
         if isinstance(v, dict) and 'file_bytes' in v: v['compression_vs_fp32_file'] = out['fp32']['file_bytes'] / v['file_bytes']
