@@ -59,8 +59,7 @@ def test_stable_at_4096():
     assert ((S_ref[:1] - dense).abs() / dense.abs()).max() < 1e-9
 
 def test_gradcheck_complex128():
-    a, b, c = (t[:, :9].clone() if t.shape[-1] > 8 else t[:, :8].clone() for t in random_tridiagonal(2, 12, seed=7))
-    a, b, c = a.requires_grad_(), b[:, :8].clone().requires_grad_(), c[:, :8].clone().requires_grad_()
+    a, b, c = (t.requires_grad_() for t in random_tridiagonal(2, 9, seed=7))
     for f in (causal_resolvent, two_sided_resolvent):
         assert torch.autograd.gradcheck(lambda a, b, c: f(a, b, c, dtype=torch.complex128), (a, b, c))
 
