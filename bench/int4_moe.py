@@ -25,13 +25,14 @@ def run():
     torch.manual_seed(0)
     out = dict(linear=[], moe=[])
     for (n_in, n_out, gs, name) in ((64, 128, 64, 'expert layer 1 (64->128)'), (128, 64, 128, 'expert layer 2 (128->64)'),
-                                    (64, 33278, 64, 'LM head (64->33278)'), (1024, 1024, 128, 'square (1024->1024)')):
+                                    (64, 33278, 64, 'LM head (64->33278)'), (64, 33280, 64, 'LM head padded to 33280'), (1024, 1024, 128, 'square (1024->1024)')):
         lin = nn.Linear(n_in, n_out)
         q = QuantizedLinear.from_float(lin, GroupWiseQuantizer(gs))
         for tokens in (1, 64):
             x = torch.randn(tokens, n_in)
-            r = dict(shape=name, tokens=tokens, group_size=gs, fp32_ms=timeit(lambda: lin(x)), dequant_ms=timeit(lambda: q(x)), kernel_ms=None)
-            if int4_kernel_available():
+            r = dict(shape=name, tokens=tokens, group_size=gs, fp32_ms=timeit(lambda: lin(x)), dequant_ms=timeit(lambda: q(x)), kernel_ms=None,
+                     kernel_supported=q.kernel_supported)
+            if q.kernel_supported:
                 q.use_kernel = True; r['kernel_ms'] = timeit(lambda: q(x)); q.use_kernel = False
             out['linear'].append(r); print(r, flush=True)
     moe = MoE(64, 4).eval()

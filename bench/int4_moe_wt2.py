@@ -17,6 +17,7 @@ from resnet_bk_compress.quant import calibrating, quantize_, save_quantized
 from resnet_bk_compress.int4_moe import METHODS, Int4MoEConfig, expert_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / 'bench' / 'out' / 'int4_moe_wt2.json'
 EXPERTS_ONLY = dict(linear=False, embedding=False, bk_core=False)
 GROUPS = (32, 64, 128)
 
@@ -47,17 +48,19 @@ def moe_error(teacher, model, inputs):
             lnum += (bq.moe(x) - ref).pow(2).sum().item(); lden += ref.pow(2).sum().item()
     return (num / den) ** .5, (lnum / lden) ** .5
 
-def run(calib_batches=16, qat_steps=200, qat_lr=1e-4):
+def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, only=None):
     corpus = load_wikitext2()
     teacher, vocab, meta = reference_teacher()
     t0, tmp = time.perf_counter(), Path(tempfile.mkdtemp())
     cal = [x for x, _ in list(train_batches(corpus.train, teacher.cfg.n_seq, 32, seed=123))[:calib_batches]]
     held = moe_inputs(teacher, [x for x, _ in list(eval_windows(corpus.valid, teacher.cfg.n_seq, 32))[:4]])
     fp_experts = expert_bytes({f'{i}.{k}': v for i, b in enumerate(teacher.blocks) for k, v in b.moe.state_dict().items() if k.startswith('experts.')})
+    previous = json.loads(Path(OUT).read_text())['results'] if only else {}
     out = {'fp32': dict(test_ppl=evaluate(teacher, corpus.test)['ppl'], expert_bytes=fp_experts, file_bytes=file_bytes(CACHE))}
     print('fp32', out['fp32'], flush=True)
 
     def convert(cfg, name, train_steps=0):
+        if only is not None and name not in only: out[name] = previous[name]; return
         m = quantize_(copy_of(teacher), cfg); m.eval()
         with calibrating(m), torch.no_grad():
             for x in cal: m(x)
@@ -86,7 +89,7 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4):
     assert ctrl['steps'] == qat_steps and ctrl['lr'] == qat_lr, 'the fp32 control of quant_wt2.json used other QAT settings: rerun it'
     for v in out.values(): v['expert_ratio'] = fp_experts / v['expert_bytes']; v['file_ratio'] = out['fp32']['file_bytes'] / v['file_bytes']
     weight_error = {m: {str(g): out[f'INT4 {m} g{g}']['expert_output_rel_error'] for g in GROUPS} for m in METHODS}
-    return dict(results=out, group_sizes=list(GROUPS), weight_error=weight_error,
+    return dict(results=out, group_sizes=list(GROUPS), weight_error=weight_error, rerun_only=only,
                 fp32_control_same_steps_test_ppl=ctrl['fp32_control_same_steps_test_ppl'],
                 calib_batches=calib_batches, calib_tokens=calib_batches * 32 * teacher.cfg.n_seq, held_out='4 validation batches of 32 x 128 tokens',
                 wall_s=time.perf_counter() - t0, torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine())
@@ -96,8 +99,9 @@ if __name__ == '__main__':
     p.add_argument('--calib-batches', type=int, default=16)
     p.add_argument('--qat-steps', type=int, default=200)
     p.add_argument('--qat-lr', type=float, default=1e-4)
-    p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'int4_moe_wt2.json'))
+    p.add_argument('--out', default=str(OUT))
+    p.add_argument('--only', nargs='*', help='rerun only these variants, keeping the others from the existing output')
     a = p.parse_args()
-    res = run(a.calib_batches, a.qat_steps, a.qat_lr)
+    res = run(a.calib_batches, a.qat_steps, a.qat_lr, a.only)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))

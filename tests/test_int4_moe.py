@@ -76,7 +76,7 @@ def test_group_quantizer_errors():
     with pytest.raises(ValueError, match='2-D float weight'): GroupWiseQuantizer().qparams(torch.randn(4))
     with pytest.raises(ValueError, match='2-D float weight'): GroupWiseQuantizer().qparams(torch.randn(2, 3, 4))
     with pytest.raises(ValueError, match='NaN/inf'): GroupWiseQuantizer().qparams(torch.tensor([[1., float('nan')]]))
-    with pytest.raises(ValueError, match='method must be one of'): GroupWiseQuantizer(method='gptq')
+    with pytest.raises(ValueError, match='method must be one of'): GroupWiseQuantizer(method='hqq')
     with pytest.raises(ValueError, match='act_sq has 3 entries'): GroupWiseQuantizer().qparams(torch.randn(2, 4), torch.ones(3))
 
 @pytest.mark.skipif(not int4_kernel_available(), reason='this PyTorch build has no CPU int4 kernel')
@@ -90,6 +90,7 @@ def test_kernel_path_matches_dequant_path():
     assert got.shape == ref.shape and sqnr(ref, got) > 35
     bad = QuantizedLinear.from_float(nn.Linear(100, 8), GroupWiseQuantizer(64)); bad.use_kernel = True
     with pytest.raises(RuntimeError, match='set use_kernel=False'): bad(torch.randn(2, 100))
+    assert not QuantizedLinear.from_float(nn.Linear(64, 33278), GroupWiseQuantizer(64)).kernel_supported  # 33278 rows: not a multiple of 16
 
 def _trained_moe(seed=0):
     torch.manual_seed(seed)
@@ -175,3 +176,32 @@ def test_config_validation_and_round_trip():
     with pytest.raises(ValueError, match='router_bits must be 8 or None'): Int4MoEConfig(router_bits=4)
     with pytest.raises(ValueError, match='bits must be 4 or 8'): Int4MoEConfig(expert_bits=2)
     with pytest.raises(ValueError, match='group_size must be a positive integer'): Int4MoEConfig(group_size=0)
+
+def test_gptq_lowers_output_error_on_correlated_inputs():
+    torch.manual_seed(0)
+    w = torch.randn(64, 128) * 0.05
+    x = torch.randn(2048, 16) @ torch.randn(16, 128) + 0.3 * torch.randn(2048, 128)
+    H = x.T @ x / len(x)
+    def out_err(method):
+        q = GroupWiseQuantizer(64, method=method)
+        c, s, z = q.quantize_weight(w, H)
+        assert c.dtype == torch.int8 and s.shape == (64, 2, 1)
+        return ((x @ (q.dequantize(c, s, z) - w).T).norm() / (x @ w.T).norm()).item()
+    assert out_err('gptq') < 0.6 * out_err('rtn')
+    # without statistics GPTQ falls back to the searched grid; a dead input (always 0) is handled
+    H2 = H.clone(); H2[5, :] = 0; H2[:, 5] = 0
+    c, s, z = GroupWiseQuantizer(64).quantize_weight(w, H2)
+    assert torch.isfinite(s.float()).all()
+    with pytest.raises(ValueError, match='expected \\(128, 128\\)'): GroupWiseQuantizer().quantize_weight(w, H[:4, :4])
+
+def test_conversion_after_qat_stores_what_qat_trained_against():
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 32)
+    g = GroupQATLinear.from_float(lin, GroupWiseQuantizer(32))  # method gptq
+    g.moments.observing = True; g(torch.randn(256, 64)); g.moments.observing = False
+    assert not g.trained and g.to_quantized().quantizer.method == 'gptq'
+    g.train(); x = torch.randn(8, 64); y = g(x); y.sum().backward()
+    assert g.trained
+    q = g.to_quantized()
+    g.eval()
+    with torch.no_grad(): assert torch.allclose(q(x), g(x), atol=1e-3)  # same codes; only the fp16 bias differs
