@@ -133,3 +133,14 @@ def test_sparse_storage_shrinks_with_sparsity_and_is_exact(trained, tmp_path):
     assert sizes[2] < 0.35 * sizes[0] and sizes[1] < 0.75 * sizes[0]
     header, _ = read_model_file(tmp_path / '0.9.safetensors')
     assert 'head.weight' in header['sparse']
+
+def test_corrupt_sparse_entry_is_refused(trained, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    syn, lm, calib = trained
+    m = copy.deepcopy(lm); MagnitudePruner(m).prune(sparsity=0.9)
+    f = save_pruned(m, tmp_path / 'm.safetensors', syn.vocab)
+    with safe_open(str(f), framework='pt') as g: header, raw = g.metadata(), {k: g.get_tensor(k) for k in g.keys()}
+    raw.pop('head.weight@mask')
+    save_file(raw, str(tmp_path / 'bad.safetensors'), metadata=header)
+    with pytest.raises(ModelFileError, match="sparse tensor 'head.weight' cannot be decoded"): load_pruned(tmp_path / 'bad.safetensors')
