@@ -144,3 +144,16 @@ def test_corrupt_sparse_entry_is_refused(trained, tmp_path):
     raw.pop('head.weight@mask')
     save_file(raw, str(tmp_path / 'bad.safetensors'), metadata=header)
     with pytest.raises(ModelFileError, match="sparse tensor 'head.weight' cannot be decoded"): load_pruned(tmp_path / 'bad.safetensors')
+
+def test_magnitude_threshold_and_iterative_run(trained):
+    syn, lm, calib = trained
+    m = copy.deepcopy(lm)
+    pr = MagnitudePruner(m)
+    t = 0.01
+    below = {n: (mod.weight.detach().abs() <= t) for n, mod in pr.targets.items()}
+    pr.prune(threshold=t)
+    assert all(torch.equal(pr.targets[n].weight == 0, below[n]) for n in below)  # exactly the small weights
+    hist = pr.run(syn, schedule=[0.5, 0.8], steps_per_stage=3, batch_size=8, lr=1e-3)
+    assert [round(h['sparsity'], 2) for h in hist] == [0.5, 0.8]
+    assert all(h['ppl_after_training'] > 0 and h['ppl_after_pruning'] > 0 for h in hist)
+    with pytest.raises(ValueError, match='sparsity must be in'): pr.prune(sparsity=1.0)
