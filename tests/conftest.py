@@ -14,3 +14,13 @@ def wt2_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+def fresh_process_logits(loader: str, path, x: torch.Tensor, tmp_path, check: str = '') -> torch.Tensor:
+    "Logits for tokens x of the model file `path` loaded by `loader` ('module.function') in a new Python process."
+    import subprocess, sys
+    mod, fn = loader.rsplit('.', 1)
+    torch.save(x, tmp_path / 'x.pt')
+    code = (f"import sys, torch; from {mod} import {fn}; m, v, _ = {fn}(sys.argv[1]); {check}"
+            "torch.save(m(torch.load(sys.argv[2])).detach(), sys.argv[3])")
+    subprocess.run([sys.executable, '-c', code, str(path), str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], check=True, timeout=300)
+    return torch.load(tmp_path / 'y.pt')

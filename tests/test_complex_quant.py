@@ -1,5 +1,4 @@
 "Complex quantization: round trips, gradients for complex inputs, errors, files, and the quantized BK-Core in a model."
-import subprocess, sys
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +10,7 @@ from resnet_bk_compress.quant import (PerTensor, PerChannel, calibrating, quanti
                                       QuantConfig, qrange)
 from resnet_bk_compress.complex_quant import ComplexQuantizer, PerChannelQuantizedBKCore, ComplexInt8Config, SCHEMES
 from resnet_bk_compress.quant import sqnr
+from conftest import fresh_process_logits
 
 GRANS = [PerTensor(), PerChannel(-1), PerChannel(0), PerChannel(1)]
 
@@ -121,11 +121,9 @@ def test_model_flow_convert_save_load_in_fresh_process(small, scheme, tmp_path):
     with torch.no_grad(): real = q(x)
     assert torch.allclose(real, fake, atol=1e-4)
     f = save_quantized(q, tmp_path / 'q.safetensors', syn.vocab)
-    torch.save(x, tmp_path / 'x.pt')
-    code = ("import torch, sys; from resnet_bk_compress.quant import load_quantized; m, v, _ = load_quantized(sys.argv[1]); "
-            "assert 'resnet_bk_compress.complex_quant' in sys.modules; torch.save(m(torch.load(sys.argv[2])).detach(), sys.argv[3])")
-    subprocess.run([sys.executable, '-c', code, str(f), str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], check=True)
-    assert torch.equal(torch.load(tmp_path / 'y.pt'), real)
+    got = fresh_process_logits('resnet_bk_compress.quant.load_quantized', f, x, tmp_path,
+                               check="assert 'resnet_bk_compress.complex_quant' in sys.modules; ")
+    assert torch.equal(got, real)
     assert evaluate(q, syn.test)['ppl'] == pytest.approx(evaluate(load_quantized(f)[0], syn.test)['ppl'], rel=1e-6)
 
 def test_qat_trains_through_the_complex_quantizer(small):

@@ -1,5 +1,4 @@
 "INT4 experts: packing, group quantizer, QuantizedLinear (both paths), QuantizedMoELayer, QAT, bytes on disk."
-import subprocess, sys
 import pytest
 import torch
 import torch.nn as nn
@@ -10,6 +9,7 @@ from resnet_bk_compress.train import fit, evaluate, save_model
 from resnet_bk_compress.quant import quantize_, calibrating, save_quantized, load_quantized, sqnr, QuantConfig, Int8Linear, qrange
 from resnet_bk_compress.int4_moe import (GroupWiseQuantizer, pack_int4, unpack_int4, QuantizedLinear, QuantizedMoELayer, QATMoE,
                                          GroupQATLinear, Int4MoEConfig, expert_bytes, compression_ratio, int4_kernel_available)
+from conftest import fresh_process_logits
 
 @settings(max_examples=300, deadline=None)
 @given(shape=st.lists(st.integers(1, 17), min_size=1, max_size=4), seed=st.integers(0, 2**20))
@@ -151,11 +151,7 @@ def test_qat_trains_converts_and_loads_in_fresh_process(tmp_path):
     assert torch.allclose(real, fake, atol=5e-3)
     with pytest.raises(ValueError, match='already converted'): quantize_(lm, cfg, 'convert')
     f = save_quantized(lm, tmp_path / 'q.safetensors', syn.vocab)
-    torch.save(x, tmp_path / 'x.pt')
-    code = ("import torch, sys; from resnet_bk_compress.quant import load_quantized; m, v, _ = load_quantized(sys.argv[1]); "
-            "torch.save(m(torch.load(sys.argv[2])).detach(), sys.argv[3])")
-    subprocess.run([sys.executable, '-c', code, str(f), str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], check=True)
-    assert torch.equal(torch.load(tmp_path / 'y.pt'), real)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.quant.load_quantized', f, x, tmp_path), real)
 
 def test_compression_ratio_is_measured_on_files(tmp_path):
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 "Pruning: expert statistics, physical removal (float and INT4 layers), files whose bytes shrink, masks that hold, sparse storage."
-import copy, subprocess, sys
+import copy
 import pytest
 import torch
 import torch.nn as nn
@@ -10,6 +10,7 @@ from resnet_bk_compress.quant import quantize_, calibrating, Int8Config
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedMoELayer
 from resnet_bk_compress.pruning import (expert_stats, prune_experts_, prune_moe_, save_pruned, load_pruned, MagnitudePruner,
                                         ProgressivePruningScheduler)
+from conftest import fresh_process_logits
 
 @pytest.fixture(scope='module')
 def trained():
@@ -42,12 +43,8 @@ def test_pruned_experts_are_gone_and_the_file_shrinks(trained, tmp_path):
     per_expert = sum(p.numel() * 4 for p in lm.blocks[0].moe.experts[0].parameters())
     assert file_bytes(a) - file_bytes(b) >= 5 * per_expert  # 3 + 4 experts gone, less header
     x = syn.test[:32][None]
-    torch.save(x, tmp_path / 'x.pt')
-    code = ("import torch, sys; from resnet_bk_compress.pruning import load_pruned; m, v, _ = load_pruned(sys.argv[1]); "
-            "torch.save(m(torch.load(sys.argv[2])).detach(), sys.argv[3])")
-    subprocess.run([sys.executable, '-c', code, str(b), str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], check=True)
     m.eval()
-    with torch.no_grad(): assert torch.equal(torch.load(tmp_path / 'y.pt'), m(x))
+    with torch.no_grad(): assert torch.equal(fresh_process_logits('resnet_bk_compress.pruning.load_pruned', b, x, tmp_path), m(x))
     with pytest.raises(ModelFileError, match='load_pruned'): load_model(b)
 
 def test_never_below_top_k_and_bad_input(trained):

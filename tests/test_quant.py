@@ -5,6 +5,7 @@ from hypothesis import given, settings, strategies as st
 from resnet_bk_compress.quant import (PerTensor, PerChannel, PerGroup, qrange, choose_qparams, quantize_tensor, dequantize_tensor,
                                       fake_quantize, group_view, MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver,
                                       MSEObserver)
+from conftest import fresh_process_logits
 
 GRANS = [PerTensor(), PerChannel(0), PerChannel(-1), PerGroup(3), PerGroup(128)]
 
@@ -83,7 +84,7 @@ def test_observer_argument_checks():
 
 
 # ---- QuantizedBKCore and whole-model quantize_ ----
-import json, subprocess, sys
+
 import torch.nn as nn
 from resnet_bk_compress.data import synthetic_corpus, train_batches
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, BKCore
@@ -172,12 +173,8 @@ def test_file_bytes_shrink_and_fresh_process_loads_same_logits(tmp_path, syn):
     assert file_bytes(q) < file_bytes(fp32) / 2  # width 16: the header (vocabulary, tensor index) weighs more here
     with pytest.raises(ModelFileError, match='load_quantized'): load_model(q)
     x = syn.test[None, :32]
-    torch.save(x, tmp_path / 'x.pt')
     with torch.no_grad(): ref = m(x)
-    code = ("import sys, torch; from resnet_bk_compress.quant import load_quantized; m, v, meta = load_quantized(sys.argv[1]); "
-            "torch.save(m(torch.load(sys.argv[2])).detach(), sys.argv[3])")
-    subprocess.run([sys.executable, '-c', code, str(q), str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt')], check=True, timeout=300)
-    assert torch.equal(torch.load(tmp_path / 'y.pt'), ref)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.quant.load_quantized', q, x, tmp_path), ref)
 
 def test_reference_config_int8_bytes(tmp_path):
     "Reference width 64 at a 30K vocabulary: quantized tensors shrink 3.76x (64 codes + a 4-byte scale per row), the file 3.4x."
