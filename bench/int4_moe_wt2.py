@@ -5,13 +5,12 @@ routing agreement, and the relative output error of the MoE layers on held-out t
 
     python bench/int4_moe_wt2.py [--calib-batches 16] [--qat-steps 200] [--out bench/out/int4_moe_wt2.json]
 """
-import argparse, json, platform, sys, tempfile, time
+import argparse, copy, json, platform, sys, tempfile, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import CACHE, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, eval_windows
-from resnet_bk_compress.model import ResNetBKLM
 from resnet_bk_compress.train import evaluate, file_bytes, fit, save_model
 from resnet_bk_compress.quant import calibrating, quantize_, save_quantized
 from resnet_bk_compress.int4_moe import METHODS, Int4MoEConfig, expert_bytes
@@ -20,9 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / 'bench' / 'out' / 'int4_moe_wt2.json'
 EXPERTS_ONLY = dict(linear=False, embedding=False, bk_core=False)
 GROUPS = (32, 64, 128)
-
-def copy_of(model):
-    m = ResNetBKLM(model.cfg); m.load_state_dict(model.state_dict()); return m
 
 def moe_inputs(model, batches):
     "Inputs of every block's MoE on these batches: list of (T, d)."
@@ -61,7 +57,7 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, only=None):
 
     def convert(cfg, name, train_steps=0):
         if only is not None and name not in only: out[name] = previous[name]; return
-        m = quantize_(copy_of(teacher), cfg); m.eval()
+        m = quantize_(copy.deepcopy(teacher), cfg); m.eval()
         with calibrating(m), torch.no_grad():
             for x in cal: m(x)
         agreement = [b.moe.routing_agreement for b in m.blocks]

@@ -4,20 +4,16 @@ model fine-tuned for the same steps); the file bytes of each.
 
     python bench/quant_wt2.py [--calib-batches 16] [--qat-steps 200] [--out bench/out/quant_wt2.json]
 """
-import argparse, json, math, platform, sys, tempfile, time
+import argparse, copy, json, math, platform, sys, tempfile, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import CACHE, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, unigram_ppl
-from resnet_bk_compress.model import ResNetBKLM
 from resnet_bk_compress.train import evaluate, file_bytes, fit, save_model
 from resnet_bk_compress.quant import OBSERVERS, Int8Config, calibrating, quantize_, save_quantized
 
 ROOT = Path(__file__).resolve().parents[1]
-
-def copy_of(model):
-    m = ResNetBKLM(model.cfg); m.load_state_dict(model.state_dict()); return m
 
 def calibrate(model, corpus, n_batches, seed=123):
     model.eval()
@@ -37,7 +33,7 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_a
     print('fp32', out['fp32'], flush=True)
     for name in OBSERVERS:
         cfg = Int8Config(observer=name)
-        m = quantize_(copy_of(teacher), cfg)
+        m = quantize_(copy.deepcopy(teacher), cfg)
         calibrate(m, corpus, calib_batches)
         fake = evaluate(m, corpus.test)['ppl']
         quantize_(m, cfg, 'convert')
@@ -47,20 +43,20 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_a
         print(name, out[f'ptq_{name}'], flush=True)
     # INT8 inputs of every Linear too (per tensor): the configuration where rounding costs something
     cfg = Int8Config(observer=observer_for_qat, activations=True)
-    m = quantize_(copy_of(teacher), cfg); calibrate(m, corpus, calib_batches)
+    m = quantize_(copy.deepcopy(teacher), cfg); calibrate(m, corpus, calib_batches)
     quantize_(m, cfg, 'convert')
     f = save_quantized(m, tmp / 'ptq_activations.safetensors', vocab)
     out['ptq_activations'] = dict(test_ppl=evaluate(m, corpus.test)['ppl'], file_bytes=file_bytes(f), observer=observer_for_qat)
     print('activations', out['ptq_activations'], flush=True)
     # QAT from the calibrated model of that configuration, and the same fine-tuning in fp32 as a control
-    m = quantize_(copy_of(teacher), cfg); calibrate(m, corpus, calib_batches)
+    m = quantize_(copy.deepcopy(teacher), cfg); calibrate(m, corpus, calib_batches)
     ts = time.perf_counter()
     fit(m, corpus, epochs=1, max_steps=qat_steps, lr=qat_lr, eval_split=None, progress=False, seed=7)
     qat_s = time.perf_counter() - ts
     quantize_(m, cfg, 'convert')
     qat = evaluate(m, corpus.test)['ppl']
     f = save_quantized(m, tmp / 'qat.safetensors', vocab)
-    ctrl = copy_of(teacher)
+    ctrl = copy.deepcopy(teacher)
     fit(ctrl, corpus, epochs=1, max_steps=qat_steps, lr=qat_lr, eval_split=None, progress=False, seed=7)
     ctrl_ppl = evaluate(ctrl, corpus.test)['ppl']
     ptq = out['ptq_activations']['test_ppl']

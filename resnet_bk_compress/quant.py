@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 from .model import BKCore, ResNetBKLM
 from .train import save_model, load_model
 
@@ -412,12 +413,10 @@ def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _plain_type(m: nn.Module) -> type:
     "The class of m, seen through a parametrization (which wraps it in a generated subclass)."
-    from torch.nn.utils import parametrize
     return type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
 
 def copy_float_(dst: nn.Module, src: nn.Module) -> nn.Module:
     "Copy src's weight (as src computes it) and bias into dst, and carry src's weight parametrizations (pruning masks) over."
-    from torch.nn.utils import parametrize
     with torch.no_grad():
         dst.weight.copy_(src.weight)
         if getattr(src, 'bias', None) is not None: dst.bias.copy_(src.bias)
