@@ -1,0 +1,131 @@
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from resnet_bk_compress.data import synthetic_corpus
+from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
+from resnet_bk_compress.train import fit, save_model, ModelFileError, file_bytes
+from resnet_bk_compress.pipeline import (CompressionPipeline, PipelineError, load_compressed, save_compressed, compressed_info, STAGES,
+                                         compress_main)
+from conftest import fresh_process_logits
+
+@pytest.fixture(scope='module')
+def syn(): return synthetic_corpus(vocab_size=300, n_train=30_000, n_eval=3_000)
+
+@pytest.fixture(scope='module')
+def teacher(syn):
+    torch.manual_seed(0)
+    t = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32))
+    fit(t, syn, max_steps=40, batch_size=16, lr=5e-3, eval_split=None, progress=False)
+    return t.eval()
+
+@pytest.fixture(scope='module')
+def run(syn, teacher, tmp_path_factory):
+    d = tmp_path_factory.mktemp('pipe') / 'run'
+    pipe = CompressionPipeline(teacher, syn.vocab, target_compression=5, max_ppl_increase=1., batch_size=16, calib_batches=4,
+                               student=dict(d_model=16, n_layers=1, num_experts=2, tie_embeddings=True))
+    rep = pipe.run_pipeline(syn, max_steps=8, save_dir=d, progress=False)
+    return pipe, rep, d
+
+def test_report_has_every_field_and_is_consistent(run):
+    _, rep, d = run
+    on_disk = json.loads((d / 'report.json').read_text())
+    for k in ('teacher_bytes', 'compressed_bytes', 'compression_ratio', 'teacher_ppl', 'compressed_ppl', 'ppl_increase', 'unigram_ppl', 'target_met', 'stages'):
+        assert k in on_disk, k
+    assert [s['name'] for s in rep['stages']] == list(STAGES)
+    assert all({'name', 'bytes', 'ppl', 'seconds'} <= set(s) for s in rep['stages'])
+    assert rep['compressed_bytes'] == file_bytes(rep['compressed_file']) == rep['stages'][-1]['bytes']
+    assert rep['compression_ratio'] == pytest.approx(rep['teacher_bytes'] / rep['compressed_bytes'])
+    assert rep['ppl_increase'] == pytest.approx(rep['compressed_ppl'] / rep['teacher_ppl'] - 1)
+    assert rep['target_met'] == (rep['compression_ratio'] >= 5 and rep['ppl_increase'] <= 1.)
+    assert rep['stages'][0]['bytes'] < rep['teacher']['bytes'] and rep['stages'][2]['bytes'] < rep['stages'][1]['bytes']
+    assert (d / 'report_stages.png').stat().st_size > 10_000 and (d / 'report_frontier.png').stat().st_size > 10_000
+    assert not list(d.glob('*.ckpt')) and not list(d.glob('.*tmp*'))
+
+def test_compressed_file_loads_in_a_fresh_process(run, tmp_path):
+    _, rep, _ = run
+    model, vocab, info = load_compressed(rep['compressed_file'])
+    x = torch.randint(0, len(vocab), (2, 32))
+    with torch.no_grad(): here = model(x)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.pipeline.load_compressed', rep['compressed_file'], x, tmp_path), here)
+    assert info['version'] == 1 and info['history'] == list(STAGES)
+    with safe_open(rep['compressed_file'], 'pt') as f:
+        assert 'vocab@xz' in f.keys() and {'quant', 'pruned', 'compressed'} <= set(f.metadata())
+
+def test_bad_compressed_files(run, syn, teacher, tmp_path):
+    _, rep, _ = run
+    raw = Path(rep['compressed_file']).read_bytes()
+    (tmp_path / 'cut.safetensors').write_bytes(raw[:len(raw) // 2])
+    with pytest.raises(ModelFileError, match='truncated'): load_compressed(tmp_path / 'cut.safetensors')
+    flipped = bytearray(raw); flipped[20:60] = b'\xff' * 40  # the JSON header, damaged
+    (tmp_path / 'bad.safetensors').write_bytes(bytes(flipped))
+    with pytest.raises(ModelFileError): load_compressed(tmp_path / 'bad.safetensors')
+    with safe_open(rep['compressed_file'], 'pt') as f: header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / 'v9.safetensors'), metadata={**header, 'compressed': json.dumps({'version': 9})})
+    with pytest.raises(ModelFileError, match='version 9'): load_compressed(tmp_path / 'v9.safetensors')
+    save_model(teacher, tmp_path / 'plain.safetensors', syn.vocab)
+    with pytest.raises(ModelFileError, match='not a compressed one'): load_compressed(tmp_path / 'plain.safetensors')
+    torch.save({'x': 1}, tmp_path / 'ckpt.safetensors')
+    with pytest.raises(ModelFileError, match='not a readable safetensors'): load_compressed(tmp_path / 'ckpt.safetensors')
+    with pytest.raises(FileNotFoundError): load_compressed(tmp_path / 'missing.safetensors')
+
+def test_pipeline_argument_errors(syn, teacher, run):
+    with pytest.raises(ValueError, match='unknown stages'): CompressionPipeline(teacher, syn.vocab, stages=('distill', 'sparsify'))
+    with pytest.raises(ValueError, match="'quantize' must be the last"): CompressionPipeline(teacher, syn.vocab, stages=('quantize', 'prune'))
+    with pytest.raises(ValueError, match='twice'): CompressionPipeline(teacher, syn.vocab, stages=('prune', 'prune'))
+    pipe, _, d = run
+    with pytest.raises(PipelineError, match='already holds'): pipe.run_pipeline(syn, save_dir=d, progress=False)
+    other = synthetic_corpus(vocab_size=50, n_train=5_000, n_eval=1_000)
+    with pytest.raises(PipelineError, match='vocabulary'): pipe.run_pipeline(other, save_dir=d / 'x', progress=False)
+
+def test_stages_subset_and_resume_after_the_last_stage(syn, teacher, tmp_path):
+    pipe = CompressionPipeline(teacher, syn.vocab, stages=('prune', 'quantize'), keep_experts=2, batch_size=16, calib_batches=2)
+    rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'r', progress=False)
+    assert [s['name'] for s in rep['stages']] == ['prune', 'quantize']
+    again = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'r', resume=True, progress=False)  # nothing left to do
+    assert again['compressed_bytes'] == rep['compressed_bytes'] and again['stages'] == rep['stages']
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, '-c', 'from resnet_bk_compress.pipeline import rbk_compress; rbk_compress()', *args],
+                          capture_output=True, text=True, timeout=600, **kw)
+
+def test_cli_killed_mid_stage_resumes(tmp_path):
+    out = tmp_path / 'run'
+    syn = synthetic_corpus()  # the CLI's corpus: a small teacher for it, so that the test spends its time in the pipeline
+    torch.manual_seed(0)
+    t = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=16, n_layers=2, n_seq=32))
+    fit(t, syn, max_steps=20, batch_size=16, lr=5e-3, eval_split=None, progress=False)
+    save_model(t, tmp_path / 'teacher.safetensors', syn.vocab)
+    args = ['--out', str(out), '--no-progress', '--teacher', str(tmp_path / 'teacher.safetensors'), '--student-d-model', '8', '--student-layers', '1',
+            '--max-steps', '70', '--distillation-epochs', '1', '--pruning-epochs', '0.1', '--qat-epochs', '0.1']
+    p = subprocess.Popen([sys.executable, '-c', 'from resnet_bk_compress.pipeline import rbk_compress; rbk_compress()', *args],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t0 = time.time()
+    while not (out / 'stage1.ckpt').exists():  # the distill stage has written its first checkpoint: kill it mid-stage
+        assert p.poll() is None, p.stderr.read().decode()
+        assert time.time() - t0 < 900, sorted(x.name for x in out.iterdir()) if out.exists() else 'no output directory'
+        time.sleep(0.2)
+    p.send_signal(signal.SIGKILL); p.wait()
+    state = json.loads((out / 'state.json').read_text())
+    assert state['stages'] == []  # nothing finished yet: the run resumes inside the first stage
+    stage0_mtime = (out / 'stage0_teacher.safetensors').stat().st_mtime
+    r = _cli(*args, '--resume')
+    assert r.returncode == 0, r.stderr
+    rep = json.loads((out / 'report.json').read_text())
+    assert [s['name'] for s in rep['stages']] == list(STAGES)
+    assert (out / 'stage0_teacher.safetensors').stat().st_mtime == stage0_mtime  # the finished work was not redone
+    assert 'compression_ratio' in r.stdout and ('met' in r.stdout)
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    for args, msg in [(['--teacher', str(tmp_path / 'nope.safetensors')], 'no such file'),
+                      (['--stages', 'distill,fold'], 'unknown stages'),
+                      (['--target', '-3'], 'must be positive'),
+                      (['--data', str(tmp_path)], '')]:
+        r = _cli('--out', str(tmp_path / 'o'), *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert 'Traceback' not in r.stderr and r.stderr.strip().count('\n') == 0 and msg in r.stderr, r.stderr
+    (tmp_path / 'junk.safetensors').write_bytes(b'not a model')
+    r = _cli('--out', str(tmp_path / 'o2'), '--teacher', str(tmp_path / 'junk.safetensors'))
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and 'junk.safetensors' in r.stderr
