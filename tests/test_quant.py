@@ -202,3 +202,11 @@ def test_fake_quantizer_follows_train_and_eval():
     assert torch.equal(fq.scale, s0)  # eval: frozen
     holder.train(); holder(torch.tensor([5.]))
     assert fq.scale.item() == pytest.approx(5 / 127)  # QAT: the scale follows what the observer sees
+
+def test_a_redefined_config_does_not_replace_the_library_kind():
+    "A notebook (or test) that defines a config of an existing kind must not change what files load (nbdev-test runs notebooks in shared processes)."
+    from dataclasses import dataclass
+    from resnet_bk_compress.quant import QuantConfig, Int8Config
+    @dataclass
+    class Int8Config(Int8Config, kind='int8'): pass  # noqa: F811 - the shadowing is the point
+    assert QuantConfig.from_dict({'kind': 'int8'}).__class__.__module__ == 'resnet_bk_compress.quant'
