@@ -1,4 +1,4 @@
-import json, os, signal, subprocess, sys, time
+import json, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
@@ -7,8 +7,7 @@ from safetensors.torch import save_file
 from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.train import fit, save_model, ModelFileError, file_bytes
-from resnet_bk_compress.pipeline import (CompressionPipeline, PipelineError, load_compressed, save_compressed, compressed_info, STAGES,
-                                         compress_main)
+from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, STAGES
 from conftest import fresh_process_logits
 
 @pytest.fixture(scope='module')

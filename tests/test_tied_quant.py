@@ -4,7 +4,7 @@ import torch
 from resnet_bk_compress.data import synthetic_corpus, train_batches
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.train import fit, evaluate
-from resnet_bk_compress.quant import Int8Config, quantize_, calibrating, save_quantized, load_quantized
+from resnet_bk_compress.quant import Int8Config, quantize_, calibrating, save_quantized
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedEmbedding
 from conftest import fresh_process_logits
 
