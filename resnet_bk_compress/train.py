@@ -19,10 +19,11 @@ from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batch
                                      load_corpus, synthetic_corpus, encode_file)
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'head_operands', 'lm_loss',
-           'evaluate', 'warmup_cosine', 'LMObjective', 'dist_info', 'init_distributed', 'CheckpointError', 'fit',
-           'ModelFileError', 'file_bytes', 'atomic_write', 'encode_sparse', 'decode_sparse', 'save_model',
-           'read_model_file', 'load_model', 'train_main', 'rbk_train', 'eval_main', 'rbk_eval', 'bench_result']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'LOADERS', 'BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'head_operands',
+           'lm_loss', 'evaluate', 'warmup_cosine', 'LMObjective', 'dist_info', 'init_distributed', 'CheckpointError',
+           'fit', 'ModelFileError', 'file_bytes', 'atomic_write', 'encode_sparse', 'decode_sparse', 'save_model',
+           'read_model_file', 'load_model', 'train_main', 'rbk_train', 'load_any', 'eval_main', 'rbk_eval',
+           'bench_result']
 
 # %% ../nbs/00b_train.ipynb #06111b4e
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -393,7 +394,7 @@ def rbk_train(argv=None):
 # %% ../nbs/00b_train.ipynb #b7625c53
 def _eval_args(argv=None):
     p = argparse.ArgumentParser(prog='rbk-eval', description='Perplexity of a model file on a corpus split or a text file, as JSON.')
-    p.add_argument('model', help='model file written by rbk-train')
+    p.add_argument('model', help='model file written by this library: rbk-train, rbk-compress, or the save functions of any notebook')
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--data', help="'synthetic' or a directory with train/valid/test files")
     src.add_argument('--text', help='any text file, scored with the model vocabulary (unknown words -> <unk>)')
@@ -401,10 +402,22 @@ def _eval_args(argv=None):
     p.add_argument('--batch-size', type=int, default=32)
     return p.parse_args(argv)
 
+# the loaders of the files that later notebooks write, by the header entry that marks them (imported by name: they sit above this module)
+LOADERS = (('compressed', 'resnet_bk_compress.pipeline', 'load_compressed'), ('pruned', 'resnet_bk_compress.pruning', 'load_pruned'),
+           ('quant', 'resnet_bk_compress.quant', 'load_quantized'))
+
+def load_any(path: str | Path) -> tuple[ResNetBKLM, object]:
+    "(model in eval mode, vocabulary) of any model file this library writes: plain, quantized, pruned or compressed."
+    import importlib
+    header, _ = read_model_file(path)
+    for key, module, fn in LOADERS:
+        if key in header: return getattr(importlib.import_module(module), fn)(path)[:2]
+    return load_model(path)[:2]
+
 def eval_main(argv=None) -> dict:
     "Body of `rbk-eval`; returns the JSON it prints."
     a = _eval_args(argv)
-    model, vocab, _ = load_model(a.model)
+    model, vocab = load_any(a.model)
     V = len(vocab)
     if a.text:
         ids, n_oov = encode_file(a.text, vocab)

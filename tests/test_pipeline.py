@@ -128,3 +128,22 @@ def test_cli_bad_input_is_one_line(tmp_path):
     (tmp_path / 'junk.safetensors').write_bytes(b'not a model')
     r = _cli('--out', str(tmp_path / 'o2'), '--teacher', str(tmp_path / 'junk.safetensors'))
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'junk.safetensors' in r.stderr
+
+def test_rbk_eval_reads_every_file_the_library_writes(run, syn, teacher, tmp_path):
+    "rbk-eval (train.load_any) scores plain, quantized and compressed files exactly as their own loaders do."
+    import copy
+    from resnet_bk_compress.train import eval_main, evaluate, load_model
+    from resnet_bk_compress.data import encode_file, train_batches
+    from resnet_bk_compress.quant import Int8Config, quantize_, calibrating, save_quantized, load_quantized
+    _, rep, d = run
+    q = quantize_(copy.deepcopy(teacher), Int8Config())
+    with calibrating(q), torch.no_grad():
+        for x, _ in list(train_batches(syn.train, 32, 8))[:2]: q(x)
+    files = [(save_model(teacher, tmp_path / 'plain.safetensors', syn.vocab), load_model),
+             (save_quantized(quantize_(q, Int8Config(), 'convert'), tmp_path / 'int8.safetensors', syn.vocab), load_quantized),
+             *[(d / f'stage{i}_{s}.safetensors', load_compressed) for i, s in enumerate(('teacher',) + STAGES)]]
+    text = tmp_path / 'text.txt'; text.write_text(' '.join(syn.vocab.decode(syn.test[:1500])))
+    for path, load in files:
+        model, vocab, _ = load(path)
+        ids, _ = encode_file(text, vocab)
+        assert eval_main([str(path), '--text', str(text)])['ppl'] == pytest.approx(evaluate(model, ids)['ppl'], rel=1e-6), path.name
