@@ -122,7 +122,7 @@ if __name__ == '__main__':
     if want('cascade'):
         torch.manual_seed(1)
         t0 = time.perf_counter()
-        final, stages = distill_cascade(teacher, corpus, [MIDDLE, STUDENT], trainer_kwargs=dict(targets='topk', k=32), eval_split='test', **kw)
+        final, stages = distill_cascade(teacher, corpus, [MIDDLE, STUDENT], trainer_kwargs=dict(targets='topk', k=32), **{**kw, 'eval_split': 'test'})
         runs['cascade'] = measure(final, corpus, time.perf_counter() - t0, 2 * a.steps, stages=stages); save()
         print('cascade', runs['cascade'], flush=True)
     # is the cache the limit? the same run with top-32 cached at T = 1 (and, above, with the live teacher: exact soft targets)

@@ -199,7 +199,8 @@ def report(self: CompressionPipeline, state: dict, out: Path) -> dict:
                seconds=sum(s['seconds'] for s in [t] + state['stages']), peak_mb=max(s['peak_mb'] for s in [t] + state['stages']),
                compressed_file=str(out / last['file']), stages=state['stages'], teacher=t, settings=state['settings'])
     atomic_write(out / 'report.json', lambda p: Path(p).write_text(json.dumps(rep, indent=1)))
-    plot_report(rep, out)
+    import matplotlib.pyplot as plt
+    for f in plot_report(rep, out): plt.close(f)  # saved, not shown: a notebook shows them with plot_report(rep)
     return rep
 
 
