@@ -40,10 +40,10 @@ def test_notebooks_open_in_colab_with_a_gpu():
         md = json.loads((ROOT / 'nbs' / name).read_text())['metadata']
         assert md.get('accelerator') == 'GPU' and md.get('colab', {}).get('gpuType'), name  # kept by nbdev-clean (allowed_metadata_keys)
 
-def test_explorer_page_falls_back_to_a_picture(pages):
+def test_explorer_page_shows_its_picture(pages):
+    "The explorer's committed output (made without a kernel) is a picture, and the page shows it."
     nb = json.loads((ROOT / 'nbs' / '07_explore.ipynb').read_text())
-    bundles = [o['data'] for c in nb['cells'] if c['cell_type'] == 'code' for o in c.get('outputs', [])
-               if 'application/vnd.jupyter.widget-view+json' in o.get('data', {})]
-    assert bundles and all('image/png' in b for b in bundles)  # the widget, and its static picture in the same output
-    html = pages['07_explore.ipynb'].read_text(encoding='utf-8')
-    assert all(b['image/png'][:200] in html for b in bundles)  # without widget state, the page shows the picture
+    cell = next(c for c in nb['cells'] if c['cell_type'] == 'code' and ''.join(c['source']).strip() == 'ex.explore(4, 32, 0.25)')
+    (out,) = cell['outputs']
+    assert 'image/png' in out['data'] and 'application/vnd.jupyter.widget-view+json' not in out['data']
+    assert out['data']['image/png'][:200] in pages['07_explore.ipynb'].read_text(encoding='utf-8')
