@@ -35,7 +35,13 @@ def test_points_are_measured_files(ex):
 def test_the_model_is_not_changed(ex):
     before = {k: v.clone() for k, v in ex.model.state_dict().items()}
     ex.point(4, 8, 0.6)
-    assert all(torch.equal(before[k], v) for k, v in ex.model.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in ex.model.state_dict().items()) and ex.model.training  # weights and mode as given
+
+def test_pruning_keeps_the_experts_above_the_threshold(ex):
+    from resnet_bk_compress.pruning import _moes
+    kept_model, _ = ex._pruned(0.6)
+    usage = ex.stats[0].usage
+    assert _moes(kept_model)[0].kept == [int(usage.argmax())]  # the most used expert, whatever its saliency
 
 def test_explorer_is_a_widget_in_a_live_kernel():
     "In a Jupyter kernel the explorer displays as a widget (with the picture beside it); moving a control redraws."
