@@ -5,7 +5,7 @@ whole run (teacher training included) within 60 minutes and 4 GB on the 2-core C
 model at least as fast as the fp32 teacher in tokens/s. The teacher comes from bench/train_wt2.py (cached in
 .cache/; its measured training time is added to the pipeline's). Writes bench/out/pipeline_wt2.json.
 
-    python bench/pipeline_wt2.py [--distillation-epochs 3] [--pruning-epochs 0.5] [--qat-epochs 0.5] [--out ...]
+    python bench/pipeline_wt2.py [--distillation-epochs 3] [--pruning-epochs 0.5] [--qat-epochs 0.5] [--distill-T 1] [--out ...]
 """
 import argparse, json, platform, resource, shutil, sys, time
 from pathlib import Path
@@ -42,6 +42,7 @@ if __name__ == '__main__':
     p.add_argument('--pruning-epochs', type=float, default=0.5)
     p.add_argument('--qat-epochs', type=float, default=0.5)
     p.add_argument('--embed-rank', type=int, default=None)
+    p.add_argument('--distill-T', type=float, default=None, help="temperature of the cached teacher targets (default: the pipeline's, 2)")
     p.add_argument('--save-dir', default=str(ROOT / '.cache' / 'pipeline_wt2'))
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'pipeline_wt2.json'))
     a = p.parse_args()
@@ -51,8 +52,9 @@ if __name__ == '__main__':
     teacher_train_s = bench_result('train_wt2')['train_wall_s']
     shutil.rmtree(a.save_dir, ignore_errors=True)
     student = dict(d_model=16, n_layers=2, num_experts=2, tie_embeddings=True, embed_rank=a.embed_rank)
+    distill = None if a.distill_T is None else dict(targets='topk', k=32, T=a.distill_T)
     pipe = CompressionPipeline(teacher, vocab, target_compression=100., max_ppl_increase=0.15, student=student, keep_experts=1,
-                               teacher_bytes=file_bytes(CACHE))
+                               teacher_bytes=file_bytes(CACHE), distill=distill)
     print(pipe, flush=True)
     rep = pipe.run_pipeline(corpus, distillation_epochs=a.distillation_epochs, pruning_epochs=a.pruning_epochs, qat_epochs=a.qat_epochs,
                             save_dir=a.save_dir, progress=False)
