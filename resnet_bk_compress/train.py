@@ -409,7 +409,9 @@ LOADERS = (('compressed', 'resnet_bk_compress.pipeline', 'load_compressed'), ('p
 def load_any(path: str | Path) -> tuple[ResNetBKLM, object]:
     "(model in eval mode, vocabulary) of any model file this library writes: plain, quantized, pruned or compressed."
     import importlib
-    header, _ = read_model_file(path)
+    try:  # the header only: the loader reads (and checks) the whole file once
+        with safe_open(str(path), framework='pt') as f: header = f.metadata() or {}
+    except (SafetensorError, OSError): header = {}  # load_model below says what is wrong with the file
     for key, module, fn in LOADERS:
         if key in header: return getattr(importlib.import_module(module), fn)(path)[:2]
     return load_model(path)[:2]
