@@ -31,7 +31,7 @@ def breakdown(path) -> dict:
         for k in f.keys():
             t = f.get_slice(k); n = t.get_shape(); dt = t.get_dtype()
             size = int(torch.tensor(n).prod().item() if n else 1) * {'F32': 4, 'F16': 2, 'U8': 1, 'I8': 1, 'I32': 4, 'I64': 8, 'BOOL': 1}[dt]
-            group = 'vocabulary (xz)' if k == 'vocab@xz' else ('blocks' if k.startswith('blocks.') else k.rsplit('.', 1)[0] if '.' in k else k)
+            group = 'vocabulary (packed)' if k.startswith('vocab@') else ('blocks' if k.startswith('blocks.') else k.rsplit('.', 1)[0] if '.' in k else k)
             parts[group] = parts.get(group, 0) + size
     parts['header and index'] = file_bytes(path) - sum(parts.values())
     return dict(sorted(parts.items(), key=lambda kv: -kv[1]))

@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/data.html.md"""
 
 # %% ../nbs/00a_data.ipynb #470fec2d
 from __future__ import annotations
-import hashlib, lzma, math, os
+import bz2, hashlib, lzma, math, os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +15,9 @@ import torch
 
 # %% auto #0
 __all__ = ['SPLITS', 'WIKITEXT2_VOCAB', 'read_bytes', 'read_text', 'decode_text', 'tokenize', 'Vocab', 'Corpus', 'find_split',
-           'load_corpus', 'corpus_from_texts', 'default_wikitext2_dir', 'load_wikitext2', 'zipf_probs',
-           'synthetic_corpus', 'eval_windows', 'window_starts', 'windows_at', 'train_batches', 'batches_per_epoch',
-           'unigram_ppl', 'encode_file']
+           'load_corpus', 'corpus_from_texts', 'default_wikitext2_dir', 'load_wikitext2', 'front_code', 'front_decode',
+           'pack_words', 'unpack_words', 'zipf_probs', 'synthetic_corpus', 'eval_windows', 'window_starts',
+           'windows_at', 'train_batches', 'batches_per_epoch', 'unigram_ppl', 'encode_file']
 
 # %% ../nbs/00a_data.ipynb #1e886851
 def read_bytes(path: str | Path) -> bytes:
@@ -168,6 +168,44 @@ def load_wikitext2(root: str | Path | None = None) -> Corpus:
         raise ValueError(f"WikiText-2 vocabulary has {len(c.vocab):,} types, expected {WIKITEXT2_VOCAB:,}: "
                          f"this is not the tokenized WikiText-2 (v1) benchmark; use load_corpus for other text")
     return c
+
+# %% ../nbs/00a_data.ipynb #264a9857
+_CODECS = {1: ('xz', lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+           2: ('bz2', lambda b: bz2.compress(b, 9), bz2.decompress)}
+
+def front_code(words: list[str]) -> bytes:
+    "Each word as (characters shared with the previous word, as one byte; the rest in UTF-8; a newline)."
+    out, prev = [], ''
+    for w in words:
+        if '\n' in w: raise ValueError(f"word {w!r} contains a newline: a word list stores one word per line")
+        n, m = 0, min(len(w), len(prev), 255)
+        while n < m and w[n] == prev[n]: n += 1
+        out.append(bytes([n]) + w[n:].encode() + b'\n'); prev = w
+    return b''.join(out)
+
+def front_decode(data: bytes) -> list[str]:
+    "Inverse of `front_code`."
+    words, prev, i = [], '', 0
+    while i < len(data):
+        j = data.index(b'\n', i + 1)  # ValueError when the last word is cut off
+        n = data[i]
+        if n > len(prev): raise ValueError(f"word {len(words)} shares {n} characters with a previous word of {len(prev)}")
+        prev = prev[:n] + data[i + 1:j].decode(); words.append(prev); i = j + 1
+    return words
+
+# %% ../nbs/00a_data.ipynb #59628593
+def pack_words(words: list[str]) -> bytes:
+    "A word list as bytes: front-coded, then compressed by xz or bzip2, whichever is smaller (its tag is the first byte)."
+    fc = front_code(words)
+    return min((bytes([tag]) + enc(fc) for tag, (_, enc, _) in _CODECS.items()), key=len)
+
+def unpack_words(blob: bytes) -> list[str]:
+    "Inverse of `pack_words`; a damaged blob is a ValueError that says so."
+    if len(blob) < 2 or blob[0] not in _CODECS: raise ValueError(f"not a packed word list (codec tag {blob[:1]!r})")
+    name, _, dec = _CODECS[blob[0]]
+    try: return front_decode(dec(bytes(blob[1:])))
+    except (lzma.LZMAError, OSError, EOFError, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"the packed word list ({name}) is damaged: {e}") from None
 
 # %% ../nbs/00a_data.ipynb #459cb563
 def zipf_probs(n: int, s: float) -> np.ndarray:

@@ -302,7 +302,8 @@ class OutputHead(nn.Module):
 
     def operands(self, h: torch.Tensor):
         "(input, weight, bias) of the final product, for the chunked loss."
-        return (h if self.down is None else self.down(h)), self.weight, self.bias.to(h.dtype)  # the bias may be stored in float16
+        bias = self.bias() if isinstance(self.bias, nn.Module) else self.bias  # stored in float16, or as a module that decodes it (4-bit codes)
+        return (h if self.down is None else self.down(h)), self.weight, bias.to(h.dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor: return F.linear(*self.operands(h))
 

@@ -394,12 +394,14 @@ class Int8Config(QuantConfig, kind='int8'):
 
     def prepare_module(self, m: nn.Module) -> nn.Module | None:
         "The fake-quantized replacement of m, or None to leave it (and look inside it)."
+        if self.embedding and hasattr(m, 'prepare_quant'): return m.prepare_quant(self)  # a layer of a later notebook that knows its own grids
         if self.linear and _plain_type(m) is nn.Linear: return QATLinear.from_float(m, FakeQuantizer(self.make_observer()) if self.activations else None)
         if self.embedding and _plain_type(m) is nn.Embedding: return QATEmbedding.from_float(m)
         if self.bk_core and type(m) is BKCore: return self.make_bk_core(m)
 
     def convert_module(self, m: nn.Module) -> nn.Module | None:
         "The stored-integer replacement of a prepared module m, or None."
+        if self.embedding and hasattr(m, 'convert_quant'): return m.convert_quant(self)
         if _plain_type(m) is QATLinear: return Int8Linear.from_qat(m)
         if _plain_type(m) is QATEmbedding: return Int8Embedding.from_qat(m)
         if type(m) is OutputHead and self.linear: m.bias.data = m.bias.detach().half()  # a tied/factorized head's V biases: float16, as QuantizedLinear stores them

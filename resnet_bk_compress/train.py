@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 from .model import ResNetBKConfig, ResNetBKLM, num_params
 from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batches_per_epoch, unigram_ppl,
-                                     load_corpus, synthetic_corpus, encode_file)
+                                     load_corpus, synthetic_corpus, encode_file, pack_words, unpack_words)
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'LOADERS', 'BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'head_operands',
@@ -278,7 +278,7 @@ def _effective_state(model: nn.Module) -> dict:
 # %% ../nbs/00b_train.ipynb #19a2806c
 def save_model(model: ResNetBKLM, path: str | Path, vocab: Vocab, meta: dict | None = None,
                header: dict | None = None,  # extra header fields (JSON-ready), e.g. a quantization spec
-               compress_vocab: bool = False,  # store the vocabulary xz-compressed (a uint8 tensor) instead of as JSON in the header
+               compress_vocab: bool = False,  # store the vocabulary packed (data.pack_words, a uint8 tensor) instead of as JSON in the header
                ) -> Path:
     "Write `model`'s tensors, its config, `vocab` and `meta` to one safetensors file, atomically."
     if len(vocab) != model.cfg.vocab_size:
@@ -289,10 +289,10 @@ def save_model(model: ResNetBKLM, path: str | Path, vocab: Vocab, meta: dict | N
     for k in complex_keys: tensors[k] = torch.view_as_real(tensors[k]).contiguous()  # safetensors has no complex dtype
     sparse = {k: list(v.shape) for k, v in tensors.items() if v.dim() and _sparse_pays(v)}
     for k in sparse: tensors[k + '@mask'], tensors[k + '@values'] = encode_sparse(tensors.pop(k))
-    if compress_vocab: tensors['vocab@xz'] = torch.frombuffer(bytearray(lzma.compress('\n'.join(vocab.itos).encode(), preset=9 | lzma.PRESET_EXTREME)), dtype=torch.uint8)
+    if compress_vocab: tensors['vocab@words'] = torch.frombuffer(bytearray(pack_words(vocab.itos)), dtype=torch.uint8)
     header = {'format': FORMAT, 'format_version': str(FORMAT_VERSION), 'config': json.dumps(model.cfg.to_dict()),
               'complex': json.dumps(complex_keys), 'sparse': json.dumps(sparse),
-              **({'vocab_codec': '"xz"'} if compress_vocab else {'vocab': json.dumps(vocab.itos, ensure_ascii=False)}), 'meta': json.dumps(meta or {}),
+              **({'vocab_codec': '"words"'} if compress_vocab else {'vocab': json.dumps(vocab.itos, ensure_ascii=False)}), 'meta': json.dumps(meta or {}),
               **{k: json.dumps(v) for k, v in (header or {}).items()}}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
@@ -311,9 +311,12 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
     if header.get('format_version') != str(FORMAT_VERSION):
         raise ModelFileError(f"'{path}' has format version {header.get('format_version')!r}; this library reads version {FORMAT_VERSION}: "
                              f"upgrade resnet_bk_compress to read it")
-    if 'vocab_codec' in header:
-        try: header['vocab'] = json.dumps(lzma.decompress(tensors.pop('vocab@xz').numpy().tobytes()).decode().split('\n'))
-        except (KeyError, lzma.LZMAError, UnicodeDecodeError) as e: raise ModelFileError(f"'{path}': the compressed vocabulary cannot be read ({e!r}): the file is corrupt") from None
+    if 'vocab_codec' in header:  # '"words"': data.pack_words; '"xz"': one word per line, xz (files written before pack_words)
+        try:
+            codec = json.loads(header['vocab_codec'])
+            blob = tensors.pop({'words': 'vocab@words', 'xz': 'vocab@xz'}[codec]).numpy().tobytes()
+            header['vocab'] = json.dumps(unpack_words(blob) if codec == 'words' else lzma.decompress(blob).decode().split('\n'))
+        except (KeyError, ValueError, lzma.LZMAError, UnicodeDecodeError) as e: raise ModelFileError(f"'{path}': the compressed vocabulary cannot be read ({e!r}): the file is corrupt") from None
     for k, shape in json.loads(header.get('sparse', '{}')).items():
         try: tensors[k] = decode_sparse(tensors.pop(k + '@mask'), tensors.pop(k + '@values'), shape)
         except (KeyError, ValueError) as e: raise ModelFileError(f"'{path}': sparse tensor {k!r} cannot be decoded ({e}): the file is corrupt") from None

@@ -51,7 +51,7 @@ def test_compressed_file_loads_in_a_fresh_process(run, tmp_path):
     assert torch.equal(fresh_process_logits('resnet_bk_compress.pipeline.load_compressed', rep['compressed_file'], x, tmp_path), here)
     assert info['version'] == 1 and info['history'] == list(STAGES)
     with safe_open(rep['compressed_file'], 'pt') as f:
-        assert 'vocab@xz' in f.keys() and {'quant', 'pruned', 'compressed'} <= set(f.metadata())
+        assert 'vocab@words' in f.keys() and {'quant', 'pruned', 'compressed'} <= set(f.metadata())
 
 def test_bad_compressed_files(run, syn, teacher, tmp_path):
     _, rep, _ = run
