@@ -6,29 +6,35 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/pipeline.html.md"""
 
 # %% ../nbs/06_pipeline.ipynb #6f3c227a
 from __future__ import annotations
-import argparse, json, resource, time
+import argparse, copy, json, resource, sys, time
 from pathlib import Path
 import torch
 from fastcore.basics import patch
-from .model import ResNetBKConfig, ResNetBKLM, num_params
+from safetensors import safe_open
+from .model import ResNetBKConfig, ResNetBKLM, OutputHead, num_params
 from .data import Corpus, synthetic_corpus, load_corpus, unigram_ppl, train_batches, batches_per_epoch
 from .train import (fit, evaluate, save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError,
                                       _cli)
 from .quant import QuantConfig, quantize_, calibrating
 from .int4_moe import Int4MoEConfig
-from .pruning import expert_stats, prune_experts_, save_pruned, load_pruned
+from .tables import (CodebookTable, canonical_order, permute_vocab_, permute_vocab, quantize_bias_, table_spec,
+                                       restructure_table, restructure_bias)
+from .pruning import expert_stats, prune_experts_, save_pruned, _restructure as restructure_pruned
 from .distill import make_student, DistillationTrainer
 
 # %% auto #0
-__all__ = ['COMPRESSED_VERSION', 'STAGES', 'save_compressed', 'compressed_info', 'load_compressed', 'CompressionPipeline',
-           'PipelineError', 'plot_report', 'compress_main', 'rbk_compress']
+__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'TABLE_DEFAULTS', 'save_compressed', 'compressed_info', 'load_compressed',
+           'CompressionPipeline', 'PipelineError', 'plot_report', 'compress_main', 'rbk_compress']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
-COMPRESSED_VERSION = 1
+COMPRESSED_VERSION = 2  # 2: codebook tables, 4-bit biases, packed word lists; 1 (the words xz-compressed in frequency order) still loads
+READS = (1, 2)
 
 def save_compressed(model: ResNetBKLM, path: str | Path, vocab, info: dict | None = None, meta: dict | None = None) -> Path:
     "Write a (pruned, quantized and converted, or float) model as one self-contained compressed file."
-    return save_pruned(model, path, vocab, meta, header={'compressed': {'version': COMPRESSED_VERSION, **(info or {})}}, compress_vocab=True)
+    spec = table_spec(model)
+    header = {'compressed': {'version': COMPRESSED_VERSION, **(info or {})}, **({'table': spec} if spec else {})}
+    return save_pruned(model, path, vocab, meta, header=header, compress_vocab=True)
 
 def compressed_info(path: str | Path) -> dict:
     "The `compressed` header entry of a file (its version and run history); clear errors for any other file."
@@ -38,21 +44,30 @@ def compressed_info(path: str | Path) -> dict:
                              f"quant.load_quantized or pruning.load_pruned")
     try: info = json.loads(header['compressed'])
     except json.JSONDecodeError: raise ModelFileError(f"'{path}' has a malformed 'compressed' header entry: the file is corrupt") from None
-    if info.get('version') != COMPRESSED_VERSION:
-        raise ModelFileError(f"'{path}' is compressed format version {info.get('version')!r}; this library reads version {COMPRESSED_VERSION}: "
+    if info.get('version') not in READS:
+        raise ModelFileError(f"'{path}' is compressed format version {info.get('version')!r}; this library reads versions {READS}: "
                              f"upgrade resnet_bk_compress to read it")
     return info
+
+def _restructure(model: ResNetBKLM, header: dict):
+    restructure_table(model, header)  # a codebook table first, so that the quantization spec converts it
+    restructure_pruned(model, header)  # kept experts, and the quantization spec
+    restructure_bias(model, header)  # 4-bit biases last: quantization would have made them float16
 
 def load_compressed(path: str | Path) -> tuple[ResNetBKLM, object, dict]:
     "(model in eval mode, vocabulary, compressed info) from a file written by `save_compressed`."
     info = compressed_info(path)
-    model, vocab, _ = load_pruned(path)
+    model, vocab, _ = load_model(path, restructure=_restructure)
     return model, vocab, info
 
 # %% ../nbs/06_pipeline.ipynb #a3d04e01
 STAGES = ('distill', 'prune', 'quantize')
 
-def _peak_mb() -> float: return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+TABLE_DEFAULTS = dict(n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4)
+
+def _peak_mb() -> float:
+    "Peak resident memory of this process in MB (ru_maxrss counts kilobytes on Linux, bytes on macOS)."
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == 'darwin' else 1024)
 
 class CompressionPipeline:
     "Compress `model` (a trained float ResNet-BK) by the given stages to `target_compression` x fewer bytes, at most `max_ppl_increase` worse."
@@ -64,6 +79,7 @@ class CompressionPipeline:
                  keep_experts: int = 1,  # experts per layer after the prune stage
                  quant: QuantConfig | None = None,  # config of the quantize stage
                  distill: dict | None = None,  # DistillationTrainer arguments (alpha, T, beta, targets, k)
+                 table: dict | None = None,  # codebook table of the student (n_dense, n_codebooks, codebook_size, bias_bits); None: a plain table
                  lr: float = 3e-3,  # learning rate of distillation and of retraining after pruning
                  qat_lr: float = 3e-4,  # learning rate of QAT
                  batch_size: int = 32,
@@ -83,12 +99,19 @@ class CompressionPipeline:
         self.keep_experts = keep_experts
         self.quant = Int4MoEConfig(group_size=128, embedding_bits=4) if quant is None else quant
         self.distill = dict(targets='topk', k=32) if distill is None else distill
+        self.table = None if table is None else {**TABLE_DEFAULTS, **table}
+        if self.table is not None:
+            if bad := set(table) - set(TABLE_DEFAULTS): raise ValueError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
+            if self.table['bias_bits'] not in (4, 16): raise ValueError(f"table bias_bits must be 4 or 16, got {self.table['bias_bits']!r}")
+            if not self.student.get('tie_embeddings'): raise ValueError("a codebook table is tied to the head: give the student tie_embeddings=True")
+            CodebookTable(model.cfg.vocab_size, self.student.get('embed_rank') or self.student.get('d_model') or model.cfg.d_model,
+                          self.table['n_dense'], self.table['n_codebooks'], self.table['codebook_size'])  # validates the shape now, not after hours
         self.lr, self.qat_lr, self.batch_size, self.calib_batches, self.checkpoint_every = lr, qat_lr, batch_size, calib_batches, checkpoint_every
         self.teacher_bytes = teacher_bytes
 
     def __repr__(self):
         return (f"CompressionPipeline(stages={list(self.stages)}, target {self.target_compression:g}x, ppl +{self.max_ppl_increase:.0%} at most, "
-                f"student={self.student}, keep_experts={self.keep_experts}, quant={self.quant})")
+                f"student={self.student}, table={self.table}, keep_experts={self.keep_experts}, quant={self.quant})")
 
 # %% ../nbs/06_pipeline.ipynb #497f6ddf
 @patch
@@ -111,7 +134,7 @@ def _fit_args(self: CompressionPipeline, corpus: Corpus, n_seq: int, steps: int,
 @patch
 def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
     torch.manual_seed(0)
-    tr = DistillationTrainer(model, make_student(model, **self.student), corpus, **self.distill)
+    tr = DistillationTrainer(model, self.make_student(model, corpus), corpus, **self.distill)
     if steps: tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0))
     return tr.student
 
@@ -130,7 +153,36 @@ def _stage_quantize(self: CompressionPipeline, model, corpus, steps, ckpt, progr
     with calibrating(model), torch.no_grad():
         for x in self._calib(corpus, model.cfg.n_seq): model(x)
     if steps: fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.qat_lr, seed=2))
-    return quantize_(model.eval(), self.quant, 'convert')
+    quantize_(model.eval(), self.quant, 'convert')
+    if self.table and self.table['bias_bits'] == 4: quantize_bias_(model, _counts(corpus))
+    return model
+
+# %% ../nbs/06_pipeline.ipynb #bde957f3
+def _counts(corpus: Corpus) -> torch.Tensor: return torch.bincount(corpus.train, minlength=len(corpus.vocab)).float()
+
+@patch
+def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus) -> ResNetBKLM:
+    "The distill stage's student: make_student(teacher, **student), the most salient experts at the teacher's width, a codebook table with `table`."
+    s = dict(self.student)
+    want, d_t = s.pop('num_experts', None) or teacher.cfg.num_experts, teacher.cfg.d_model
+    same = (s.get('d_model') or d_t) == d_t
+    st = make_student(teacher, num_experts=None if same else want, **s)
+    if same and want < st.cfg.num_experts:
+        st.eval()
+        with torch.no_grad(): stats = expert_stats(st, self._calib(corpus, teacher.cfg.n_seq))
+        prune_experts_(st, stats, keep=want)
+    if self.table is None: return st
+    W = st.tok_emb.weight.detach()
+    if same and (st.emb_up is None or st.cfg.embed_rank == d_t):
+        with torch.no_grad():
+            W = teacher.head(torch.eye(d_t)).T - teacher.head.bias[:, None]  # the teacher head's effective (V, d) weight
+            if st.emb_up is not None:
+                E = teacher.embed(torch.arange(teacher.cfg.vocab_size)[None])[0]
+                st.emb_up.weight.copy_(torch.linalg.lstsq(W, E).solution.T)  # W @ A ~ E: head rows mapped to the input side
+                st.head.down.weight.copy_(torch.eye(d_t))
+    t = self.table
+    st.tok_emb = CodebookTable.from_table(W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus))
+    return st
 
 # %% ../nbs/06_pipeline.ipynb #f457b188
 class PipelineError(ValueError):
@@ -138,6 +190,19 @@ class PipelineError(ValueError):
 
 def _measure(model, corpus, path) -> dict:
     return dict(bytes=file_bytes(path), ppl=evaluate(model, corpus.test)['ppl'], params=num_params(model), file=Path(path).name)
+
+def _reencode(corpus: Corpus, vocab) -> Corpus:
+    "The corpus in `vocab` (words it lacks become <unk>)."
+    if corpus.vocab.itos == vocab.itos: return corpus
+    enc = lambda ids: vocab.encode(corpus.vocab.decode(ids))
+    return Corpus(vocab, enc(corpus.train), enc(corpus.valid), enc(corpus.test), corpus.name, corpus.meta)
+
+@patch
+def canonical_teacher(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBKLM, object]:
+    "(a copy of the teacher, its vocabulary) in the canonical word order: frequency bands (cut at the table's n_dense), sorted inside each."
+    n, V = (self.table or {}).get('n_dense', 0), len(self.vocab)
+    order = canonical_order(self.vocab, _counts(corpus), [n] if 0 < n < V else [])
+    return permute_vocab_(copy.deepcopy(self.teacher), order), permute_vocab(self.vocab, order)
 
 @patch
 def run_pipeline(self: CompressionPipeline, corpus: Corpus,
@@ -151,8 +216,8 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
         raise PipelineError("the corpus vocabulary is not the model's: encode the corpus with the model's vocabulary")
     out = Path(save_dir); state_path = out / 'state.json'
     epochs = dict(distill=distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
-    settings = dict(stages=list(self.stages), student=self.student, keep_experts=self.keep_experts, quant=self.quant.to_dict(), distill=self.distill,
-                    epochs=epochs, max_steps=max_steps, lr=self.lr, qat_lr=self.qat_lr, batch_size=self.batch_size, corpus=corpus.name)
+    settings = dict(stages=list(self.stages), student=self.student, table=self.table, keep_experts=self.keep_experts, quant=self.quant.to_dict(),
+                    distill=self.distill, epochs=epochs, max_steps=max_steps, lr=self.lr, qat_lr=self.qat_lr, batch_size=self.batch_size, corpus=corpus.name)
     if state_path.is_file():
         if not resume: raise PipelineError(f"'{out}' already holds a pipeline run: pass resume=True (--resume) to continue it, or choose another directory")
         state = json.loads(state_path.read_text())
@@ -160,22 +225,24 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
     else:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        teacher_file = save_compressed(self.teacher, out / 'stage0_teacher.safetensors', self.vocab, dict(stage='teacher'))
+        teacher, vocab = self.canonical_teacher(corpus)  # the word order every stage file stores (03a_tables)
+        teacher_file = save_compressed(teacher, out / 'stage0_teacher.safetensors', vocab, dict(stage='teacher'))
         plain = save_model(self.teacher, out / '.teacher_plain.safetensors', self.vocab)
-        teacher = dict(name='teacher', **_measure(self.teacher, corpus, teacher_file), seconds=time.perf_counter() - t0, peak_mb=_peak_mb(),
-                       plain_bytes=file_bytes(plain))
+        teacher = dict(name='teacher', **_measure(teacher, _reencode(corpus, vocab), teacher_file), seconds=time.perf_counter() - t0,
+                       peak_mb=_peak_mb(), plain_bytes=file_bytes(plain))
         plain.unlink()
         state = dict(settings=settings, teacher=teacher, stages=[],
                      unigram_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)), teacher_bytes=self.teacher_bytes or teacher['plain_bytes'])
         atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
     done = len(state['stages'])
-    model = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))[0]
+    model, vocab, _ = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))
+    corpus = _reencode(corpus, vocab)  # the stage files' word order
     for i, name in enumerate(self.stages[done:], start=done + 1):
         t0 = time.perf_counter()
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
         ckpt = out / f'stage{i}.ckpt'
         model = getattr(self, f'_stage_{name}')(model, corpus, steps, ckpt, progress)
-        path = save_compressed(model, out / f'stage{i}_{name}.safetensors', self.vocab, dict(stage=name, history=[s['name'] for s in state['stages']] + [name]))
+        path = save_compressed(model, out / f'stage{i}_{name}.safetensors', vocab, dict(stage=name, history=[s['name'] for s in state['stages']] + [name]))
         rec = dict(name=name, steps=steps, **_measure(model.eval(), corpus, path), seconds=time.perf_counter() - t0, peak_mb=_peak_mb())
         state['stages'].append(rec)
         atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
@@ -250,12 +317,6 @@ def _compress_args(argv=None):
     p.add_argument('--keep-experts', type=int, default=1)
     p.add_argument('--no-progress', action='store_true')
     return p.parse_args(argv)
-
-def _reencode(corpus: Corpus, vocab) -> Corpus:
-    "The corpus in `vocab` (words it lacks become <unk>)."
-    if corpus.vocab.itos == vocab.itos: return corpus
-    enc = lambda ids: vocab.encode(corpus.vocab.decode(ids))
-    return Corpus(vocab, enc(corpus.train), enc(corpus.valid), enc(corpus.test), corpus.name, corpus.meta)
 
 def compress_main(argv=None) -> dict:
     "Body of `rbk-compress`; returns the report."
