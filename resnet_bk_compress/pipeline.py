@@ -19,12 +19,12 @@ from .quant import QuantConfig, quantize_, calibrating
 from .int4_moe import Int4MoEConfig
 from .tables import (CodebookTable, canonical_order, permute_vocab_, permute_vocab, quantize_bias_, table_spec,
                                        restructure_table, restructure_bias)
-from .pruning import expert_stats, prune_experts_, save_pruned, _restructure as restructure_pruned
+from .pruning import expert_stats, prune_experts_, prune_moe_, _moes, save_pruned, _restructure as restructure_pruned
 from .distill import make_student, DistillationTrainer
 
 # %% auto #0
-__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'TABLE_DEFAULTS', 'save_compressed', 'compressed_info', 'load_compressed',
-           'CompressionPipeline', 'PipelineError', 'plot_report', 'compress_main', 'rbk_compress']
+__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'TABLE_DEFAULTS', 'PLAN_DENSE', 'save_compressed', 'compressed_info',
+           'load_compressed', 'CompressionPipeline', 'PipelineError', 'plot_report', 'compress_main', 'rbk_compress']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
 COMPRESSED_VERSION = 2  # 2: codebook tables, 4-bit biases, packed word lists; 1 (the words xz-compressed in frequency order) still loads
@@ -75,8 +75,8 @@ class CompressionPipeline:
                  target_compression: float = 100.0,  # teacher bytes / compressed bytes to reach
                  max_ppl_increase: float = 0.15,  # allowed relative increase of test perplexity
                  stages: tuple = STAGES,  # which stages, in which order
-                 student: dict | None = None,  # make_student arguments of the distill stage
-                 keep_experts: int = 1,  # experts per layer after the prune stage
+                 student: dict | None = None,  # make_student arguments of the distill stage (None with table None: planned for the target)
+                 keep_experts: int = 1,  # experts per layer after the prune stage (planned with the student)
                  quant: QuantConfig | None = None,  # config of the quantize stage
                  distill: dict | None = None,  # DistillationTrainer arguments (alpha, T, beta, targets, k)
                  table: dict | None = None,  # codebook table of the student (n_dense, n_codebooks, codebook_size, bias_bits); None: a plain table
@@ -95,10 +95,11 @@ class CompressionPipeline:
         if len(vocab) != model.cfg.vocab_size: raise ValueError(f"vocabulary has {len(vocab)} types, the model {model.cfg.vocab_size}")
         self.teacher, self.vocab, self.stages = model.eval(), vocab, tuple(stages)
         self.target_compression, self.max_ppl_increase = target_compression, max_ppl_increase
-        self.student = dict(d_model=16, n_layers=2, num_experts=2, tie_embeddings=True) if student is None else student
+        self.auto, self.planned = student is None and table is None, None  # auto: plan() chooses student, table and kept experts at the start of the run
+        self.student = dict(tie_embeddings=True) if student is None else student
         self.keep_experts = keep_experts
         self.quant = Int4MoEConfig(group_size=128, embedding_bits=4) if quant is None else quant
-        self.distill = dict(targets='topk', k=32) if distill is None else distill
+        self.distill = dict(targets='topk', k=32, T=1.) if distill is None else distill
         self.table = None if table is None else {**TABLE_DEFAULTS, **table}
         if self.table is not None:
             if bad := set(table) - set(TABLE_DEFAULTS): raise ValueError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
@@ -110,8 +111,10 @@ class CompressionPipeline:
         self.teacher_bytes = teacher_bytes
 
     def __repr__(self):
+        what = ('student, table and kept experts planned for the target' if self.auto and self.planned is None else
+                f"student={self.student}, table={self.table}, keep_experts={self.keep_experts}")
         return (f"CompressionPipeline(stages={list(self.stages)}, target {self.target_compression:g}x, ppl +{self.max_ppl_increase:.0%} at most, "
-                f"student={self.student}, table={self.table}, keep_experts={self.keep_experts}, quant={self.quant})")
+                f"{what}, quant={self.quant})")
 
 # %% ../nbs/06_pipeline.ipynb #497f6ddf
 @patch
@@ -214,6 +217,7 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
     "Run the stages on `corpus`; returns the report (also written to save_dir/report.json)."
     if len(corpus.vocab) != len(self.vocab) or corpus.vocab.itos != self.vocab.itos:
         raise PipelineError("the corpus vocabulary is not the model's: encode the corpus with the model's vocabulary")
+    if self.auto and self.planned is None: self.plan(corpus)  # before anything is written: a target no student reaches is refused here
     out = Path(save_dir); state_path = out / 'state.json'
     epochs = dict(distill=distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
     settings = dict(stages=list(self.stages), student=self.student, table=self.table, keep_experts=self.keep_experts, quant=self.quant.to_dict(),
@@ -294,6 +298,81 @@ def plot_report(rep: dict, out: Path | None = None):
     fig2.tight_layout()
     if out: fig2.savefig(Path(out) / 'report_frontier.png', dpi=110)
     return fig, fig2
+
+# %% ../nbs/06_pipeline.ipynb #fc98eb7b
+@patch
+def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBKLM, object]:
+    "(the model the run would end with, untrained: same student, table, kept experts and quantization; its vocabulary)."
+    teacher, vocab = self.canonical_teacher(corpus)
+    s = dict(self.student)
+    want = s.pop('num_experts', None) or teacher.cfg.num_experts
+    st = make_student(teacher, num_experts=want, init=False, **s)
+    if self.table is not None:
+        t = self.table
+        st.tok_emb = CodebookTable(st.cfg.vocab_size, st.tok_emb.embedding_dim, t['n_dense'], t['n_codebooks'], t['codebook_size'])
+        with torch.no_grad():  # untrained but not zero: zeros would be stored as (smaller) sparse tensors
+            st.tok_emb.dense.normal_(0, 0.02); st.tok_emb.codebooks.normal_(0, 0.02); st.tok_emb.codes.random_(0, t['codebook_size'])
+    with torch.no_grad(): st.head.bias.normal_()
+    if 'prune' in self.stages:
+        for m in _moes(st): prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes
+    if 'quantize' in self.stages:
+        quantize_(st, self.quant).eval()
+        with calibrating(st), torch.no_grad(): st(torch.zeros(1, st.cfg.n_seq, dtype=torch.long))
+        quantize_(st, self.quant, 'convert')
+        if self.table and self.table['bias_bits'] == 4: quantize_bias_(st, _counts(_reencode(corpus, vocab)))
+    return st.eval(), vocab
+
+@patch
+def predict_bytes(self: CompressionPipeline, corpus: Corpus) -> int:
+    "Bytes of the compressed file the run will write, measured on a file of the final structure with untrained weights."
+    import tempfile
+    model, vocab = self.final_structure(corpus)
+    with tempfile.TemporaryDirectory() as d:
+        info = dict(stage=self.stages[-1], history=list(self.stages))
+        return file_bytes(save_compressed(model, Path(d) / 'plan.safetensors', vocab, info))
+
+# %% ../nbs/06_pipeline.ipynb #d0994a03
+PLAN_DENSE = (250, 1250)  # the two dense-row counts the linear prediction is fitted on; the first is also the fewest a planned table gets
+
+@patch
+def _try(self: CompressionPipeline, corpus, tried: list, student: dict, table: dict | None, keep: int) -> int:
+    self.student, self.table, self.keep_experts = student, None if table is None else {**TABLE_DEFAULTS, **table}, keep
+    b = self.predict_bytes(corpus)
+    tried.append(dict(student=student, table=table, keep_experts=keep, bytes=b))
+    return b
+
+@patch
+def plan(self: CompressionPipeline, corpus: Corpus) -> dict:
+    "Choose the student, its table and the kept experts for the target; returns the plan (also in self.planned)."
+    budget = self.teacher_file_bytes() / self.target_compression
+    tc, V, tried = self.teacher.cfg, self.teacher.cfg.vocab_size, []
+    def done(b):
+        self.planned = dict(budget=budget, predicted_bytes=b, student=self.student, table=self.table, keep_experts=self.keep_experts, tried=tried)
+        return self.planned
+    tied = dict(tie_embeddings=True)
+    for keep in sorted({tc.num_experts, 1}, reverse=True):  # a plain tied INT4 table, all experts, then one
+        if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= budget: return done(b)
+    for L in range(tc.n_layers, 0, -1):  # the teacher's width, as deep as the bytes allow, as many dense rows as fit
+        st = dict(tied, n_layers=L, num_experts=1)
+        n0, n1 = min(PLAN_DENSE[0], V // 4), min(PLAN_DENSE[1], V // 2)  # (small vocabularies: a quarter and a half of the words)
+        lo, hi = (self._try(corpus, tried, st, dict(n_dense=n), 1) for n in (n0, n1))
+        if lo > budget: continue
+        n = max(n0, min(V - 256, n0 + int((budget - lo) / max(1e-9, (hi - lo) / (n1 - n0)))) // 50 * 50)
+        while (b := self._try(corpus, tried, st, dict(n_dense=n), 1)) > budget and n > n0: n = max(n0, n - 50)
+        if b <= budget: return done(b)
+    for d in (tc.d_model // 2, tc.d_model // 4):  # last resorts: narrower, one block, codes for every word
+        if d >= 8 and (b := self._try(corpus, tried, dict(tied, d_model=d, n_layers=1, num_experts=1), dict(n_dense=0), 1)) <= budget: return done(b)
+    best = min(tried, key=lambda t: t['bytes'])
+    raise PipelineError(f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes): the smallest the planner found is {best['bytes']:,} bytes "
+                        f"({self.teacher_file_bytes() / best['bytes']:.1f}x; {best['student']}, table {best['table']}): lower the target")
+
+@patch
+def teacher_file_bytes(self: CompressionPipeline) -> int:
+    "Bytes of the teacher's file: as given, else those of the teacher written by save_model."
+    if self.teacher_bytes is None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as d: self.teacher_bytes = file_bytes(save_model(self.teacher, Path(d) / 't.safetensors', self.vocab))
+    return self.teacher_bytes
 
 # %% ../nbs/06_pipeline.ipynb #22d29520
 def _compress_args(argv=None):
