@@ -24,7 +24,8 @@ from .distill import make_student, DistillationTrainer
 
 # %% auto #0
 __all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'TABLE_DEFAULTS', 'PLAN_DENSE', 'save_compressed', 'compressed_info',
-           'load_compressed', 'CompressionPipeline', 'PipelineError', 'plot_report', 'compress_main', 'rbk_compress']
+           'load_compressed', 'CompressionPipeline', 'PipelineError', 'file_parts', 'gain_kept', 'plot_report',
+           'compress_main', 'rbk_compress']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
 COMPRESSED_VERSION = 2  # 2: codebook tables, 4-bit biases, packed word lists; 1 (the words xz-compressed in frequency order) still loads
@@ -169,14 +170,14 @@ def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus)
     s = dict(self.student)
     want, d_t = s.pop('num_experts', None) or teacher.cfg.num_experts, teacher.cfg.d_model
     same = (s.get('d_model') or d_t) == d_t
-    st = make_student(teacher, num_experts=None if same else want, **s)
-    if same and want < st.cfg.num_experts:
+    st = make_student(teacher, num_experts=None if same and s.get('init', True) else want, **s)
+    if same and s.get('init', True) and want < st.cfg.num_experts:
         st.eval()
         with torch.no_grad(): stats = expert_stats(st, self._calib(corpus, teacher.cfg.n_seq))
         prune_experts_(st, stats, keep=want)
     if self.table is None: return st
     W = st.tok_emb.weight.detach()
-    if same and (st.emb_up is None or st.cfg.embed_rank == d_t):
+    if same and s.get('init', True) and (st.emb_up is None or st.cfg.embed_rank == d_t):
         with torch.no_grad():
             W = teacher.head(torch.eye(d_t)).T - teacher.head.bias[:, None]  # the teacher head's effective (V, d) weight
             if st.emb_up is not None:
@@ -213,6 +214,7 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
                  save_dir: str | Path = 'compressed',  # where stage files, checkpoints, state.json, report.json and plots go
                  resume: bool = False,  # continue a killed run in save_dir
                  max_steps: int | None = None,  # cap on the training steps of every stage (quick runs)
+                 baseline: bool = False,  # also train the same-size scratch baseline (a measurement: not counted in the run's seconds)
                  progress: bool = True) -> dict:
     "Run the stages on `corpus`; returns the report (also written to save_dir/report.json)."
     if len(corpus.vocab) != len(self.vocab) or corpus.vocab.itos != self.vocab.itos:
@@ -252,7 +254,58 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
         atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
         if ckpt.exists(): ckpt.unlink()
         if progress: print(f"stage {i} {name}: {rec['bytes']:,} bytes, test ppl {rec['ppl']:.2f}, {rec['seconds']:.0f} s", flush=True)
+    if baseline and 'baseline' not in state:
+        secs = sum(s['seconds'] for s in state['stages'] if s['name'] != 'quantize')
+        q = next((s['steps'] for s in state['stages'] if s['name'] == 'quantize'), 0)
+        state['baseline'] = self.scratch_baseline(load_compressed(out / state['teacher']['file'])[0], corpus, secs, q, out, progress)
+        atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
     return self.report(state, out)
+
+# %% ../nbs/06_pipeline.ipynb #6b66abca
+@patch
+def scratch_baseline(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus, seconds: float, quantize_steps: int, out: Path, progress=False) -> dict:
+    "Train the run's final architecture from scratch on hard targets for `seconds`, quantize it as the run did, save and measure it."
+    t0 = time.perf_counter()
+    base = copy.copy(self); base.student = {**self.student, 'init': False}
+    torch.manual_seed(0)
+    probe = base.make_student(teacher, corpus)
+    n_seq = teacher.cfg.n_seq
+    fit(probe, corpus, **{**base._fit_args(corpus, n_seq, 3, None, False, self.lr, seed=3), 'checkpoint': None})
+    t1 = time.perf_counter()
+    fit(probe, corpus, **{**base._fit_args(corpus, n_seq, 5, None, False, self.lr, seed=3), 'checkpoint': None})
+    s_step = (time.perf_counter() - t1) / 5
+    steps = max(1, int((seconds - (time.perf_counter() - t0)) / s_step))
+    torch.manual_seed(0)
+    model = base.make_student(teacher, corpus)
+    fit(model, corpus, **{**base._fit_args(corpus, n_seq, steps, None, progress, self.lr, seed=3), 'checkpoint': None})
+    if 'quantize' in self.stages: model = base._stage_quantize(model, corpus, quantize_steps, None, progress)
+    path = save_compressed(model, out / 'baseline.safetensors', corpus.vocab, dict(stage='baseline'))
+    return dict(name='scratch baseline', steps=steps, quantize_steps=quantize_steps, **_measure(model.eval(), corpus, path),
+                seconds=time.perf_counter() - t0, matched_seconds=seconds)
+
+# %% ../nbs/06_pipeline.ipynb #ec03e0c0
+_PARTS = (('vocab@', 'word list'), ('tok_emb.dense', 'table: rows of their own'), ('tok_emb.codebooks', 'table: codebooks'),
+          ('tok_emb.codes', 'table: codes'), ('tok_emb', 'table'), ('head.bias', 'head biases'), ('head', 'head'), ('emb_up', 'input map'),
+          ('blocks.', 'blocks'), ('pos_emb', 'position table'), ('ln_f', 'final norm'))
+_DTYPE_BYTES = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8, 'I32': 4, 'I16': 2, 'U8': 1, 'I8': 1, 'BOOL': 1}
+
+def file_parts(path: str | Path) -> dict:
+    "Bytes of a model file by part of the model (tensors as stored), the header and tensor index as the rest, largest first."
+    parts = {}
+    with safe_open(str(path), 'pt') as f:
+        for k in f.keys():
+            sl = f.get_slice(k)
+            n = _DTYPE_BYTES[sl.get_dtype()]
+            for d in sl.get_shape(): n *= d
+            name = next((v for p, v in _PARTS if k.startswith(p)), k.split('.')[0])
+            parts[name] = parts.get(name, 0) + n
+    parts['header and tensor index'] = file_bytes(path) - sum(parts.values())
+    return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
+
+def gain_kept(teacher_ppl: float, ppl: float, unigram_ppl: float) -> float:
+    "Share of the teacher's gain over the unigram floor that a model keeps, in log-perplexity."
+    import math
+    return (math.log(unigram_ppl) - math.log(ppl)) / (math.log(unigram_ppl) - math.log(teacher_ppl))
 
 # %% ../nbs/06_pipeline.ipynb #a55bb3e4
 @patch
@@ -268,7 +321,14 @@ def report(self: CompressionPipeline, state: dict, out: Path) -> dict:
                verdict=[f"compression {ratio:.1f}x: target {self.target_compression:g}x {'met' if size_ok else 'NOT met'}",
                         f"perplexity {t['ppl']:.2f} -> {last['ppl']:.2f} ({inc:+.1%}): limit +{self.max_ppl_increase:.0%} {'held' if ppl_ok else 'NOT held'}"],
                seconds=sum(s['seconds'] for s in [t] + state['stages']), peak_mb=max(s['peak_mb'] for s in [t] + state['stages']),
-               compressed_file=str(out / last['file']), stages=state['stages'], teacher=t, settings=state['settings'])
+               compressed_file=str(out / last['file']), stages=state['stages'], teacher=t, settings=state['settings'],
+               gain_kept=gain_kept(t['ppl'], last['ppl'], state['unigram_ppl']), parts=file_parts(out / last['file']),
+               plan=None if self.planned is None else {k: v for k, v in self.planned.items() if k != 'tried'})
+    if 'baseline' in state:
+        b = state['baseline']
+        rep['baseline'] = dict(b, gain_kept=gain_kept(t['ppl'], b['ppl'], state['unigram_ppl']), beaten=last['ppl'] < b['ppl'])
+        rep['verdict'].append(f"same-size scratch baseline ({b['bytes']:,} bytes, {b['steps']} steps in {b['matched_seconds']:.0f} s): "
+                              f"test ppl {b['ppl']:.2f}, {'beaten' if last['ppl'] < b['ppl'] else 'NOT beaten'} by the compressed model")
     atomic_write(out / 'report.json', lambda p: Path(p).write_text(json.dumps(rep, indent=1)))
     import matplotlib.pyplot as plt
     for f in plot_report(rep, out): plt.close(f)  # saved, not shown: a notebook shows them with plot_report(rep)
@@ -389,11 +449,14 @@ def _compress_args(argv=None):
     p.add_argument('--qat-epochs', type=float, default=None, help='default: 3 (synthetic: 0.5)')
     p.add_argument('--max-steps', type=int, default=None, help='cap on the training steps of every stage')
     p.add_argument('--teacher-epochs', type=int, default=None, help='epochs of the teacher trained when --teacher is not given (default: 3; synthetic: 2)')
-    p.add_argument('--student-d-model', type=int, default=16)
-    p.add_argument('--student-layers', type=int, default=2)
-    p.add_argument('--student-experts', type=int, default=2)
-    p.add_argument('--embed-rank', type=int, default=None)
-    p.add_argument('--keep-experts', type=int, default=1)
+    g = p.add_argument_group('student', "default: planned for --target (the teacher's width and depth with a codebook table, as the bytes allow); "
+                             "any of these fixes the student instead")
+    g.add_argument('--student-d-model', type=int, default=None, help="width (default: the teacher's)")
+    g.add_argument('--student-layers', type=int, default=None, help="blocks (default: the teacher's)")
+    g.add_argument('--student-experts', type=int, default=None, help='experts per block (default: 1 with a table, else 2)')
+    g.add_argument('--embed-rank', type=int, default=None, help='factorize the table through this rank')
+    g.add_argument('--n-dense', type=int, default=None, help='a codebook table with rows of their own for this many words (1 code of 256 for the rest)')
+    g.add_argument('--keep-experts', type=int, default=1, help='experts per block after the prune stage')
     p.add_argument('--no-progress', action='store_true')
     return p.parse_args(argv)
 
@@ -423,10 +486,12 @@ def compress_main(argv=None) -> dict:
             fit(teacher, corpus, epochs=a.teacher_epochs or (2 if syn else 3), lr=5e-3 if syn else 3e-3, eval_split=None, progress=not a.no_progress)
             save_model(teacher, teacher_file, vocab, dict(data=a.data))
     corpus = _reencode(corpus, vocab)
-    pipe = CompressionPipeline(teacher, vocab, a.target, a.max_ppl_increase, stages,
-                               student=dict(d_model=a.student_d_model, n_layers=a.student_layers, num_experts=a.student_experts,
-                                            tie_embeddings=True, embed_rank=a.embed_rank),
-                               keep_experts=a.keep_experts, teacher_bytes=file_bytes(teacher_file))
+    fixed = any(v is not None for v in (a.student_d_model, a.student_layers, a.student_experts, a.embed_rank, a.n_dense))
+    student = dict(d_model=a.student_d_model, n_layers=a.student_layers, num_experts=a.student_experts or (1 if a.n_dense is not None else 2),
+                   tie_embeddings=True, embed_rank=a.embed_rank) if fixed else None
+    pipe = CompressionPipeline(teacher, vocab, a.target, a.max_ppl_increase, stages, student=student,
+                               table=None if a.n_dense is None else dict(n_dense=a.n_dense), keep_experts=a.keep_experts,
+                               teacher_bytes=file_bytes(teacher_file))
     epochs = dict(distillation_epochs=a.distillation_epochs if a.distillation_epochs is not None else (2 if syn else 5),
                   pruning_epochs=a.pruning_epochs if a.pruning_epochs is not None else (0.5 if syn else 3),
                   qat_epochs=a.qat_epochs if a.qat_epochs is not None else (0.5 if syn else 3))
