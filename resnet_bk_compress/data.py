@@ -180,7 +180,9 @@ def front_code(words: list[str]) -> bytes:
         if '\n' in w: raise ValueError(f"word {w!r} contains a newline: a word list stores one word per line")
         n, m = 0, min(len(w), len(prev), 255)
         while n < m and w[n] == prev[n]: n += 1
-        out.append(bytes([n]) + w[n:].encode() + b'\n'); prev = w
+        try: out.append(bytes([n]) + w[n:].encode() + b'\n')
+        except UnicodeEncodeError: raise ValueError(f"word {w!r} is not valid unicode text (a lone surrogate): it cannot be stored in UTF-8") from None
+        prev = w
     return b''.join(out)
 
 def front_decode(data: bytes) -> list[str]:

@@ -96,7 +96,7 @@ class CompressionPipeline:
         if len(vocab) != model.cfg.vocab_size: raise ValueError(f"vocabulary has {len(vocab)} types, the model {model.cfg.vocab_size}")
         self.teacher, self.vocab, self.stages = model.eval(), vocab, tuple(stages)
         self.target_compression, self.max_ppl_increase = target_compression, max_ppl_increase
-        self.auto, self.planned = student is None and table is None, None  # auto: plan() chooses student, table and kept experts at the start of the run
+        self.auto, self.planned = student is None and table is None and 'distill' in stages, None  # auto: plan() chooses student, table and kept experts when the run starts
         self.student = dict(tie_embeddings=True) if student is None else student
         self.keep_experts = keep_experts
         self.quant = Int4MoEConfig(group_size=128, embedding_bits=4) if quant is None else quant
@@ -366,7 +366,7 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
     teacher, vocab = self.canonical_teacher(corpus)
     s = dict(self.student)
     want = s.pop('num_experts', None) or teacher.cfg.num_experts
-    st = make_student(teacher, num_experts=want, init=False, **s)
+    st = make_student(teacher, num_experts=want, init=False, **s) if 'distill' in self.stages else teacher
     if self.table is not None:
         t = self.table
         st.tok_emb = CodebookTable(st.cfg.vocab_size, st.tok_emb.embedding_dim, t['n_dense'], t['n_codebooks'], t['codebook_size'])

@@ -1,0 +1,104 @@
+import copy, json
+from pathlib import Path
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from safetensors import safe_open
+from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words, Vocab
+from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
+from resnet_bk_compress.train import fit, file_bytes
+from resnet_bk_compress.tables import CodebookTable, canonical_order, permute_vocab_, permute_vocab
+from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, _reencode
+from conftest import fresh_process_logits
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(st.characters(blacklist_categories=('Cs',), blacklist_characters='\n'), max_size=40), unique=True, max_size=200), st.randoms())
+def test_word_list_round_trip_any_order(words, rnd):
+    rnd.shuffle(words)
+    assert unpack_words(pack_words(words)) == words
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=0, max_size=64))
+def test_damaged_word_lists_are_refused(junk):
+    blob = pack_words(['alpha', 'alphabet', 'beta', 'gamma'])
+    for bad in (junk, blob[:1] + junk, blob[:max(2, len(blob) - len(junk) - 1)]):
+        try: words = unpack_words(bad)
+        except ValueError as e: assert 'word list' in str(e)
+        else: assert isinstance(words, list)  # some junk happens to decode; it never raises anything else
+
+@pytest.fixture(scope='module')
+def syn(): return synthetic_corpus(vocab_size=600, n_train=30_000, n_eval=3_000)
+
+@pytest.fixture(scope='module')
+def teacher(syn):
+    torch.manual_seed(0)
+    t = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32))
+    fit(t, syn, max_steps=30, batch_size=16, lr=5e-3, eval_split=None, progress=False)
+    return t.eval()
+
+def test_canonical_order_keeps_every_probability(syn, teacher):
+    counts = torch.bincount(syn.train, minlength=len(syn.vocab))
+    order = canonical_order(syn.vocab, counts, [100])
+    v2 = permute_vocab(syn.vocab, order)
+    assert v2.itos[:100] == sorted(v2.itos[:100]) and v2.itos[100:] == sorted(v2.itos[100:])
+    assert set(order[:100].tolist()) == set(counts.argsort(descending=True, stable=True)[:100].tolist())
+    t2 = permute_vocab_(copy.deepcopy(teacher), order)
+    x = syn.test[:64].reshape(2, 32)
+    x2 = v2.encode(syn.vocab.decode(x.flatten())).reshape(2, 32)
+    with torch.no_grad(): torch.testing.assert_close(t2(x2)[..., torch.argsort(order)], teacher(x), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match='cuts'): canonical_order(syn.vocab, counts, [100, 50])
+
+@pytest.fixture(scope='module')
+def table_run(syn, teacher, tmp_path_factory):
+    d = tmp_path_factory.mktemp('tab') / 'run'
+    pipe = CompressionPipeline(teacher, syn.vocab, target_compression=5, max_ppl_increase=1., batch_size=16, calib_batches=4,
+                               student=dict(num_experts=1, tie_embeddings=True), table=dict(n_dense=100, codebook_size=64))
+    return pipe, pipe.run_pipeline(syn, max_steps=6, save_dir=d, progress=False), d
+
+def test_codebook_table_file_loads_in_a_fresh_process(table_run, syn, tmp_path):
+    _, rep, _ = table_run
+    model, vocab, info = load_compressed(rep['compressed_file'])
+    assert type(model.tok_emb).__name__ == 'QuantizedCodebookTable' and type(model.head.bias).__name__ == 'QuantizedBias'
+    assert info['version'] == 2 and vocab.itos[100:] == sorted(vocab.itos[100:])  # the file's word order: bands, sorted inside
+    with safe_open(rep['compressed_file'], 'pt') as f:
+        assert json.loads(f.metadata()['table']) == dict(n_dense=100, n_codebooks=1, codebook_size=64, bias_bits=4)
+        assert f.get_slice('tok_emb.codes').get_dtype() == 'U8'
+    x = torch.randint(0, len(vocab), (2, 32))
+    with torch.no_grad(): here = model(x)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.pipeline.load_compressed', rep['compressed_file'], x, tmp_path), here)
+    assert rep['parts']['word list'] == file_bytes(rep['compressed_file']) - sum(v for k, v in rep['parts'].items() if k != 'word list')
+    # the same words score the same: perplexity of the loaded model on the corpus in its own word order is the report's
+    from resnet_bk_compress.train import evaluate
+    assert evaluate(model, _reencode(syn, vocab).test)['ppl'] == pytest.approx(rep['compressed_ppl'], rel=1e-6)
+
+def test_resume_with_a_table_reaches_the_same_file(table_run, syn, teacher, tmp_path):
+    pipe, rep, d = table_run
+    again = CompressionPipeline(teacher, syn.vocab, target_compression=5, max_ppl_increase=1., batch_size=16, calib_batches=4,
+                                student=dict(num_experts=1, tie_embeddings=True), table=dict(n_dense=100, codebook_size=64))
+    state = json.loads((d / 'state.json').read_text())
+    state['stages'] = state['stages'][:1]  # as if killed after the distill stage
+    (tmp_path / 'r').mkdir()
+    for f in ('stage0_teacher.safetensors', 'stage1_distill.safetensors'): (tmp_path / 'r' / f).write_bytes((d / f).read_bytes())
+    (tmp_path / 'r' / 'state.json').write_text(json.dumps(state))
+    rep2 = again.run_pipeline(syn, max_steps=6, save_dir=tmp_path / 'r', resume=True, progress=False)
+    with safe_open(rep['compressed_file'], 'pt') as a, safe_open(rep2['compressed_file'], 'pt') as b:  # (safetensors orders header keys its own way)
+        assert a.metadata() == b.metadata() and set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+def test_planner_predicts_the_file_and_refuses_what_no_student_reaches(syn, teacher, tmp_path):
+    pipe = CompressionPipeline(teacher, syn.vocab, target_compression=12, batch_size=16, calib_batches=4)
+    rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'run', progress=False)
+    assert pipe.planned['table'] is not None and rep['compression_ratio'] >= 12
+    assert abs(rep['compressed_bytes'] / pipe.planned['predicted_bytes'] - 1) < 0.01
+    hopeless = CompressionPipeline(teacher, syn.vocab, target_compression=10_000)
+    with pytest.raises(PipelineError, match=r'no student reaches 10000x .*the smallest the planner found is'):
+        hopeless.run_pipeline(syn, save_dir=tmp_path / 'never', progress=False)
+    assert not (tmp_path / 'never').exists()  # refused before anything was written
+
+def test_table_settings_are_checked_before_a_run(syn, teacher):
+    with pytest.raises(ValueError, match=r"unknown table settings \['n_dens'\]"):
+        CompressionPipeline(teacher, syn.vocab, student=dict(tie_embeddings=True), table=dict(n_dens=10))
+    with pytest.raises(ValueError, match='tie_embeddings=True'): CompressionPipeline(teacher, syn.vocab, student=dict(d_model=16), table=dict(n_dense=10))
+    with pytest.raises(ValueError, match='n_codebooks must divide'):
+        CompressionPipeline(teacher, syn.vocab, student=dict(tie_embeddings=True), table=dict(n_dense=10, n_codebooks=5))
+    with pytest.raises(ValueError, match='bias_bits'): CompressionPipeline(teacher, syn.vocab, student=dict(tie_embeddings=True), table=dict(bias_bits=3))
