@@ -370,9 +370,9 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
     if self.table is not None:
         t = self.table
         st.tok_emb = CodebookTable(st.cfg.vocab_size, st.tok_emb.embedding_dim, t['n_dense'], t['n_codebooks'], t['codebook_size'])
-        with torch.no_grad():  # untrained but not zero: zeros would be stored as (smaller) sparse tensors
-            st.tok_emb.dense.normal_(0, 0.02); st.tok_emb.codebooks.normal_(0, 0.02); st.tok_emb.codes.random_(0, t['codebook_size'])
-    with torch.no_grad(): st.head.bias.normal_()
+        with torch.no_grad(): st.tok_emb.codes.random_(0, t['codebook_size'])
+    with torch.no_grad():  # untrained but not zero (zero biases would be stored as smaller sparse tensors): every weight drawn at random
+        for p in st.parameters(): p.normal_(0, 0.02)
     if 'prune' in self.stages:
         for m in _moes(st): prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes
     if 'quantize' in self.stages:
