@@ -7,9 +7,11 @@ WikiText-2 test perplexity, bytes per word of the table (stored form), seconds. 
 
     python bench/tables_wt2.py [--steps 300] [--only NAME ...] [--out bench/out/tables_wt2.json]
 """
-import argparse, json, platform, sys, time
+import argparse, json, platform, sys, time, zlib
 from pathlib import Path
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT
 from resnet_bk_compress.data import load_wikitext2, train_batches
@@ -24,17 +26,47 @@ RUNS = {'dense table (float)': (None, True),
         '1000 rows + 1 code of 256, no input map': ((1000, 1, 256), False),
         '250 rows + 1 code of 256': ((250, 1, 256), True),
         '1000 rows + 2 codes of 16': ((1000, 2, 16), True),
-        '1000 rows + 2 codes of 256': ((1000, 2, 256), True)}
+        '1000 rows + 2 codes of 256': ((1000, 2, 256), True),
+        # tables computed from spelling: the coded band's bytes spent on hashed character n-gram vectors instead (INT8 rows)
+        '1000 rows + spelling, 730 n-gram buckets (same bytes as 1 code of 256)': (('spelling', 1000, 730), True),
+        '1000 rows + spelling, 4096 n-gram buckets': (('spelling', 1000, 4096), True)}
+
+class SpellingTable(nn.Module):
+    "Rows of their own for the first n_dense words; every other word's row is the mean of its hashed character 3-5-gram vectors (fastText)."
+    def __init__(self, words, d, n_dense, buckets, n=(3, 4, 5)):
+        super().__init__()
+        self.dense, self.grams = nn.Parameter(torch.zeros(n_dense, d)), nn.Parameter(torch.zeros(buckets, d))
+        idx, offsets = [], []
+        for w in words[n_dense:]:
+            s = f'<{w}>'
+            g = [zlib.crc32(s[i:i + k].encode()) % buckets for k in n for i in range(max(1, len(s) - k + 1))]
+            offsets.append(len(idx)); idx += g
+        self.register_buffer('idx', torch.tensor(idx)); self.register_buffer('offsets', torch.tensor(offsets))
+    def table(self): return torch.cat([self.dense, F.embedding_bag(self.idx, self.grams, self.offsets, mode='mean')])
+    def forward(self, ids): return F.embedding(ids, self.table())
+
+    @classmethod
+    def from_table(cls, W, words, n_dense, buckets, lam=1e-2):
+        "Dense rows copied; n-gram vectors by ridge regression of the other rows on their n-grams."
+        t = cls(words, W.shape[1], n_dense, buckets)
+        n_rest = len(words) - n_dense
+        rows = torch.repeat_interleave(torch.arange(n_rest), torch.diff(torch.cat([t.offsets, torch.tensor([len(t.idx)])])))
+        counts = torch.bincount(rows, minlength=n_rest).float()
+        A = torch.sparse_coo_tensor(torch.stack([rows, t.idx]), 1 / counts[rows], (n_rest, buckets), check_invariants=True).coalesce()
+        X = torch.linalg.solve(A.t() @ A.to_dense() + lam * torch.eye(buckets), A.t() @ W[n_dense:])
+        with torch.no_grad(): t.dense.copy_(W[:n_dense]); t.grams.copy_(X)
+        return t
 
 def table_bytes(V, d, spec) -> float:
     "Bytes a word of the stored table (INT4 rows with a scale and zero point per 64, INT8 codebooks with theirs, packed codes), all words together / V."
     if spec is None: return d / 2 + 4 * (d // 64)
+    if spec[0] == 'spelling': return (spec[1] * (d / 2 + 4) + spec[2] * (d + 4)) / V
     n, M, K = spec
     code_bits = 4 if K <= 16 else 8
     return (n * (d / 2 + 4 * max(1, d // 64)) + (V - n) * M * code_bits / 8 + M * K * (d // M + 4)) / V
 
 def student_for(teacher, corpus, spec, input_map: bool):
-    d = teacher.cfg.d_model
+    d, vocab_words = teacher.cfg.d_model, corpus.vocab.itos
     s = make_student(teacher, tie_embeddings=True, embed_rank=d if input_map else None)
     calib = [x for x, _ in list(train_batches(corpus.train, teacher.cfg.n_seq, 32, seed=123))[:16]]
     with torch.no_grad():
@@ -47,6 +79,7 @@ def student_for(teacher, corpus, spec, input_map: bool):
             s.head.down.weight.copy_(torch.eye(d))
         s.head.bias.copy_(teacher.head.bias)
         if spec is None: s.tok_emb.weight.copy_(Wh)
+        elif spec[0] == 'spelling': s.tok_emb = SpellingTable.from_table(Wh, vocab_words, spec[1], spec[2])
         else:
             counts = torch.bincount(corpus.train, minlength=len(corpus.vocab))
             s.tok_emb = CodebookTable.from_table(Wh, *spec, weights=counts.float())

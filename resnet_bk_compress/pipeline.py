@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/pipeline.html.md"""
 
 # %% ../nbs/06_pipeline.ipynb #6f3c227a
 from __future__ import annotations
-import argparse, copy, json, resource, sys, time
+import argparse, copy, json, math, resource, sys, time
 from pathlib import Path
 import torch
 from fastcore.basics import patch
@@ -35,7 +35,7 @@ def save_compressed(model: ResNetBKLM, path: str | Path, vocab, info: dict | Non
     "Write a (pruned, quantized and converted, or float) model as one self-contained compressed file."
     spec = table_spec(model)
     header = {'compressed': {'version': COMPRESSED_VERSION, **(info or {})}, **({'table': spec} if spec else {})}
-    return save_pruned(model, path, vocab, meta, header=header, compress_vocab=True)
+    return save_pruned(model, path, vocab, meta, header=header, compress_vocab=True, pack_small=True)
 
 def compressed_info(path: str | Path) -> dict:
     "The `compressed` header entry of a file (its version and run history); clear errors for any other file."
@@ -291,20 +291,23 @@ _DTYPE_BYTES = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8, 'I32': 4, 'I1
 
 def file_parts(path: str | Path) -> dict:
     "Bytes of a model file by part of the model (tensors as stored), the header and tensor index as the rest, largest first."
-    parts = {}
+    parts, sizes = {}, {}
     with safe_open(str(path), 'pt') as f:
         for k in f.keys():
             sl = f.get_slice(k)
-            n = _DTYPE_BYTES[sl.get_dtype()]
-            for d in sl.get_shape(): n *= d
-            name = next((v for p, v in _PARTS if k.startswith(p)), k.split('.')[0])
-            parts[name] = parts.get(name, 0) + n
+            sizes[k] = _DTYPE_BYTES[sl.get_dtype()] * math.prod(sl.get_shape())
+        small = json.loads((f.metadata() or {}).get('small', '{}'))
+    for dt, entries in small.items():  # tensors packed together (save_model(pack_small=True)): each counted in its own part
+        del sizes[f'@small.{dt}']
+        for k, shape in entries: sizes[k] = torch.empty(0, dtype=getattr(torch, dt)).element_size() * math.prod(shape)
+    for k, n in sizes.items():
+        name = next((v for p, v in _PARTS if k.startswith(p)), k.split('.')[0])
+        parts[name] = parts.get(name, 0) + n
     parts['header and tensor index'] = file_bytes(path) - sum(parts.values())
     return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
 
 def gain_kept(teacher_ppl: float, ppl: float, unigram_ppl: float) -> float:
     "Share of the teacher's gain over the unigram floor that a model keeps, in log-perplexity."
-    import math
     return (math.log(unigram_ppl) - math.log(ppl)) / (math.log(unigram_ppl) - math.log(teacher_ppl))
 
 # %% ../nbs/06_pipeline.ipynb #a55bb3e4

@@ -134,13 +134,13 @@ def prune_experts_(model: nn.Module, stats: list[ExpertStats],  # from expert_st
 # %% ../nbs/04_pruning.ipynb #c0c7fa64
 def save_pruned(model: ResNetBKLM, path, vocab, meta: dict | None = None,
                 header: dict | None = None,  # more header entries
-                compress_vocab: bool = False) -> Path:  # see save_model
+                compress_vocab: bool = False, pack_small: bool = False) -> Path:  # see save_model
     "Write a pruned (and possibly quantized and converted) model: its kept experts in the header, sparse weights as bitmasks."
     header = {**(header or {}), 'pruned': {'kept': [m.kept if hasattr(m, 'kept') else list(range(m.num_experts)) for m in _moes(model)]}}
     if hasattr(model, 'quant_config'):
         if getattr(model, 'quant_step', None) != 'convert': raise ValueError("convert the quantized model before saving: quantize_(model, config, 'convert')")
         header['quant'] = model.quant_config.to_dict()
-    return save_model(model, path, vocab, meta, header=header, compress_vocab=compress_vocab)
+    return save_model(model, path, vocab, meta, header=header, compress_vocab=compress_vocab, pack_small=pack_small)
 
 def _restructure(model: ResNetBKLM, header: dict):
     if 'quant' in header: _restructure_quantized(model, header)

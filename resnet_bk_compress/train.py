@@ -19,11 +19,11 @@ from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batch
                                      load_corpus, synthetic_corpus, encode_file, pack_words, unpack_words)
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'LOADERS', 'BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'head_operands',
-           'lm_loss', 'evaluate', 'warmup_cosine', 'LMObjective', 'dist_info', 'init_distributed', 'CheckpointError',
-           'fit', 'ModelFileError', 'file_bytes', 'atomic_write', 'encode_sparse', 'decode_sparse', 'save_model',
-           'read_model_file', 'load_model', 'train_main', 'rbk_train', 'load_any', 'eval_main', 'rbk_eval',
-           'bench_result']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'SMALL', 'LOADERS', 'BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy',
+           'head_operands', 'lm_loss', 'evaluate', 'warmup_cosine', 'LMObjective', 'dist_info', 'init_distributed',
+           'CheckpointError', 'fit', 'ModelFileError', 'file_bytes', 'atomic_write', 'encode_sparse', 'decode_sparse',
+           'save_model', 'read_model_file', 'load_model', 'train_main', 'rbk_train', 'load_any', 'eval_main',
+           'rbk_eval', 'bench_result']
 
 # %% ../nbs/00b_train.ipynb #d1addedc
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -276,9 +276,12 @@ def _effective_state(model: nn.Module) -> dict:
     return sd
 
 # %% ../nbs/00b_train.ipynb #19a2806c
+SMALL = 256  # elements: tensors this small are packed together by save_model(pack_small=True)
+
 def save_model(model: ResNetBKLM, path: str | Path, vocab: Vocab, meta: dict | None = None,
                header: dict | None = None,  # extra header fields (JSON-ready), e.g. a quantization spec
                compress_vocab: bool = False,  # store the vocabulary packed (data.pack_words, a uint8 tensor) instead of as JSON in the header
+               pack_small: bool = False,  # store tensors of at most SMALL elements in one tensor per dtype (the index costs ~90 bytes a tensor)
                ) -> Path:
     "Write `model`'s tensors, its config, `vocab` and `meta` to one safetensors file, atomically."
     if len(vocab) != model.cfg.vocab_size:
@@ -289,9 +292,15 @@ def save_model(model: ResNetBKLM, path: str | Path, vocab: Vocab, meta: dict | N
     for k in complex_keys: tensors[k] = torch.view_as_real(tensors[k]).contiguous()  # safetensors has no complex dtype
     sparse = {k: list(v.shape) for k, v in tensors.items() if v.dim() and _sparse_pays(v)}
     for k in sparse: tensors[k + '@mask'], tensors[k + '@values'] = encode_sparse(tensors.pop(k))
+    packed = {}
+    if pack_small:
+        for k in [k for k, v in tensors.items() if v.numel() <= SMALL]:
+            v = tensors.pop(k); dt = str(v.dtype).removeprefix('torch.')
+            packed.setdefault(dt, []).append([k, list(v.shape)]); tensors.setdefault(f'@small.{dt}', []).append(v.flatten())
+        for dt in packed: tensors[f'@small.{dt}'] = torch.cat(tensors[f'@small.{dt}'])
     if compress_vocab: tensors['vocab@words'] = torch.frombuffer(bytearray(pack_words(vocab.itos)), dtype=torch.uint8)
     header = {'format': FORMAT, 'format_version': str(FORMAT_VERSION), 'config': json.dumps(model.cfg.to_dict()),
-              'complex': json.dumps(complex_keys), 'sparse': json.dumps(sparse),
+              'complex': json.dumps(complex_keys), 'sparse': json.dumps(sparse), **({'small': json.dumps(packed, separators=(',', ':'))} if packed else {}),
               **({'vocab_codec': '"words"'} if compress_vocab else {'vocab': json.dumps(vocab.itos, ensure_ascii=False)}), 'meta': json.dumps(meta or {}),
               **{k: json.dumps(v) for k, v in (header or {}).items()}}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
@@ -311,6 +320,13 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
     if header.get('format_version') != str(FORMAT_VERSION):
         raise ModelFileError(f"'{path}' has format version {header.get('format_version')!r}; this library reads version {FORMAT_VERSION}: "
                              f"upgrade resnet_bk_compress to read it")
+    try:
+        for dt, entries in json.loads(header.get('small', '{}')).items():  # pack_small: unpack in the order they were packed
+            flat, i = tensors.pop(f'@small.{dt}'), 0
+            for k, shape in entries:
+                n = math.prod(shape); tensors[k] = flat[i:i + n].reshape(shape).clone(); i += n
+            if i != flat.numel(): raise ValueError(f"{flat.numel() - i} values left over")
+    except (KeyError, ValueError, TypeError, RuntimeError) as e: raise ModelFileError(f"'{path}': the packed small tensors cannot be read ({e!r}): the file is corrupt") from None
     if 'vocab_codec' in header:  # '"words"': data.pack_words; '"xz"': one word per line, xz (files written before pack_words)
         try:
             codec = json.loads(header['vocab_codec'])
