@@ -24,6 +24,7 @@ from resnet_bk_compress.tables import CodebookTable
 RUNS = {'dense table (float)': (None, True),
         '1000 rows + 1 code of 256': ((1000, 1, 256), True),
         '1000 rows + 1 code of 256, no input map': ((1000, 1, 256), False),
+        '1000 rows + 1 code of 256, codes learned (straight-through)': (('learned', 1000, 1, 256), True),
         '250 rows + 1 code of 256': ((250, 1, 256), True),
         '1000 rows + 2 codes of 16': ((1000, 2, 16), True),
         '1000 rows + 2 codes of 256': ((1000, 2, 256), True),
@@ -61,7 +62,7 @@ def table_bytes(V, d, spec) -> float:
     "Bytes a word of the stored table (INT4 rows with a scale and zero point per 64, INT8 codebooks with theirs, packed codes), all words together / V."
     if spec is None: return d / 2 + 4 * (d // 64)
     if spec[0] == 'spelling': return (spec[1] * (d / 2 + 4) + spec[2] * (d + 4)) / V
-    n, M, K = spec
+    n, M, K = spec[-3:]
     code_bits = 4 if K <= 16 else 8
     return (n * (d / 2 + 4 * max(1, d // 64)) + (V - n) * M * code_bits / 8 + M * K * (d // M + 4)) / V
 
@@ -78,11 +79,11 @@ def student_for(teacher, corpus, spec, input_map: bool):
             s.emb_up.weight.copy_(torch.linalg.lstsq(Wh, E).solution.T)  # Wh @ A ~ E: the head's rows mapped to the input side
             s.head.down.weight.copy_(torch.eye(d))
         s.head.bias.copy_(teacher.head.bias)
+        counts = torch.bincount(corpus.train, minlength=len(corpus.vocab))
         if spec is None: s.tok_emb.weight.copy_(Wh)
         elif spec[0] == 'spelling': s.tok_emb = SpellingTable.from_table(Wh, vocab_words, spec[1], spec[2])
-        else:
-            counts = torch.bincount(corpus.train, minlength=len(corpus.vocab))
-            s.tok_emb = CodebookTable.from_table(Wh, *spec, weights=counts.float())
+        elif spec[0] == 'learned': s.tok_emb = CodebookTable.from_table(Wh, *spec[1:], weights=counts.float()).learn_codes_()
+        else: s.tok_emb = CodebookTable.from_table(Wh, *spec, weights=counts.float())
     return s
 
 if __name__ == '__main__':

@@ -64,7 +64,7 @@ def load_compressed(path: str | Path) -> tuple[ResNetBKLM, object, dict]:
 # %% ../nbs/06_pipeline.ipynb #a3d04e01
 STAGES = ('distill', 'prune', 'quantize')
 
-TABLE_DEFAULTS = dict(n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4)
+TABLE_DEFAULTS = dict(n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4, learn_codes=False)  # learn_codes: 03a_tables' straight-through codes
 
 def _peak_mb() -> float:
     "Peak resident memory of this process in MB (ru_maxrss counts kilobytes on Linux, bytes on macOS)."
@@ -80,7 +80,7 @@ class CompressionPipeline:
                  keep_experts: int = 1,  # experts per layer after the prune stage (planned with the student)
                  quant: QuantConfig | None = None,  # config of the quantize stage
                  distill: dict | None = None,  # DistillationTrainer arguments (alpha, T, beta, targets, k)
-                 table: dict | None = None,  # codebook table of the student (n_dense, n_codebooks, codebook_size, bias_bits); None: a plain table
+                 table: dict | None = None,  # codebook table of the student (TABLE_DEFAULTS' keys); None: a plain table
                  lr: float = 3e-3,  # learning rate of distillation and of retraining after pruning
                  qat_lr: float = 3e-4,  # learning rate of QAT
                  batch_size: int = 32,
@@ -140,6 +140,7 @@ def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progre
     torch.manual_seed(0)
     tr = DistillationTrainer(model, self.make_student(model, corpus), corpus, **self.distill)
     if steps: tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0))
+    if hasattr(tr.student.tok_emb, 'freeze_codes_'): tr.student.tok_emb.freeze_codes_()  # learned codes: the stage file stores the assignment
     return tr.student
 
 @patch
@@ -186,6 +187,7 @@ def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus)
                 st.head.down.weight.copy_(torch.eye(d_t))
     t = self.table
     st.tok_emb = CodebookTable.from_table(W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus))
+    if t['learn_codes']: st.tok_emb.learn_codes_()
     return st
 
 # %% ../nbs/06_pipeline.ipynb #f457b188

@@ -107,10 +107,25 @@ class CodebookTable(nn.Module):
     def table(self) -> torch.Tensor:
         "The whole (V, d) table."
         dense, cb = self.parts()
-        return torch.cat([dense, _coded_rows(cb, self.codes)])
+        if getattr(self, 'shadow', None) is None: return torch.cat([dense, _coded_rows(cb, self.codes)])
+        q = _coded_rows(cb, self._assign(cb))  # learn_codes_ (below): the nearest codewords of the full rows
+        e = self.shadow
+        coded = q + _Commit.apply(e, q.detach(), self.beta) - e.detach() if self.training else q  # value q; gradient also straight to e
+        return torch.cat([dense, coded])
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor: return F.embedding(idx, self.table())
     def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}, n_dense={self.n_dense}, M={self.n_codebooks}, K={self.codebook_size}"
+
+class _Commit(torch.autograd.Function):
+    "Identity on the full rows e whose backward adds the gradient of the commitment term beta * mean_w ||e_w - target_w||^2."
+    @staticmethod
+    def forward(ctx, e, target, beta):
+        ctx.save_for_backward(e, target); ctx.beta = beta
+        return e.view_as(e)
+    @staticmethod
+    def backward(ctx, g):
+        e, target = ctx.saved_tensors
+        return g + 2 * ctx.beta * (e - target) / e.shape[0], None, None
 
 def _coded_rows(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     "Rows (n, d) of the coded words: codebooks (M, K, d/M) picked by codes (n, M) and concatenated."
@@ -134,6 +149,29 @@ def from_table(cls: CodebookTable, W: torch.Tensor,  # trained table (V, d)
             c, a = kmeans(rest[:, m * s:(m + 1) * s], codebook_size, w, iters, seed + m)
             t.codebooks[m].copy_(c); t.codes[:, m] = a.to(t.codes.dtype)
     return t.to(W.device)
+
+# %% ../nbs/03a_tables.ipynb #c5dadb7d
+@patch
+def learn_codes_(self: CodebookTable, beta: float = 0.25) -> CodebookTable:
+    "Train the assignment too (straight-through nearest codeword with a commitment term beta); undo with freeze_codes_."
+    self.shadow = nn.Parameter(_coded_rows(self.codebooks.detach(), self.codes).clone())  # full rows of the coded words, starting on their codewords
+    self.beta = beta
+    return self
+
+@patch
+def _assign(self: CodebookTable, cb: torch.Tensor) -> torch.Tensor:
+    "Nearest codeword of each shadow row's slices: codes (n, M)."
+    s = self.embedding_dim // self.n_codebooks
+    with torch.no_grad():
+        return torch.stack([torch.cdist(self.shadow[:, m * s:(m + 1) * s], cb[m]).argmin(1) for m in range(self.n_codebooks)], 1)
+
+@patch
+def freeze_codes_(self: CodebookTable) -> CodebookTable:
+    "Store the current nearest-codeword assignment as the codes and drop the full rows."
+    if getattr(self, 'shadow', None) is None: return self
+    self.codes.copy_(self._assign(self.parts()[1]).to(self.codes.dtype))
+    del self.shadow
+    return self
 
 # %% ../nbs/03a_tables.ipynb #70145552
 @patch
@@ -193,6 +231,7 @@ def _table_bits(config) -> tuple[int, int]:
 def prepare_quant(self: CodebookTable, config) -> CodebookTable:
     "Fake-quantize the dense rows and the codebooks on their storage grids (called by quant.quantize_)."
     bits, gs = _table_bits(config)
+    self.freeze_codes_()  # QAT trains the stored layout: the codes no longer move
     self.fake_quant = (GroupWiseQuantizer(gs, bits, method='mse'), GroupWiseQuantizer(self.embedding_dim // self.n_codebooks, 8, method='mse'))
     return self
 
@@ -200,7 +239,7 @@ def prepare_quant(self: CodebookTable, config) -> CodebookTable:
 def convert_quant(self: CodebookTable, config) -> QuantizedCodebookTable:
     "The stored form (called by quant.quantize_ at 'convert')."
     bits, gs = _table_bits(config)
-    return QuantizedCodebookTable.from_float(self, bits, gs)
+    return QuantizedCodebookTable.from_float(self.freeze_codes_(), bits, gs)
 
 # %% ../nbs/03a_tables.ipynb #fc10bdbf
 class QuantizedBias(nn.Module):
