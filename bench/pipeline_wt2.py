@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.train import evaluate, file_bytes, bench_result
-from resnet_bk_compress.pipeline import CompressionPipeline, load_compressed, _reencode
+from resnet_bk_compress.pipeline import CompressionPipeline, load_compressed
 
 def tokens_per_s(model, ids, repeats=2) -> float:
     "Evaluation tokens/s over a split (best of `repeats`)."
@@ -52,7 +52,7 @@ if __name__ == '__main__':
         rep = pipe.run_pipeline(corpus, distillation_epochs=a.distillation_epochs, pruning_epochs=a.pruning_epochs, qat_epochs=a.qat_epochs,
                                 save_dir=a.save_dir, resume=True, progress=False, baseline=True)
     compressed, cvocab, _ = load_compressed(rep['compressed_file'])
-    speed = dict(teacher_tokens_per_s=tokens_per_s(teacher, corpus.valid), compressed_tokens_per_s=tokens_per_s(compressed, _reencode(corpus, cvocab).valid))
+    speed = dict(teacher_tokens_per_s=tokens_per_s(teacher, corpus.valid), compressed_tokens_per_s=tokens_per_s(compressed, corpus.with_vocab(cvocab).valid))
     total_s = run_s + teacher_train_s
     goals = dict(
         compression=dict(goal=f'>= {a.target:g}x', reached=rep['compression_ratio'], met=rep['compression_ratio'] >= a.target,

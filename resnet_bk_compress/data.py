@@ -97,6 +97,12 @@ class Corpus:
         if name not in SPLITS: raise ValueError(f"unknown split {name!r}: use one of {SPLITS}")
         return getattr(self, name)
 
+    def with_vocab(self, vocab: Vocab) -> Corpus:
+        "The same text under another vocabulary (a model file's, whose word order may differ): words it lacks become `<unk>`."
+        if vocab.itos == self.vocab.itos: return self
+        enc = lambda ids: vocab.encode(self.vocab.decode(ids))
+        return Corpus(vocab, enc(self.train), enc(self.valid), enc(self.test), self.name, self.meta)
+
     def __repr__(self):
         return f"Corpus({self.name!r}: vocab {len(self.vocab):,}, " + ', '.join(f"{s} {len(self.split(s)):,}" for s in SPLITS) + ')'
 

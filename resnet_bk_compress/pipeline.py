@@ -197,12 +197,6 @@ class PipelineError(ValueError):
 def _measure(model, corpus, path) -> dict:
     return dict(bytes=file_bytes(path), ppl=evaluate(model, corpus.test)['ppl'], params=num_params(model), file=Path(path).name)
 
-def _reencode(corpus: Corpus, vocab) -> Corpus:
-    "The corpus in `vocab` (words it lacks become <unk>)."
-    if corpus.vocab.itos == vocab.itos: return corpus
-    enc = lambda ids: vocab.encode(corpus.vocab.decode(ids))
-    return Corpus(vocab, enc(corpus.train), enc(corpus.valid), enc(corpus.test), corpus.name, corpus.meta)
-
 @patch
 def canonical_teacher(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBKLM, object]:
     "(a copy of the teacher, its vocabulary) in the canonical word order: frequency bands (cut at the table's n_dense), sorted inside each."
@@ -236,7 +230,7 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
         teacher, vocab = self.canonical_teacher(corpus)  # the word order every stage file stores (03a_tables)
         teacher_file = save_compressed(teacher, out / 'stage0_teacher.safetensors', vocab, dict(stage='teacher'))
         plain = save_model(self.teacher, out / '.teacher_plain.safetensors', self.vocab)
-        teacher = dict(name='teacher', **_measure(teacher, _reencode(corpus, vocab), teacher_file), seconds=time.perf_counter() - t0,
+        teacher = dict(name='teacher', **_measure(teacher, corpus.with_vocab(vocab), teacher_file), seconds=time.perf_counter() - t0,
                        peak_mb=_peak_mb(), plain_bytes=file_bytes(plain))
         plain.unlink()
         state = dict(settings=settings, teacher=teacher, stages=[],
@@ -244,7 +238,7 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
         atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
     done = len(state['stages'])
     model, vocab, _ = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))
-    corpus = _reencode(corpus, vocab)  # the stage files' word order
+    corpus = corpus.with_vocab(vocab)  # the stage files' word order
     for i, name in enumerate(self.stages[done:], start=done + 1):
         t0 = time.perf_counter()
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
@@ -384,7 +378,7 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
         quantize_(st, self.quant).eval()
         with calibrating(st), torch.no_grad(): st(torch.zeros(1, st.cfg.n_seq, dtype=torch.long))
         quantize_(st, self.quant, 'convert')
-        if self.table and self.table['bias_bits'] == 4: quantize_bias_(st, _counts(_reencode(corpus, vocab)))
+        if self.table and self.table['bias_bits'] == 4: quantize_bias_(st, _counts(corpus.with_vocab(vocab)))
     return st.eval(), vocab
 
 @patch
@@ -490,7 +484,7 @@ def compress_main(argv=None) -> dict:
             torch.manual_seed(0); teacher = ResNetBKLM(cfg)
             fit(teacher, corpus, epochs=a.teacher_epochs or (2 if syn else 3), lr=5e-3 if syn else 3e-3, eval_split=None, progress=not a.no_progress)
             save_model(teacher, teacher_file, vocab, dict(data=a.data))
-    corpus = _reencode(corpus, vocab)
+    corpus = corpus.with_vocab(vocab)
     fixed = any(v is not None for v in (a.student_d_model, a.student_layers, a.student_experts, a.embed_rank, a.n_dense))
     student = dict(d_model=a.student_d_model, n_layers=a.student_layers, num_experts=a.student_experts or (1 if a.n_dense is not None else 2),
                    tie_embeddings=True, embed_rank=a.embed_rank) if fixed else None
