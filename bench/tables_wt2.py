@@ -90,11 +90,23 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--steps', type=int, default=300)
     p.add_argument('--only', nargs='*', default=None)
+    p.add_argument('--speed', action='store_true', help='only time training steps and evaluation, dense head against codebook head (run alone)')
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'tables_wt2.json'))
     a = p.parse_args()
     corpus = load_wikitext2()
     teacher, vocab, _ = reference_teacher()
     out = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+    if a.speed:  # plain training steps (hard targets) and evaluation of the same student with each table
+        sp = out['speed'] = {}
+        for name in ('dense table (float)', '1000 rows + 1 code of 256'):
+            s = student_for(teacher, corpus, RUNS[name][0], False)
+            fit(s, corpus, max_steps=2, eval_split=None, progress=False)  # warm-up
+            h = fit(s, corpus, max_steps=20, eval_split=None, progress=False)
+            t1 = time.perf_counter(); r = evaluate(s, corpus.valid); ev = r['tokens'] / (time.perf_counter() - t1)
+            sp[name] = dict(train_tokens_per_s=h[-1]['tokens_per_s'], eval_tokens_per_s=ev)
+            print(name, sp[name], flush=True)
+        out.update(torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine())
+        Path(a.out).write_text(json.dumps(out, indent=1)); sys.exit()
     res = out.setdefault('results', {})
     t0 = time.perf_counter()
     targets = TeacherTargets(teacher, corpus.train, k=32, T=1.)

@@ -409,18 +409,21 @@ def plan(self: CompressionPipeline, corpus: Corpus) -> dict:
         self.planned = dict(budget=budget, predicted_bytes=b, student=self.student, table=self.table, keep_experts=self.keep_experts, tried=tried)
         return self.planned
     tied = dict(tie_embeddings=True)
+    K = 256 if V >= 8192 else 16  # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
     for keep in sorted({tc.num_experts, 1}, reverse=True):  # a plain tied INT4 table, all experts, then one
         if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= budget: return done(b)
-    for L in range(tc.n_layers, 0, -1):  # the teacher's width, as deep as the bytes allow, as many dense rows as fit
-        st = dict(tied, n_layers=L, num_experts=1)
-        n0, n1 = min(PLAN_DENSE[0], V // 4), min(PLAN_DENSE[1], V // 2)  # (small vocabularies: a quarter and a half of the words)
-        lo, hi = (self._try(corpus, tried, st, dict(n_dense=n), 1) for n in (n0, n1))
-        if lo > budget: continue
-        n = max(n0, min(V - 256, n0 + int((budget - lo) / max(1e-9, (hi - lo) / (n1 - n0)))) // 50 * 50)
-        while (b := self._try(corpus, tried, st, dict(n_dense=n), 1)) > budget and n > n0: n = max(n0, n - 50)
-        if b <= budget: return done(b)
-    for d in (tc.d_model // 2, tc.d_model // 4):  # last resorts: narrower, one block, codes for every word
-        if d >= 8 and (b := self._try(corpus, tried, dict(tied, d_model=d, n_layers=1, num_experts=1), dict(n_dense=0), 1)) <= budget: return done(b)
+    for d in (tc.d_model, tc.d_model // 2, tc.d_model // 4):  # the teacher's width first (its blocks initialize the student's), then narrower
+        if d < 8: break
+        for L in range(tc.n_layers, 0, -1):  # as deep as the bytes allow, with as many rows of their own as fit
+            st = dict(tied, n_layers=L, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
+            n0, n1 = min(PLAN_DENSE[0], V // 4), min(PLAN_DENSE[1], V // 2)  # (small vocabularies: a quarter and a half of the words)
+            lo, hi = (self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1) for n in (n0, n1))
+            if lo > budget: continue
+            n = max(n0, min(V - 256, n0 + int((budget - lo) / max(1e-9, (hi - lo) / (n1 - n0)))) // 50 * 50)
+            while (b := self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1)) > budget and n > n0: n = max(n0, n - 50)
+            if b <= budget: return done(b)
+        st = dict(tied, n_layers=1, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
+        if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= budget: return done(b)  # one block, codes for every word
     best = min(tried, key=lambda t: t['bytes'])
     raise PipelineError(f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes): the smallest the planner found is {best['bytes']:,} bytes "
                         f"({self.teacher_file_bytes() / best['bytes']:.1f}x; {best['student']}, table {best['table']}): lower the target")
