@@ -6,13 +6,14 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/tables.html.md"""
 
 # %% ../nbs/03a_tables.ipynb #6e71eb52
 from __future__ import annotations
-import json, math
+import json
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .model import ResNetBKLM, OutputHead
 from .data import Vocab
+from .train import ModelFileError
 from .int4_moe import GroupWiseQuantizer, QuantizedEmbedding, pack_int4, unpack_int4
 
 # %% auto #0
@@ -279,14 +280,24 @@ def table_spec(model: ResNetBKLM) -> dict | None:
     if isinstance(getattr(model.head, 'bias', None), QuantizedBias): spec['bias_bits'] = 4
     return spec or None
 
+_SPEC_KEYS = {'n_dense': int, 'n_codebooks': int, 'codebook_size': int, 'bias_bits': int}
+
 def _spec(header: dict) -> dict:
-    return json.loads(header['table']) if 'table' in header else {}
+    "The file's `table` entry, checked: a damaged one is a ModelFileError, not a model built wrong."
+    if 'table' not in header: return {}
+    try: s = json.loads(header['table'])
+    except json.JSONDecodeError: s = None
+    if not isinstance(s, dict) or any(k not in _SPEC_KEYS or type(v) is not _SPEC_KEYS[k] for k, v in s.items()) or \
+       ('n_dense' in s and not {'n_codebooks', 'codebook_size'} <= set(s)):
+        raise ModelFileError(f"the file's 'table' header entry {header['table'][:200]!r} is malformed: the file is corrupt")
+    return s
 
 def restructure_table(model: ResNetBKLM, header: dict):
     "Give a freshly built model the (float) codebook table its file describes; quantization, if any, converts it afterwards."
     s = _spec(header)
     if 'n_dense' in s:
-        model.tok_emb = CodebookTable(model.cfg.vocab_size, model.tok_emb.embedding_dim, s['n_dense'], s['n_codebooks'], s['codebook_size'])
+        try: model.tok_emb = CodebookTable(model.cfg.vocab_size, model.tok_emb.embedding_dim, s['n_dense'], s['n_codebooks'], s['codebook_size'])
+        except ValueError as e: raise ModelFileError(f"the file's table does not fit its config ({e}): the file is corrupt") from None
 
 def restructure_bias(model: ResNetBKLM, header: dict):
     "Give the head the 4-bit biases its file describes (after quantization has converted the rest)."

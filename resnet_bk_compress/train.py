@@ -354,7 +354,9 @@ def load_model(path: str | Path,
     try: cfg, vocab, meta = ResNetBKConfig.from_dict(json.loads(header['config'])), Vocab(json.loads(header['vocab'])), json.loads(header.get('meta', '{}'))
     except (KeyError, ValueError, TypeError) as e: raise ModelFileError(f"'{path}' has a malformed header: {e}") from None
     model = ResNetBKLM(cfg)
-    if restructure is not None: restructure(model, header)
+    if restructure is not None:
+        try: restructure(model, header)
+        except ModelFileError as e: raise ModelFileError(f"'{path}': {e}") from None  # a damaged structure entry: name the file
     try: model.load_state_dict(tensors)  # strict: missing, unexpected and mis-shaped tensors are all named
     except RuntimeError as e: raise ModelFileError(f"'{path}' does not match its config: {e}") from None
     return model.eval(), vocab, meta

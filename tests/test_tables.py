@@ -102,3 +102,16 @@ def test_table_settings_are_checked_before_a_run(syn, teacher):
     with pytest.raises(ValueError, match='n_codebooks must divide'):
         CompressionPipeline(teacher, syn.vocab, student=dict(tie_embeddings=True), table=dict(n_dense=10, n_codebooks=5))
     with pytest.raises(ValueError, match='bias_bits'): CompressionPipeline(teacher, syn.vocab, student=dict(tie_embeddings=True), table=dict(bias_bits=3))
+
+def test_damaged_table_entries_are_refused_with_the_file_named(table_run, tmp_path):
+    from safetensors.torch import save_file
+    from resnet_bk_compress.train import ModelFileError
+    _, rep, _ = table_run
+    with safe_open(rep['compressed_file'], 'pt') as f: header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for bad in ('{"n_dense": 100', '{"n_dense": "x", "n_codebooks": 1, "codebook_size": 64}', '{"n_dense": 100}', '{"n_dense": 100000, "n_codebooks": 1, "codebook_size": 64}'):
+        save_file(tensors, str(tmp_path / 'bad.safetensors'), metadata={**header, 'table': bad})
+        with pytest.raises(ModelFileError, match=r"bad\.safetensors.*table"): load_compressed(tmp_path / 'bad.safetensors')
+    small = json.loads(header['small'])
+    small[next(iter(small))][0][1] = [10 ** 6]  # a packed tensor that claims more values than there are
+    save_file(tensors, str(tmp_path / 'bad2.safetensors'), metadata={**header, 'small': json.dumps(small)})
+    with pytest.raises(ModelFileError, match=r"bad2\.safetensors.*packed small tensors"): load_compressed(tmp_path / 'bad2.safetensors')
