@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/pipeline.html.md"""
 
 # %% ../nbs/06_pipeline.ipynb #6f3c227a
 from __future__ import annotations
-import argparse, copy, json, math, resource, sys, time
+import argparse, copy, inspect, json, math, resource, sys, time
 from pathlib import Path
 import torch
 from fastcore.basics import patch
@@ -101,6 +101,9 @@ class CompressionPipeline:
         self.keep_experts = keep_experts
         self.quant = Int4MoEConfig(group_size=128, embedding_bits=4) if quant is None else quant
         self.distill = dict(targets='topk', k=32, T=1.) if distill is None else distill
+        for what, given, fn in (('student', student, make_student), ('distill', distill, DistillationTrainer)):  # a typo fails here, not hours later
+            valid = set(inspect.signature(fn).parameters) - {'self', 'teacher', 'student', 'corpus'}
+            if given is not None and (bad := set(given) - valid): raise ValueError(f"unknown {what} settings {sorted(bad)}: choose from {sorted(valid)}")
         self.table = None if table is None else {**TABLE_DEFAULTS, **table}
         if self.table is not None:
             if bad := set(table) - set(TABLE_DEFAULTS): raise ValueError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
