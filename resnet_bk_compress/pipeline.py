@@ -354,6 +354,7 @@ def plot_report(rep: dict, out: Path | None = None):
     fig2, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot([r['bytes'] for r in rows], [r['ppl'] for r in rows], 'o-', color='C0')
     for r in rows: ax.annotate(r['name'], (r['bytes'], r['ppl']), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    if 'baseline' in rep: ax.plot(rep['baseline']['bytes'], rep['baseline']['ppl'], 's', color='C3', label='scratch baseline (same bytes and time)')
     ax.axvline(rep['teacher_bytes'] / rep['target_compression'], color='C3', ls='--', lw=1, label='size target')
     ax.axhline(rep['teacher_ppl'] * (1 + rep['max_ppl_increase']), color='C3', ls=':', lw=1, label='perplexity limit')
     ax.set_xscale('log'); ax.set_xlabel('file bytes (log)'); ax.set_ylabel('test perplexity'); ax.set_title('every model of the run'); ax.legend(fontsize=8)
