@@ -49,7 +49,7 @@ def test_compressed_file_loads_in_a_fresh_process(run, tmp_path):
     x = torch.randint(0, len(vocab), (2, 32))
     with torch.no_grad(): here = model(x)
     assert torch.equal(fresh_process_logits('resnet_bk_compress.pipeline.load_compressed', rep['compressed_file'], x, tmp_path), here)
-    assert info['version'] == 1 and info['history'] == list(STAGES)
+    assert info['version'] == 2 and info['history'] == list(STAGES)
     with safe_open(rep['compressed_file'], 'pt') as f:
         assert 'vocab@words' in f.keys() and {'quant', 'pruned', 'compressed'} <= set(f.metadata())
 
