@@ -124,7 +124,8 @@ def test_model_flow_convert_save_load_in_fresh_process(small, scheme, tmp_path):
     got = fresh_process_logits('resnet_bk_compress.quant.load_quantized', f, x, tmp_path,
                                check="assert 'resnet_bk_compress.complex_quant' in sys.modules; ")
     assert torch.equal(got, real)
-    assert evaluate(q, syn.test)['ppl'] == pytest.approx(evaluate(load_quantized(f)[0], syn.test)['ppl'], rel=1e-6)
+    # the same weights at other addresses: the batched GEMM may sum in another order (float32 noise, ~1e-6 measured)
+    assert evaluate(q, syn.test)['ppl'] == pytest.approx(evaluate(load_quantized(f)[0], syn.test)['ppl'], rel=1e-5)
 
 def test_qat_trains_through_the_complex_quantizer(small):
     syn, m = small

@@ -146,4 +146,4 @@ def test_rbk_eval_reads_every_file_the_library_writes(run, syn, teacher, tmp_pat
     for path, load in files:
         model, vocab, _ = load(path)
         ids, _ = encode_file(text, vocab)
-        assert eval_main([str(path), '--text', str(text)])['ppl'] == pytest.approx(evaluate(model, ids)['ppl'], rel=1e-6), path.name
+        assert eval_main([str(path), '--text', str(text)])['ppl'] == pytest.approx(evaluate(model, ids)['ppl'], rel=1e-5), path.name

@@ -69,7 +69,7 @@ def test_codebook_table_file_loads_in_a_fresh_process(table_run, syn, tmp_path):
     assert rep['parts']['word list'] == file_bytes(rep['compressed_file']) - sum(v for k, v in rep['parts'].items() if k != 'word list')
     # the same words score the same: perplexity of the loaded model on the corpus in its own word order is the report's
     from resnet_bk_compress.train import evaluate
-    assert evaluate(model, syn.with_vocab(vocab).test)['ppl'] == pytest.approx(rep['compressed_ppl'], rel=1e-6)
+    assert evaluate(model, syn.with_vocab(vocab).test)['ppl'] == pytest.approx(rep['compressed_ppl'], rel=1e-5)
 
 def test_resume_with_a_table_reaches_the_same_file(table_run, syn, teacher, tmp_path):
     pipe, rep, d = table_run
