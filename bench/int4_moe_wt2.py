@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import CACHE, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, eval_windows
 from resnet_bk_compress.train import evaluate, file_bytes, fit, save_model
-from resnet_bk_compress.quant import calibrating, quantize_, save_quantized
+from resnet_bk_compress.quant import calibrating, quantize_
 from resnet_bk_compress.int4_moe import METHODS, Int4MoEConfig, expert_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, only=None):
             fit(m, corpus, epochs=1, max_steps=train_steps, lr=qat_lr, eval_split=None, progress=False, seed=7)
             secs = time.perf_counter() - t; m.eval()
         quantize_(m, cfg, 'convert')
-        f = save_quantized(m, tmp / f'{name}.safetensors', vocab)
+        f = save_model(m, tmp / f'{name}.safetensors', vocab)
         eb = expert_bytes({f'{i}.{k}': v for i, b in enumerate(m.blocks) for k, v in b.moe.expert_tensors().items()})
         e_err, l_err = moe_error(teacher, m, held)
         r = dict(test_ppl=evaluate(m, corpus.test)['ppl'], expert_bytes=eb, file_bytes=file_bytes(f), routing_agreement=agreement,

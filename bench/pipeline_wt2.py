@@ -8,7 +8,7 @@ The teacher comes from bench/train_wt2.py (cached in .cache/): when the cache is
 is added to the run's; when it is not, the teacher is trained inside this run's own timer and counted once.
 The student is the one the pipeline's planner chooses for --target. Writes bench/out/pipeline_wt2.json.
 
-    python bench/pipeline_wt2.py [--target 100] [--distillation-epochs 2.5] [--pruning-epochs 0] [--qat-epochs 0.5] [--no-baseline] [--out ...]
+    python bench/pipeline_wt2.py [--target 100] [--distillation-epochs 2.5] [--pruning-epochs 0.5] [--qat-epochs 0.5] [--no-baseline] [--out ...]
 """
 import argparse, json, platform, resource, shutil, sys, time
 from pathlib import Path
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.train import evaluate, file_bytes, bench_result
-from resnet_bk_compress.pipeline import CompressionPipeline, load_compressed
+from resnet_bk_compress.pipeline import CompressionPipeline, load_compressed, RUN_EPOCHS
 
 def tokens_per_s(model, ids, repeats=2) -> float:
     "Evaluation tokens/s over a split (best of `repeats`)."
@@ -29,9 +29,7 @@ def tokens_per_s(model, ids, repeats=2) -> float:
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--target', type=float, default=100.)
-    p.add_argument('--distillation-epochs', type=float, default=2.5)
-    p.add_argument('--pruning-epochs', type=float, default=0.)
-    p.add_argument('--qat-epochs', type=float, default=0.5)
+    for k, v in RUN_EPOCHS.items(): p.add_argument(f"--{k.replace('_', '-')}", type=float, default=v)  # the library's defaults
     p.add_argument('--no-baseline', action='store_true', help='skip the same-size scratch baseline')
     p.add_argument('--save-dir', default=str(ROOT / '.cache' / 'pipeline_wt2'))
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'pipeline_wt2.json'))

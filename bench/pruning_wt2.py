@@ -1,6 +1,6 @@
 """Pruning the reference teacher, WikiText-2 test: experts kept per layer (3, 2, 1) ranked by usage and by saliency, and
 global magnitude sparsity (50/70/90%), each without and (for 2 experts, 70% and 90%) with 200 steps of retraining at the
-learning rate of bench/quant_wt2.py's fp32 control; file bytes of every model (save_pruned: sparse tensors as bitmasks).
+learning rate of bench/quant_wt2.py's fp32 control; file bytes of every model (save_model: sparse tensors as bitmasks).
 
     python bench/pruning_wt2.py [--out bench/out/pruning_wt2.json]
 """
@@ -10,8 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import CACHE, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches
-from resnet_bk_compress.train import evaluate, file_bytes, fit
-from resnet_bk_compress.pruning import expert_stats, prune_experts_, MagnitudePruner, save_pruned, RANKINGS
+from resnet_bk_compress.train import evaluate, file_bytes, fit, save_model
+from resnet_bk_compress.pruning import expert_stats, prune_experts_, MagnitudePruner, RANKINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, LR = 200, 1e-4
@@ -31,14 +31,14 @@ def run():
             m = copy.deepcopy(teacher)
             kept = prune_experts_(m, stats, keep=k, ranking=ranking)
             row = dict(ranking=ranking, kept=k, kept_experts=kept, test_ppl=evaluate(m, corpus.test)['ppl'],
-                       file_bytes=file_bytes(save_pruned(m, tmp / f'{ranking}{k}.safetensors', vocab)))
+                       file_bytes=file_bytes(save_model(m, tmp / f'{ranking}{k}.safetensors', vocab)))
             if k == 2: row['retrained_test_ppl'] = retrain(m)
             out['experts'].append(row); print(row, flush=True)
     for sp in (0.5, 0.7, 0.9):
         m = copy.deepcopy(teacher)
         pr = MagnitudePruner(m, scope='global'); pr.prune(sparsity=sp)
         row = dict(sparsity=pr.overall(), test_ppl=evaluate(m, corpus.test)['ppl'],
-                   file_bytes=file_bytes(save_pruned(m, tmp / f'mag{sp}.safetensors', vocab)), per_layer=pr.sparsity())
+                   file_bytes=file_bytes(save_model(m, tmp / f'mag{sp}.safetensors', vocab)), per_layer=pr.sparsity())
         row['retrained_test_ppl'] = retrain(m) if sp >= 0.7 else None
         if sp >= 0.7: row['sparsity_after_retraining'] = pr.overall()
         out['magnitude'].append(row); print({k: v for k, v in row.items() if k != 'per_layer'}, flush=True)

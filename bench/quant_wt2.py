@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import CACHE, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, unigram_ppl
 from resnet_bk_compress.train import evaluate, file_bytes, fit, save_model
-from resnet_bk_compress.quant import OBSERVERS, Int8Config, calibrating, quantize_, save_quantized
+from resnet_bk_compress.quant import OBSERVERS, Int8Config, calibrating, quantize_
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,14 +38,14 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_a
         fake = evaluate(m, corpus.test)['ppl']
         quantize_(m, cfg, 'convert')
         real = evaluate(m, corpus.test)['ppl']
-        f = save_quantized(m, tmp / f'ptq_{name}.safetensors', vocab)
+        f = save_model(m, tmp / f'ptq_{name}.safetensors', vocab)
         out[f'ptq_{name}'] = dict(test_ppl=real, fake_quant_test_ppl=fake, file_bytes=file_bytes(f))
         print(name, out[f'ptq_{name}'], flush=True)
     # INT8 inputs of every Linear too (per tensor): the configuration where rounding costs something
     cfg = Int8Config(observer=observer_for_qat, activations=True)
     m = quantize_(copy.deepcopy(teacher), cfg); calibrate(m, corpus, calib_batches)
     quantize_(m, cfg, 'convert')
-    f = save_quantized(m, tmp / 'ptq_activations.safetensors', vocab)
+    f = save_model(m, tmp / 'ptq_activations.safetensors', vocab)
     out['ptq_activations'] = dict(test_ppl=evaluate(m, corpus.test)['ppl'], file_bytes=file_bytes(f), observer=observer_for_qat)
     print('activations', out['ptq_activations'], flush=True)
     # QAT from the calibrated model of that configuration, and the same fine-tuning in fp32 as a control
@@ -55,7 +55,7 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_a
     qat_s = time.perf_counter() - ts
     quantize_(m, cfg, 'convert')
     qat = evaluate(m, corpus.test)['ppl']
-    f = save_quantized(m, tmp / 'qat.safetensors', vocab)
+    f = save_model(m, tmp / 'qat.safetensors', vocab)
     ctrl = copy.deepcopy(teacher)
     fit(ctrl, corpus, epochs=1, max_steps=qat_steps, lr=qat_lr, eval_split=None, progress=False, seed=7)
     ctrl_ppl = evaluate(ctrl, corpus.test)['ppl']

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
+from .model import InputError
 
 # %% auto #0
 __all__ = ['SPLITS', 'WIKITEXT2_VOCAB', 'read_bytes', 'read_text', 'decode_text', 'tokenize', 'Vocab', 'Corpus', 'find_split',
@@ -26,7 +27,7 @@ def read_bytes(path: str | Path) -> bytes:
     if not path.is_file(): raise FileNotFoundError(f"text file '{path}' does not exist")
     try: return lzma.open(path, 'rb').read() if path.suffix == '.xz' else path.read_bytes()
     except lzma.LZMAError as e:
-        raise ValueError(f"'{path}' is not a valid xz archive ({e}): re-download it or pass the uncompressed file") from None
+        raise InputError(f"'{path}' is not a valid xz archive ({e}): re-download it or pass the uncompressed file") from None
 
 def read_text(path: str | Path) -> str:
     "Text of a `.txt`/`.tokens` file or an `.xz` archive of one, decoded as UTF-8."
@@ -36,9 +37,9 @@ def decode_text(data: bytes, path) -> str:
     "Decode UTF-8 bytes, naming the file and the byte offset when they are not text."
     try: text = data.decode('utf-8')
     except UnicodeDecodeError as e:
-        raise ValueError(f"'{path}' is not UTF-8 text: undecodable byte {data[e.start:e.start + 1]!r} at offset {e.start}; "
+        raise InputError(f"'{path}' is not UTF-8 text: undecodable byte {data[e.start:e.start + 1]!r} at offset {e.start}; "
                          f"convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
-    if not text.strip(): raise ValueError(f"'{path}' is empty: a split needs at least one word")
+    if not text.strip(): raise InputError(f"'{path}' is empty: a split needs at least one word")
     return text
 
 # %% ../nbs/00a_data.ipynb #a99dc221
@@ -135,7 +136,7 @@ def load_corpus(root: str | Path,  # directory holding train/valid/test files
         raw = read_bytes(p)
         key = p.name[:-3] if p.suffix == '.xz' else p.name
         if key in sums and hashlib.sha256(raw).hexdigest() != sums[key]:
-            raise ValueError(f"'{p}' does not match its checksum in {root / 'SHA256SUMS'}: the file is corrupt or modified; fetch it again")
+            raise InputError(f"'{p}' does not match its checksum in {root / 'SHA256SUMS'}: the file is corrupt or modified; fetch it again")
         texts[s] = decode_text(raw, p)
     return corpus_from_texts(texts, name or root.name, verified=bool(sums) and all(
         (p.name[:-3] if p.suffix == '.xz' else p.name) in sums for p in paths.values()))
@@ -171,7 +172,7 @@ def load_wikitext2(root: str | Path | None = None) -> Corpus:
     root = root or default_wikitext2_dir()
     c = load_corpus(root, 'wikitext-2') if root is not None else corpus_from_texts(_hf_wikitext2_texts(), 'wikitext-2', verified=False, source='huggingface')
     if len(c.vocab) != WIKITEXT2_VOCAB:
-        raise ValueError(f"WikiText-2 vocabulary has {len(c.vocab):,} types, expected {WIKITEXT2_VOCAB:,}: "
+        raise InputError(f"WikiText-2 vocabulary has {len(c.vocab):,} types, expected {WIKITEXT2_VOCAB:,}: "
                          f"this is not the tokenized WikiText-2 (v1) benchmark; use load_corpus for other text")
     return c
 
@@ -271,7 +272,7 @@ def window_starts(n_tokens: int,  # length of the stream
     off = rnd if offset is None else offset
     if not 0 <= off < n_seq: raise ValueError(f"offset must be in [0, n_seq={n_seq}), got {off}")
     n_win = (n_tokens - off - 1) // n_seq
-    if n_win < 1: raise ValueError(f"a stream of {n_tokens} tokens is too short for one window of {n_seq + 1}")
+    if n_win < 1: raise InputError(f"a stream of {n_tokens} tokens is too short for one window of {n_seq + 1}")
     return off + torch.randperm(n_win, generator=g) * n_seq
 
 def windows_at(ids: torch.Tensor, starts: torch.Tensor, n_seq: int) -> tuple[torch.Tensor, torch.Tensor]:

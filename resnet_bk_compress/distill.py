@@ -11,14 +11,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .model import ResNetBKConfig, ResNetBKLM, num_params
+from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params
 from .data import Corpus, windows_at
 from .train import fit, evaluate, head_operands, save_model, file_bytes
 
 # %% auto #0
 __all__ = ['FEATURES', 'soft_loss', 'hard_loss', 'feature_loss', 'distill_loss', 'DenseTeacher', 'TopKTeacher',
            'ChunkedDistillLoss', 'chunked_distill_loss', 'capture', 'bk_modules', 'layer_map', 'make_student',
-           'TeacherTargets', 'DistillationObjective', 'DistillationTrainer', 'distill_cascade']
+           'TeacherTargets', 'DistillationObjective', 'check_distill_settings', 'DistillationTrainer',
+           'distill_cascade']
 
 # %% ../nbs/05_distill.ipynb #3837a91c
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.) -> torch.Tensor:
@@ -213,7 +214,7 @@ def make_student(teacher: ResNetBKLM,
             student.head.bias.copy_(teacher.head.bias); done.append('head.bias')
             if not cfg.tie_embeddings:
                 if embed_rank:
-                    A, B = _low_rank(Wt, embed_rank); student.head.own_weight.copy_(A); student.head.down.weight.copy_(B)
+                    A, B = _low_rank(Wt, embed_rank); student.head.own.weight.copy_(A); student.head.down.weight.copy_(B)
                 else: student.head.weight.copy_(Wt)
                 done.append('head.weight')
     return student
@@ -316,6 +317,19 @@ class DistillationObjective(nn.Module):
         return loss + self.aux_coef * self.student.aux_loss, logs
 
 # %% ../nbs/05_distill.ipynb #6730ef9d
+def check_distill_settings(alpha: float = 0.5, T: float = 2., beta: float = 0.1, features: tuple = ('bk',), layers: list[int] | None = None,
+                           targets: str = 'dense', k: int = 32, aux_coef: float = 0.01):
+    "Raise InputError naming the first bad value among DistillationTrainer's settings (their meaning: see there)."
+    def bad(name, v, want): raise InputError(f"distillation setting {name}={v!r}: {want}")
+    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1): bad('alpha', alpha, 'a weight in [0, 1]')
+    if not (isinstance(T, (int, float)) and T > 0): bad('T', T, 'a temperature > 0')
+    if not (isinstance(beta, (int, float)) and beta >= 0): bad('beta', beta, 'a weight >= 0')
+    if not (isinstance(aux_coef, (int, float)) and aux_coef >= 0): bad('aux_coef', aux_coef, 'a weight >= 0')
+    if targets not in ('dense', 'topk'): bad('targets', targets, "'dense' (the teacher runs live) or 'topk' (cached once)")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1): bad('k', k, 'a positive number of words')
+    if isinstance(features, str) or set(features) - set(FEATURES): bad('features', features, f'a tuple of some of {FEATURES}')
+    if layers is not None and not all(isinstance(j, int) and j >= 0 for j in layers): bad('layers', layers, 'None or a teacher layer index per student layer')
+
 class DistillationTrainer:
     "Distill `teacher` into `student` on `corpus`: `fit`, `evaluate`, `save`; history of every fit."
     def __init__(self, teacher: ResNetBKLM, student: ResNetBKLM, corpus: Corpus,
@@ -323,7 +337,7 @@ class DistillationTrainer:
                  targets: str = 'dense',  # 'dense' (teacher runs live) or 'topk' (cached once, see TeacherTargets)
                  k: int = 32,  # words kept per token with targets='topk'
                  aux_coef: float = 0.01):
-        if targets not in ('dense', 'topk'): raise ValueError(f"targets must be 'dense' or 'topk', got {targets!r}")
+        check_distill_settings(alpha, T, beta, features, layers, targets, k, aux_coef)
         if len(corpus.vocab) != student.cfg.vocab_size: raise ValueError(f"corpus vocabulary {len(corpus.vocab)} != model vocabulary {student.cfg.vocab_size}")
         self.teacher, self.student, self.corpus, self.history = teacher, student, corpus, []
         cache = None

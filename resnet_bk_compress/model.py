@@ -14,11 +14,15 @@ import torch.nn.functional as F
 from fastcore.basics import store_attr
 
 # %% auto #0
-__all__ = ['ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent', 'two_sided_resolvent', 'BKCore',
-           'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM', 'num_params', 'logit_change']
+__all__ = ['InputError', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent', 'two_sided_resolvent',
+           'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM', 'num_params',
+           'logit_change']
 
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
+
+class InputError(ValueError):
+    "Bad input from a user (a setting, a file, a corpus): the message names it and what to do; the command line prints it as one line."
 
 @dataclass
 class ResNetBKConfig:
@@ -45,21 +49,21 @@ class ResNetBKConfig:
         for k in ('vocab_size', 'd_model', 'n_layers', 'n_seq', 'num_experts', 'top_k', 'd_ff'):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"ResNetBKConfig.{k} must be a positive integer, got {v!r}")
-        if self.vocab_size < 2: raise ValueError(f"ResNetBKConfig.vocab_size must be at least 2, got {self.vocab_size}")
+                raise InputError(f"ResNetBKConfig.{k} must be a positive integer, got {v!r}")
+        if self.vocab_size < 2: raise InputError(f"ResNetBKConfig.vocab_size must be at least 2, got {self.vocab_size}")
         if self.top_k > self.num_experts:
-            raise ValueError(f"ResNetBKConfig.top_k={self.top_k} exceeds num_experts={self.num_experts}: "
+            raise InputError(f"ResNetBKConfig.top_k={self.top_k} exceeds num_experts={self.num_experts}: "
                              f"use top_k <= num_experts (top_k = num_experts is the dense mixture)")
-        if not 0 <= self.dropout < 1: raise ValueError(f"ResNetBKConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.dropout < 1: raise InputError(f"ResNetBKConfig.dropout must be in [0, 1), got {self.dropout}")
         if not self.z.imag > 0:
-            raise ValueError(f"ResNetBKConfig.z must have a positive imaginary part (got {self.z}): "
+            raise InputError(f"ResNetBKConfig.z must have a positive imaginary part (got {self.z}): "
                              f"H is real symmetric, so Im z > 0 keeps H - zI invertible")
         for k in ('v_clamp', 'feature_clamp'):
-            if not getattr(self, k) > 0: raise ValueError(f"ResNetBKConfig.{k} must be > 0, got {getattr(self, k)}")
+            if not getattr(self, k) > 0: raise InputError(f"ResNetBKConfig.{k} must be > 0, got {getattr(self, k)}")
         if self.embed_rank is not None and (not isinstance(self.embed_rank, int) or isinstance(self.embed_rank, bool) or not 1 <= self.embed_rank <= self.d_model):
-            raise ValueError(f"ResNetBKConfig.embed_rank must be None or an integer in [1, d_model={self.d_model}], got {self.embed_rank!r}")
+            raise InputError(f"ResNetBKConfig.embed_rank must be None or an integer in [1, d_model={self.d_model}], got {self.embed_rank!r}")
         if self.bk_dtype not in _BK_DTYPES:
-            raise ValueError(f"ResNetBKConfig.bk_dtype must be one of {sorted(_BK_DTYPES)}, got {self.bk_dtype!r}")
+            raise InputError(f"ResNetBKConfig.bk_dtype must be one of {sorted(_BK_DTYPES)}, got {self.bk_dtype!r}")
 
     def to_dict(self) -> dict:
         "A JSON-ready dict (the complex shift is stored as [re, im])."
@@ -70,7 +74,7 @@ class ResNetBKConfig:
         "Inverse of `to_dict`; unknown keys are an error, so a foreign file is not silently misread."
         d = dict(d)
         unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown: raise ValueError(f"unknown ResNetBKConfig fields {sorted(unknown)}: the file was written by another tool or a newer version")
+        if unknown: raise InputError(f"unknown ResNetBKConfig fields {sorted(unknown)}: the file was written by another tool or a newer version")
         if isinstance(d.get('z'), (list, tuple)): d['z'] = complex(*d['z'])
         return cls(**d)
 
@@ -292,13 +296,13 @@ class OutputHead(nn.Module):
         r = rank or d_model
         self.tied = tied
         self.down = nn.Linear(d_model, r, bias=False) if rank else None
-        if not tied: self.own_weight = nn.Parameter(torch.empty(vocab_size, r))
+        if not tied: self.own = nn.Embedding(vocab_size, r)  # its own (V, r) table: an embedding, so quantization treats it like the input table
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     @property
     def weight(self) -> torch.Tensor:
         # tied: the owner's tok_emb, looked up on each use, so that a quantized or replaced embedding is what the head scores with
-        return embedding_table(self._owner.tok_emb) if self.tied else self.own_weight
+        return embedding_table(self._owner.tok_emb if self.tied else self.own)
 
     def operands(self, h: torch.Tensor):
         "(input, weight, bias) of the final product, for the chunked loss."
@@ -306,6 +310,10 @@ class OutputHead(nn.Module):
         return (h if self.down is None else self.down(h)), self.weight, bias.to(h.dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor: return F.linear(*self.operands(h))
+
+    def _load_from_state_dict(self, sd, prefix, *args):
+        if prefix + 'own_weight' in sd: sd[prefix + 'own.weight'] = sd.pop(prefix + 'own_weight')  # files written before `own` was an embedding
+        super()._load_from_state_dict(sd, prefix, *args)
 
 # %% ../nbs/00_model.ipynb #143d559d
 class ResNetBKLM(nn.Module):
@@ -328,7 +336,6 @@ class ResNetBKLM(nn.Module):
     def _init(m):
         if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, std=0.02)
         if isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
-        if isinstance(m, OutputHead) and not m.tied: nn.init.normal_(m.own_weight, std=0.02)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         "Token embeddings (B, N, d) of ids (B, N)."

@@ -11,38 +11,34 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 from safetensors import safe_open
-from .model import ResNetBKConfig, ResNetBKLM, OutputHead, num_params
+from .model import ResNetBKConfig, ResNetBKLM, OutputHead, InputError, num_params
 from .data import Corpus, synthetic_corpus, load_corpus, unigram_ppl, train_batches, batches_per_epoch
 from .train import (fit, evaluate, save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError,
                                       _cli)
 from .quant import QuantConfig, quantize_, calibrating
 from .int4_moe import Int4MoEConfig
-from .tables import (CodebookTable, canonical_order, permute_vocab_, permute_vocab, quantize_bias_, table_spec,
-                                       restructure_table, restructure_bias)
-from .pruning import expert_stats, prune_experts_, prune_moe_, _moes, save_pruned, _restructure as restructure_pruned
-from .distill import make_student, DistillationTrainer
+from .tables import CodebookTable, canonical_order, permute_vocab_, permute_vocab, quantize_bias_
+from .pruning import expert_stats, prune_experts_, prune_moe_, _moes
+from .distill import make_student, DistillationTrainer, check_distill_settings
 
 # %% auto #0
-__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'TABLE_DEFAULTS', 'PLAN_DENSE', 'save_compressed', 'compressed_info',
-           'load_compressed', 'CompressionPipeline', 'PipelineError', 'file_parts', 'gain_kept', 'plot_report',
-           'compress_main', 'rbk_compress']
+__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE',
+           'save_compressed', 'compressed_info', 'load_compressed', 'CompressionPipeline', 'PipelineError',
+           'file_parts', 'gain_kept', 'plot_report', 'compress_main', 'rbk_compress']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
 COMPRESSED_VERSION = 2  # 2: codebook tables, 4-bit biases, packed word lists; 1 (the words xz-compressed in frequency order) still loads
 READS = (1, 2)
 
 def save_compressed(model: ResNetBKLM, path: str | Path, vocab, info: dict | None = None, meta: dict | None = None) -> Path:
-    "Write a (pruned, quantized and converted, or float) model as one self-contained compressed file."
-    spec = table_spec(model)
-    header = {'compressed': {'version': COMPRESSED_VERSION, **(info or {})}, **({'table': spec} if spec else {})}
-    return save_pruned(model, path, vocab, meta, header=header, compress_vocab=True, pack_small=True)
+    "`save_model` as the pipeline writes its files: the word list packed, small tensors packed, and a `compressed` entry (version, run history)."
+    return save_model(model, path, vocab, meta, header={'compressed': {'version': COMPRESSED_VERSION, **(info or {})}}, compress_vocab=True, pack_small=True)
 
 def compressed_info(path: str | Path) -> dict:
     "The `compressed` header entry of a file (its version and run history); clear errors for any other file."
     header, _ = read_model_file(path)  # missing, truncated, corrupt, foreign and newer model files are refused here
     if 'compressed' not in header:
-        raise ModelFileError(f"'{path}' is a resnet_bk_compress model file but not a compressed one: load it with train.load_model, "
-                             f"quant.load_quantized or pruning.load_pruned")
+        raise ModelFileError(f"'{path}' is a resnet_bk_compress model file but not one the pipeline wrote: load it with load_model")
     try: info = json.loads(header['compressed'])
     except json.JSONDecodeError: raise ModelFileError(f"'{path}' has a malformed 'compressed' header entry: the file is corrupt") from None
     if info.get('version') not in READS:
@@ -50,19 +46,18 @@ def compressed_info(path: str | Path) -> dict:
                              f"upgrade resnet_bk_compress to read it")
     return info
 
-def _restructure(model: ResNetBKLM, header: dict):
-    restructure_table(model, header)  # a codebook table first, so that the quantization spec converts it
-    restructure_pruned(model, header)  # kept experts, and the quantization spec
-    restructure_bias(model, header)  # 4-bit biases last: quantization would have made them float16
-
 def load_compressed(path: str | Path) -> tuple[ResNetBKLM, object, dict]:
-    "(model in eval mode, vocabulary, compressed info) from a file written by `save_compressed`."
+    "(model in eval mode, vocabulary, compressed info): `load_model`, and the file's `compressed` entry checked."
     info = compressed_info(path)
-    model, vocab, _ = load_model(path, restructure=_restructure)
+    model, vocab, _ = load_model(path)
     return model, vocab, info
 
 # %% ../nbs/06_pipeline.ipynb #a3d04e01
 STAGES = ('distill', 'prune', 'quantize')
+# epochs of each stage, for run_pipeline, rbk-compress and bench/pipeline_wt2.py alike: the README's WikiText-2 figure (about 47 minutes
+# on 2 CPU cores, 18 of them the teacher's training) is a run with these. Pruning retrains only when it removed experts.
+RUN_EPOCHS = dict(distillation_epochs=2.5, pruning_epochs=0.5, qat_epochs=0.5)
+TEACHER_EPOCHS = 3  # epochs of the teacher rbk-compress trains when none is given (as bench/train_wt2.py's reference teacher)
 
 TABLE_DEFAULTS = dict(n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4, learn_codes=False)  # learn_codes: 03a_tables' straight-through codes
 
@@ -87,13 +82,13 @@ class CompressionPipeline:
                  calib_batches: int = 16,  # batches for expert statistics and quantization calibration
                  checkpoint_every: int = 50,  # training steps between checkpoints inside a stage
                  teacher_bytes: int | None = None):  # bytes of the teacher's file (default: the teacher saved by save_model)
-        if bad := [s for s in stages if s not in STAGES]: raise ValueError(f"unknown stages {bad}: choose from {STAGES}")
-        if not stages: raise ValueError(f"no stages given: choose some of {STAGES}")
-        if len(set(stages)) != len(stages): raise ValueError(f"a stage appears twice in {list(stages)}")
+        if bad := [s for s in stages if s not in STAGES]: raise InputError(f"unknown stages {bad}: choose from {STAGES}")
+        if not stages: raise InputError(f"no stages given: choose some of {STAGES}")
+        if len(set(stages)) != len(stages): raise InputError(f"a stage appears twice in {list(stages)}")
         if 'quantize' in stages and stages[-1] != 'quantize':
-            raise ValueError(f"'quantize' must be the last stage (got {list(stages)}): distilling or pruning a quantized model would undo or break its quantization")
-        if target_compression <= 0 or max_ppl_increase < 0: raise ValueError("target_compression must be > 0 and max_ppl_increase >= 0")
-        if len(vocab) != model.cfg.vocab_size: raise ValueError(f"vocabulary has {len(vocab)} types, the model {model.cfg.vocab_size}")
+            raise InputError(f"'quantize' must be the last stage (got {list(stages)}): distilling or pruning a quantized model would undo or break its quantization")
+        if target_compression <= 0 or max_ppl_increase < 0: raise InputError("target_compression must be > 0 and max_ppl_increase >= 0")
+        if len(vocab) != model.cfg.vocab_size: raise InputError(f"vocabulary has {len(vocab)} types, the model {model.cfg.vocab_size}")
         self.teacher, self.vocab, self.stages = model.eval(), vocab, tuple(stages)
         self.target_compression, self.max_ppl_increase = target_compression, max_ppl_increase
         self.auto, self.planned = student is None and table is None and 'distill' in stages, None  # auto: plan() chooses student, table and kept experts when the run starts
@@ -102,13 +97,16 @@ class CompressionPipeline:
         self.quant = Int4MoEConfig(group_size=128, embedding_bits=4) if quant is None else quant
         self.distill = dict(targets='topk', k=32, T=1.) if distill is None else distill
         for what, given, fn in (('student', student, make_student), ('distill', distill, DistillationTrainer)):  # a typo fails here, not hours later
-            valid = set(inspect.signature(fn).parameters) - {'self', 'teacher', 'student', 'corpus'}
-            if given is not None and (bad := set(given) - valid): raise ValueError(f"unknown {what} settings {sorted(bad)}: choose from {sorted(valid)}")
+            valid = set(inspect.signature(fn).parameters) - {'self', 'teacher', 'student', 'corpus', 'init'}
+            if given is not None and (bad := set(given) - valid): raise InputError(f"unknown {what} settings {sorted(bad)}: choose from {sorted(valid)}")
+        check_distill_settings(**self.distill)  # and a bad value too, before a run directory is touched
+        try: make_student(model, **self.student, init=False)  # the student's config validates its values
+        except InputError as e: raise InputError(f"student settings {self.student}: {e}") from None
         self.table = None if table is None else {**TABLE_DEFAULTS, **table}
         if self.table is not None:
-            if bad := set(table) - set(TABLE_DEFAULTS): raise ValueError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
-            if self.table['bias_bits'] not in (4, 16): raise ValueError(f"table bias_bits must be 4 or 16, got {self.table['bias_bits']!r}")
-            if not self.student.get('tie_embeddings'): raise ValueError("a codebook table is tied to the head: give the student tie_embeddings=True")
+            if bad := set(table) - set(TABLE_DEFAULTS): raise InputError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
+            if self.table['bias_bits'] not in (4, 16): raise InputError(f"table bias_bits must be 4 or 16, got {self.table['bias_bits']!r}")
+            if not self.student.get('tie_embeddings'): raise InputError("a codebook table is tied to the head: give the student tie_embeddings=True")
             CodebookTable(model.cfg.vocab_size, self.student.get('embed_rank') or self.student.get('d_model') or model.cfg.d_model,
                           self.table['n_dense'], self.table['n_codebooks'], self.table['codebook_size'])  # validates the shape now, not after hours
         self.lr, self.qat_lr, self.batch_size, self.calib_batches, self.checkpoint_every = lr, qat_lr, batch_size, calib_batches, checkpoint_every
@@ -150,8 +148,9 @@ def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progre
 def _stage_prune(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
     model.eval()
     with torch.no_grad(): stats = expert_stats(model, self._calib(corpus, model.cfg.n_seq))
+    before = [m.num_experts for m in _moes(model)]
     prune_experts_(model, stats, keep=min(self.keep_experts, model.cfg.num_experts))
-    if steps: fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=1))
+    if steps and before != [m.num_experts for m in _moes(model)]: fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=1))
     return model
 
 @patch
@@ -194,7 +193,7 @@ def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus)
     return st
 
 # %% ../nbs/06_pipeline.ipynb #f457b188
-class PipelineError(ValueError):
+class PipelineError(InputError):
     "A pipeline run that cannot start or resume as asked."
 
 def _measure(model, corpus, path) -> dict:
@@ -209,7 +208,8 @@ def canonical_teacher(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNet
 
 @patch
 def run_pipeline(self: CompressionPipeline, corpus: Corpus,
-                 qat_epochs: float = 3, pruning_epochs: float = 3, distillation_epochs: float = 5,
+                 qat_epochs: float = RUN_EPOCHS['qat_epochs'], pruning_epochs: float = RUN_EPOCHS['pruning_epochs'],
+                 distillation_epochs: float = RUN_EPOCHS['distillation_epochs'],
                  save_dir: str | Path = 'compressed',  # where stage files, checkpoints, state.json, report.json and plots go
                  resume: bool = False,  # continue a killed run in save_dir
                  max_steps: int | None = None,  # cap on the training steps of every stage (quick runs)
@@ -450,11 +450,9 @@ def _compress_args(argv=None):
     p.add_argument('--max-ppl-increase', type=float, default=0.15, help='allowed relative increase of test perplexity')
     p.add_argument('--stages', default=','.join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
     p.add_argument('--resume', action='store_true', help='continue a killed run in --out')
-    p.add_argument('--distillation-epochs', type=float, default=None, help='default: 5 (synthetic: 2)')
-    p.add_argument('--pruning-epochs', type=float, default=None, help='default: 3 (synthetic: 0.5)')
-    p.add_argument('--qat-epochs', type=float, default=None, help='default: 3 (synthetic: 0.5)')
+    for k, v in RUN_EPOCHS.items(): p.add_argument(f"--{k.replace('_', '-')}", type=float, default=v, help=f'default: %(default)s')
     p.add_argument('--max-steps', type=int, default=None, help='cap on the training steps of every stage')
-    p.add_argument('--teacher-epochs', type=int, default=None, help='epochs of the teacher trained when --teacher is not given (default: 3; synthetic: 2)')
+    p.add_argument('--teacher-epochs', type=int, default=None, help=f'epochs of the teacher trained when --teacher is not given (default: {TEACHER_EPOCHS})')
     g = p.add_argument_group('student', "default: planned for --target (the teacher's width and depth with a codebook table, as the bytes allow); "
                              "any of these fixes the student instead")
     g.add_argument('--student-d-model', type=int, default=None, help="width (default: the teacher's)")
@@ -473,9 +471,9 @@ def compress_main(argv=None) -> dict:
     if a.teacher is not None and not Path(a.teacher).is_file(): raise FileNotFoundError(f"--teacher {a.teacher}: no such file")
     for k in ('target', 'max_ppl_increase', 'distillation_epochs', 'pruning_epochs', 'qat_epochs'):
         v = getattr(a, k)
-        if v is not None and (v < 0 or (k == 'target' and v == 0)): raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
+        if v is not None and (v < 0 or (k == 'target' and v == 0)): raise InputError(f"--{k.replace('_', '-')} must be positive, got {v}")
     stages = tuple(s for s in a.stages.split(',') if s)
-    if bad := [s for s in stages if s not in STAGES]: raise ValueError(f"--stages: unknown stages {bad}: choose from {','.join(STAGES)}")
+    if bad := [s for s in stages if s not in STAGES]: raise InputError(f"--stages: unknown stages {bad}: choose from {','.join(STAGES)}")
     corpus = synthetic_corpus() if syn else load_corpus(a.data)
     out = Path(a.out)
     if a.teacher is not None:
@@ -489,7 +487,7 @@ def compress_main(argv=None) -> dict:
             vocab = corpus.vocab
             cfg = ResNetBKConfig(vocab_size=len(vocab), **(dict(d_model=64, n_layers=4, n_seq=64) if syn else {}))
             torch.manual_seed(0); teacher = ResNetBKLM(cfg)
-            fit(teacher, corpus, epochs=a.teacher_epochs or (2 if syn else 3), lr=5e-3 if syn else 3e-3, eval_split=None, progress=not a.no_progress)
+            fit(teacher, corpus, epochs=a.teacher_epochs or TEACHER_EPOCHS, lr=5e-3 if syn else 3e-3, eval_split=None, progress=not a.no_progress)
             save_model(teacher, teacher_file, vocab, dict(data=a.data))
     corpus = corpus.with_vocab(vocab)
     fixed = any(v is not None for v in (a.student_d_model, a.student_layers, a.student_experts, a.embed_rank, a.n_dense))
@@ -498,9 +496,7 @@ def compress_main(argv=None) -> dict:
     pipe = CompressionPipeline(teacher, vocab, a.target, a.max_ppl_increase, stages, student=student,
                                table=None if a.n_dense is None else dict(n_dense=a.n_dense), keep_experts=a.keep_experts,
                                teacher_bytes=file_bytes(teacher_file))
-    epochs = dict(distillation_epochs=a.distillation_epochs if a.distillation_epochs is not None else (2 if syn else 5),
-                  pruning_epochs=a.pruning_epochs if a.pruning_epochs is not None else (0.5 if syn else 3),
-                  qat_epochs=a.qat_epochs if a.qat_epochs is not None else (0.5 if syn else 3))
+    epochs = {k: getattr(a, k) for k in RUN_EPOCHS}
     return pipe.run_pipeline(corpus, save_dir=out, resume=a.resume, max_steps=a.max_steps, progress=not a.no_progress, **epochs)
 
 def rbk_compress(argv=None):

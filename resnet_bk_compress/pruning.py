@@ -14,13 +14,13 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from .model import MoE, ResNetBKLM
 from .data import train_batches
-from .train import save_model, load_model, evaluate, fit, atomic_write
-from .quant import Int8Linear, _restructure as _restructure_quantized
+from .train import register_structure, evaluate, fit, atomic_write
+from .quant import Int8Linear
 from .int4_moe import QuantizedMoELayer
 
 # %% auto #0
-__all__ = ['RANKINGS', 'ExpertStats', 'expert_stats', 'plot_expert_stats', 'prune_moe_', 'prune_experts_', 'save_pruned',
-           'load_pruned', 'ProgressivePruningScheduler', 'MagnitudePruner']
+__all__ = ['RANKINGS', 'ExpertStats', 'expert_stats', 'plot_expert_stats', 'prune_moe_', 'prune_experts_',
+           'ProgressivePruningScheduler', 'MagnitudePruner']
 
 # %% ../nbs/04_pruning.ipynb #6dbc3e75
 @dataclass
@@ -132,27 +132,19 @@ def prune_experts_(model: nn.Module, stats: list[ExpertStats],  # from expert_st
     return [m.kept for m in moes]
 
 # %% ../nbs/04_pruning.ipynb #c0c7fa64
-def save_pruned(model: ResNetBKLM, path, vocab, meta: dict | None = None,
-                header: dict | None = None,  # more header entries
-                compress_vocab: bool = False, pack_small: bool = False) -> Path:  # see save_model
-    "Write a pruned (and possibly quantized and converted) model: its kept experts in the header, sparse weights as bitmasks."
-    header = {**(header or {}), 'pruned': {'kept': [m.kept if hasattr(m, 'kept') else list(range(m.num_experts)) for m in _moes(model)]}}
-    if hasattr(model, 'quant_config'):
-        if getattr(model, 'quant_step', None) != 'convert': raise ValueError("convert the quantized model before saving: quantize_(model, config, 'convert')")
-        header['quant'] = model.quant_config.to_dict()
-    return save_model(model, path, vocab, meta, header=header, compress_vocab=compress_vocab, pack_small=pack_small)
+def _describe_pruned(model: nn.Module) -> dict | None:
+    "The kept experts of each MoE layer (indices into the unpruned layer), or None when no layer was pruned."
+    moes = [m for m in model.modules() if isinstance(m, MoE)]
+    if not any(hasattr(m, 'kept') or m.num_experts != model.cfg.num_experts for m in moes): return None  # (quantizing a layer may drop `kept`)
+    return {'kept': [getattr(m, 'kept', list(range(m.num_experts))) for m in moes]}
 
-def _restructure(model: ResNetBKLM, header: dict):
-    if 'quant' in header: _restructure_quantized(model, header)
-    kept = json.loads(header['pruned'])['kept']
-    moes = _moes(model)
-    if len(kept) != len(moes): raise ValueError(f"the header lists {len(kept)} MoE layers, the config builds {len(moes)}")
+def _rebuild_pruned(model: nn.Module, spec: dict):
+    kept, moes = spec['kept'], _moes(model)
+    if len(kept) != len(moes): raise ValueError(f"it lists {len(kept)} MoE layers, the config builds {len(moes)}")
     for m, k in zip(moes, kept):
         prune_moe_(m, range(len(k))); m.kept = list(k)
 
-def load_pruned(path):
-    "(model in eval mode, vocabulary, metadata) from a file written by `save_pruned`."
-    return load_model(path, restructure=_restructure)
+register_structure('pruned', _describe_pruned, _rebuild_pruned, order=30, module='resnet_bk_compress.pruning')
 
 # %% ../nbs/04_pruning.ipynb #0835cff0
 class ProgressivePruningScheduler:

@@ -14,15 +14,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
-from .model import BKCore, ResNetBKLM, OutputHead
-from .train import save_model, load_model
+from .model import BKCore, ResNetBKLM, OutputHead, InputError
+from .train import register_structure
 
 # %% auto #0
 __all__ = ['OBSERVERS', 'PerTensor', 'PerChannel', 'PerGroup', 'qrange', 'group_view', 'min_max', 'qparams_from_min_max',
            'choose_qparams', 'quantize_tensor', 'dequantize_tensor', 'fake_quantize', 'sqnr', 'MinMaxObserver',
            'MovingAverageMinMaxObserver', 'PercentileObserver', 'MSEObserver', 'Calibratable', 'Quantizer',
            'FakeQuantizer', 'calibrating', 'QuantizedBKCore', 'QuantConfig', 'Int8Config', 'copy_float_', 'QATLinear',
-           'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_', 'save_quantized', 'load_quantized']
+           'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_']
 
 # %% ../nbs/01_quant.ipynb #b5ab06be
 @dataclass(frozen=True)
@@ -514,16 +514,16 @@ def quantize_(model: nn.Module, config: Int8Config = Int8Config(), step: str = '
     return model
 
 # %% ../nbs/01_quant.ipynb #053d13de
-def save_quantized(model: ResNetBKLM, path, vocab, meta: dict | None = None) -> Path:
-    "Write a converted model (int8 codes, scales, the rest in fp32) with its quantization spec in the header."
-    if getattr(model, 'quant_step', None) != 'convert':
-        raise ValueError("save_quantized needs a converted model: run quantize_(model, config, 'convert') first")
-    return save_model(model, path, vocab, meta, header={'quant': model.quant_config.to_dict()})
+def _describe_quant(model: nn.Module) -> dict | None:
+    "The quantization spec of a converted model; a model prepared but not converted is refused."
+    if (config := getattr(model, 'quant_config', None)) is None: return None
+    if model.quant_step != 'convert':
+        raise InputError("the model is prepared for quantization but not converted, and its fake-quantized weights have no integer form: "
+                         "run quantize_(model, config, 'convert') before saving it")
+    return config.to_dict()
 
-def _restructure(model: ResNetBKLM, header: dict):
-    config = QuantConfig.from_dict(json.loads(header['quant']))
+def _rebuild_quant(model: nn.Module, spec: dict):
+    config = QuantConfig.from_dict(spec)
     quantize_(model, config, 'prepare'); quantize_(model, config, 'convert')
 
-def load_quantized(path):
-    "(converted model in eval mode, vocabulary, metadata) from a file written by `save_quantized`."
-    return load_model(path, restructure=_restructure)
+register_structure('quant', _describe_quant, _rebuild_quant, order=20, module='resnet_bk_compress.quant')

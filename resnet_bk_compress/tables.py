@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .model import ResNetBKLM, OutputHead
 from .data import Vocab
-from .train import ModelFileError
+from .train import register_structure
 from .int4_moe import GroupWiseQuantizer, QuantizedEmbedding, pack_int4, unpack_int4
 
 # %% auto #0
 __all__ = ['canonical_order', 'permute_vocab_', 'permute_vocab', 'kmeans', 'CodebookTable', 'QuantizedCodebookTable',
-           'QuantizedBias', 'quantize_bias_', 'table_spec', 'restructure_table', 'restructure_bias']
+           'QuantizedBias', 'quantize_bias_', 'table_spec']
 
 # %% ../nbs/03a_tables.ipynb #fae119a2
 def canonical_order(vocab: Vocab, counts: torch.Tensor,  # training-set count of each id (V,)
@@ -46,7 +46,7 @@ def permute_vocab_(model: ResNetBKLM, order: torch.Tensor) -> ResNetBKLM:
         else: emb.weight.copy_(emb.weight[order])
         head.bias.copy_(head.bias[order])
         if type(head) is nn.Linear: head.weight.copy_(head.weight[order])
-        elif not head.tied: head.own_weight.copy_(head.own_weight[order])
+        elif not head.tied: head.own.weight.copy_(head.own.weight[order])
     return model
 
 def permute_vocab(vocab: Vocab, order: torch.Tensor) -> Vocab:
@@ -274,33 +274,35 @@ def quantize_bias_(model: ResNetBKLM, weights: torch.Tensor | None = None) -> Re
     return model
 
 # %% ../nbs/03a_tables.ipynb #a0d1bedb
+_SPEC_KEYS = ('n_dense', 'n_codebooks', 'codebook_size')
+
 def table_spec(model: ResNetBKLM) -> dict | None:
-    "The `table` header entry of a model with a codebook table or 4-bit head biases (None for neither)."
-    spec = dict(model.tok_emb.spec()) if isinstance(model.tok_emb, (CodebookTable, QuantizedCodebookTable)) else {}
-    if isinstance(getattr(model.head, 'bias', None), QuantizedBias): spec['bias_bits'] = 4
-    return spec or None
+    "The `table` header entry of a model with a codebook table, float or quantized (None without one)."
+    spec = getattr(model.tok_emb, 'spec', None)  # by what it does, not its class: this notebook's own copies of the classes count too
+    return dict(spec()) if callable(spec) else None
 
-_SPEC_KEYS = {'n_dense': int, 'n_codebooks': int, 'codebook_size': int, 'bias_bits': int}
+def _rebuild_table(model: ResNetBKLM, s: dict):
+    "Give a freshly built model the (float) codebook table its file describes; quantization, if any, converts it afterwards."
+    if not isinstance(s, dict) or set(s) != set(_SPEC_KEYS) or any(type(v) is not int for v in s.values()):
+        raise ValueError(f"a table entry has the integers {list(_SPEC_KEYS)}")
+    model.tok_emb = CodebookTable(model.cfg.vocab_size, model.tok_emb.embedding_dim, s['n_dense'], s['n_codebooks'], s['codebook_size'])
 
-def _spec(header: dict) -> dict:
-    "The file's `table` entry, checked: a damaged one is a ModelFileError, not a model built wrong."
-    if 'table' not in header: return {}
-    try: s = json.loads(header['table'])
-    except json.JSONDecodeError: s = None
-    if not isinstance(s, dict) or any(k not in _SPEC_KEYS or type(v) is not _SPEC_KEYS[k] for k, v in s.items()) or \
-       ('n_dense' in s and not {'n_codebooks', 'codebook_size'} <= set(s)):
-        raise ModelFileError(f"the file's 'table' header entry {header['table'][:200]!r} is malformed: the file is corrupt")
+def _describe_bias(model: ResNetBKLM) -> dict | None:
+    return {'bits': 4} if type(getattr(model.head, 'bias', None)).__name__ == 'QuantizedBias' else None
+
+def _rebuild_bias(model: ResNetBKLM, s: dict):
+    "4-bit head biases, after quantization has converted the rest (it would have made them float16)."
+    if s != {'bits': 4}: raise ValueError("4-bit biases are the only kind")
+    del model.head.bias
+    model.head.bias = QuantizedBias(model.cfg.vocab_size)
+
+def _legacy(header: dict) -> dict:  # format version 1 files held the table and the biases in one 'table' entry
+    s = json.loads(header.get('table', '{}'))
+    if not isinstance(s, dict): raise ValueError(f"'table' entry {s!r} is not an object")
     return s
 
-def restructure_table(model: ResNetBKLM, header: dict):
-    "Give a freshly built model the (float) codebook table its file describes; quantization, if any, converts it afterwards."
-    s = _spec(header)
-    if 'n_dense' in s:
-        try: model.tok_emb = CodebookTable(model.cfg.vocab_size, model.tok_emb.embedding_dim, s['n_dense'], s['n_codebooks'], s['codebook_size'])
-        except ValueError as e: raise ModelFileError(f"the file's table does not fit its config ({e}): the file is corrupt") from None
+def _legacy_table(h: dict): return {k: v for k, v in _legacy(h).items() if k in _SPEC_KEYS} or None
+def _legacy_bias(h: dict): return {'bits': 4} if _legacy(h).get('bias_bits') == 4 else None
 
-def restructure_bias(model: ResNetBKLM, header: dict):
-    "Give the head the 4-bit biases its file describes (after quantization has converted the rest)."
-    if _spec(header).get('bias_bits') == 4:
-        del model.head.bias
-        model.head.bias = QuantizedBias(model.cfg.vocab_size)
+register_structure('table', table_spec, _rebuild_table, order=10, module='resnet_bk_compress.tables', legacy=_legacy_table)
+register_structure('bias', _describe_bias, _rebuild_bias, order=40, module='resnet_bk_compress.tables', legacy=_legacy_bias)

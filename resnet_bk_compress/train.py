@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/train.html.md"""
 
 # %% ../nbs/00b_train.ipynb #c93bac5a
 from __future__ import annotations
-import argparse, json, lzma, math, os, sys, time
+import argparse, hashlib, importlib, json, lzma, math, os, pkgutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -14,16 +14,16 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .model import ResNetBKConfig, ResNetBKLM, num_params
+from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params
 from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batches_per_epoch, unigram_ppl,
                                      load_corpus, synthetic_corpus, encode_file, pack_words, unpack_words)
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'SMALL', 'LOADERS', 'BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy',
-           'head_operands', 'lm_loss', 'evaluate', 'warmup_cosine', 'LMObjective', 'dist_info', 'init_distributed',
-           'CheckpointError', 'fit', 'ModelFileError', 'file_bytes', 'atomic_write', 'encode_sparse', 'decode_sparse',
-           'save_model', 'read_model_file', 'load_model', 'train_main', 'rbk_train', 'load_any', 'eval_main',
-           'rbk_eval', 'bench_result']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'STRUCTURES', 'SMALL', 'BENCH_URL', 'ChunkedCrossEntropy',
+           'chunked_cross_entropy', 'head_operands', 'lm_loss', 'evaluate', 'warmup_cosine', 'LMObjective', 'dist_info',
+           'init_distributed', 'CheckpointError', 'fit', 'ModelFileError', 'file_bytes', 'atomic_write',
+           'encode_sparse', 'decode_sparse', 'model_digest', 'register_structure', 'save_model', 'read_model_file',
+           'load_model', 'train_main', 'rbk_train', 'eval_main', 'rbk_eval', 'bench_result']
 
 # %% ../nbs/00b_train.ipynb #d1addedc
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -133,7 +133,7 @@ def init_distributed() -> tuple[int, int]:
     return dist_info()
 
 # %% ../nbs/00b_train.ipynb #d24c295a
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     "A training checkpoint that belongs to another run."
 
 def _save_checkpoint(path, objective, opt, sched, state, run):
@@ -219,23 +219,37 @@ def fit(model: ResNetBKLM,
     return st['history']
 
 # %% ../nbs/00b_train.ipynb #42bdb9d8
-FORMAT, FORMAT_VERSION = 'resnet_bk_compress.model', 1
+FORMAT, FORMAT_VERSION = 'resnet_bk_compress.model', 2  # 2: a checksum and a 'structure' entry; version 1 files still load
+READS_FORMATS = ('1', '2')
 
-class ModelFileError(ValueError):
+class ModelFileError(InputError):
     "A model file that cannot be read: names the file and the problem."
 
 def file_bytes(path: str | Path) -> int:
     "Size of a file in bytes, as `os.path.getsize` measures it."
     return os.path.getsize(path)
 
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass  # another user's process
+    return True
+
 def atomic_write(path: str | Path, write) -> Path:
-    "Call `write(tmp_path)`, then rename the temporary file over `path`; on failure nothing is left behind."
+    "Call `write(tmp_path)`, then rename the temporary file over `path`: a crash at any moment leaves the old file or the new one, whole."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f'.{path.name}.tmp-*'):  # left by a writer that was killed: remove it once its process is gone
+        pid = stale.name.rsplit('-', 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)): stale.unlink(missing_ok=True)
     tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     try:
         write(tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
         os.replace(tmp, path)
+        if hasattr(os, 'O_DIRECTORY'):  # make the rename itself durable (POSIX)
+            fd = os.open(path.parent, os.O_DIRECTORY)
+            try: os.fsync(fd)
+            finally: os.close(fd)
     finally:
         if tmp.exists(): tmp.unlink()
     return path
@@ -263,6 +277,16 @@ def _sparse_pays(t: torch.Tensor) -> bool:
     n, nnz = t.numel(), int((t != 0).sum())
     return -(-n // 8) + nnz * t.element_size() + _SPARSE_OVERHEAD < n * t.element_size()
 
+# %% ../nbs/00b_train.ipynb #976c5cd5
+def model_digest(header: dict, tensors: dict) -> str:
+    "SHA-256 of a model file's contents as stored: the header entries (but 'checksum') and each tensor's name, dtype, shape and bytes."
+    h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != 'checksum'}, sort_keys=True).encode())
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f'\0{k}\0{t.dtype}\0{list(t.shape)}\0'.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
 # %% ../nbs/00b_train.ipynb #089b23fc
 def _effective_state(model: nn.Module) -> dict:
     "state_dict with every parametrized tensor (a pruning mask, say) replaced by the value the module computes from it."
@@ -275,18 +299,43 @@ def _effective_state(model: nn.Module) -> dict:
                 sd[pre + t] = getattr(m, t).detach()
     return sd
 
+# %% ../nbs/00b_train.ipynb #cec37846
+STRUCTURES: dict = {}  # kind -> (describe, rebuild, order, module, legacy): the layers later modules add, filled as they are imported
+
+def register_structure(kind: str,  # its header entry
+                       describe,  # describe(model) -> JSON-ready value, None when the model has no such layer; raises InputError when it cannot be saved as it is
+                       rebuild,  # rebuild(model, value): give a freshly built float model that structure (before its tensors are loaded)
+                       order: int,  # rebuilds run in increasing order
+                       module: str,  # the module that registers it, imported by load_model in a fresh process
+                       legacy=None):  # legacy(header) -> value or None, for files of format version 1 (no 'structure' entry)
+    "Teach `save_model` and `load_model` a kind of layer; the module that defines the layer calls this when it is imported."
+    if not module.startswith('resnet_bk_compress.'): raise ValueError(f"module {module!r} is not part of resnet_bk_compress")
+    # by name: the functions are looked up in `module` when used, so that copies defined by running a notebook's cells never stand in for the library's
+    STRUCTURES[kind] = (describe.__name__, rebuild.__name__, order, module, legacy.__name__ if legacy else None)
+
+def _kind(kind: str) -> tuple:
+    "(describe, rebuild, order, legacy) of a registered kind, from its module."
+    describe, rebuild, order, module, legacy = STRUCTURES[kind]
+    m = importlib.import_module(module)
+    return getattr(m, describe), getattr(m, rebuild), order, getattr(m, legacy) if legacy else (lambda h: json.loads(h[kind]) if kind in h else None)
+
 # %% ../nbs/00b_train.ipynb #19a2806c
 SMALL = 256  # elements: tensors this small are packed together by save_model(pack_small=True)
+_RESERVED = ('format', 'format_version', 'config', 'complex', 'sparse', 'small', 'vocab', 'vocab_codec', 'meta', 'structure', 'checksum')
 
 def save_model(model: ResNetBKLM, path: str | Path, vocab: Vocab, meta: dict | None = None,
-               header: dict | None = None,  # extra header fields (JSON-ready), e.g. a quantization spec
+               header: dict | None = None,  # extra header entries (JSON-ready), e.g. the pipeline's `compressed` entry
                compress_vocab: bool = False,  # store the vocabulary packed (data.pack_words, a uint8 tensor) instead of as JSON in the header
                pack_small: bool = False,  # store tensors of at most SMALL elements in one tensor per dtype (the index costs ~90 bytes a tensor)
                ) -> Path:
-    "Write `model`'s tensors, its config, `vocab` and `meta` to one safetensors file, atomically."
+    "Write any model the library builds (float, quantized, pruned, with codebook tables...), its vocabulary and `meta` to one safetensors file, atomically."
     if len(vocab) != model.cfg.vocab_size:
-        raise ValueError(f"vocabulary has {len(vocab)} types but the model has vocab_size={model.cfg.vocab_size}")
-    if compress_vocab and any('\n' in w for w in vocab.itos): raise ValueError("a word contains a newline: a compressed vocabulary is stored one word per line")
+        raise InputError(f"vocabulary has {len(vocab)} types but the model has vocab_size={model.cfg.vocab_size}")
+    if compress_vocab and any('\n' in w for w in vocab.itos): raise InputError("a word contains a newline: a compressed vocabulary is stored one word per line")
+    structure = {}  # every registered kind describes the model (or refuses it) before anything is written
+    for kind in sorted(STRUCTURES, key=lambda k: STRUCTURES[k][2]):
+        if (v := _kind(kind)[0](model)) is not None: structure[kind] = (STRUCTURES[kind][3], v)
+    if clash := set(header or {}) & {*structure, *_RESERVED}: raise ValueError(f"header entries {sorted(clash)} are written by save_model itself")
     tensors = {k: v.detach().contiguous().cpu() for k, v in _effective_state(model).items()}
     complex_keys = [k for k, v in tensors.items() if v.is_complex()]
     for k in complex_keys: tensors[k] = torch.view_as_real(tensors[k]).contiguous()  # safetensors has no complex dtype
@@ -302,7 +351,9 @@ def save_model(model: ResNetBKLM, path: str | Path, vocab: Vocab, meta: dict | N
     header = {'format': FORMAT, 'format_version': str(FORMAT_VERSION), 'config': json.dumps(model.cfg.to_dict()),
               'complex': json.dumps(complex_keys), 'sparse': json.dumps(sparse), **({'small': json.dumps(packed, separators=(',', ':'))} if packed else {}),
               **({'vocab_codec': '"words"'} if compress_vocab else {'vocab': json.dumps(vocab.itos, ensure_ascii=False)}), 'meta': json.dumps(meta or {}),
+              'structure': json.dumps([[k, m] for k, (m, _) in structure.items()]), **{k: json.dumps(v) for k, (_, v) in structure.items()},
               **{k: json.dumps(v) for k, v in (header or {}).items()}}
+    header['checksum'] = model_digest(header, tensors)
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
 def read_model_file(path: str | Path) -> tuple[dict, dict]:
@@ -313,13 +364,15 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
         with safe_open(str(path), framework='pt') as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:  # what safetensors raises for damaged index entries varies
         raise ModelFileError(f"'{path}' is not a readable safetensors file ({e}): it is truncated, corrupt or not a model file") from None
     if header.get('format') != FORMAT:
         raise ModelFileError(f"'{path}' is a safetensors file but not a resnet_bk_compress model (format tag {header.get('format')!r})")
-    if header.get('format_version') != str(FORMAT_VERSION):
-        raise ModelFileError(f"'{path}' has format version {header.get('format_version')!r}; this library reads version {FORMAT_VERSION}: "
+    if header.get('format_version') not in READS_FORMATS:
+        raise ModelFileError(f"'{path}' has format version {header.get('format_version')!r}; this library reads versions {', '.join(READS_FORMATS)}: "
                              f"upgrade resnet_bk_compress to read it")
+    if header['format_version'] != '1' and header.get('checksum') != model_digest(header, tensors):
+        raise ModelFileError(f"'{path}' does not match its checksum: the file is corrupt (a changed or lost byte); use another copy")
     try:
         for dt, entries in json.loads(header.get('small', '{}')).items():  # pack_small: unpack in the order they were packed
             flat, i = tensors.pop(f'@small.{dt}'), 0
@@ -342,21 +395,39 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
         tensors[k] = torch.view_as_complex(tensors[k])
     return header, tensors
 
-def load_model(path: str | Path,
-               restructure=None,  # called as restructure(model, header) to turn the fp32 model into the file's structure
-               ) -> tuple[ResNetBKLM, Vocab, dict]:
-    "(model in eval mode, vocabulary, metadata) from a file written by `save_model`."
+def _entry(path, header: dict, kind: str):
+    try: return json.loads(header[kind])
+    except (KeyError, json.JSONDecodeError) as e: raise ModelFileError(f"'{path}': its {kind!r} entry is missing or not JSON ({e!r}): the file is corrupt") from None
+
+def _structure(path, header: dict) -> list:
+    "[(order, kind, rebuild, value)] of a file: its 'structure' entry (version 2), or the kinds whose entries a version 1 file has."
+    try:
+        if 'structure' in header:
+            kinds = json.loads(header['structure'])
+            for kind, module in kinds:
+                if not (isinstance(module, str) and module.startswith('resnet_bk_compress.') and module.replace('.', '').replace('_', '').isalnum()):
+                    raise ValueError(f"module {module!r} is not part of resnet_bk_compress")
+                importlib.import_module(module)  # registers the kind
+        else:  # version 1: no list of kinds; every module of the package is imported, and each reads its own entry if it is there
+            import resnet_bk_compress
+            for m in pkgutil.iter_modules(resnet_bk_compress.__path__): importlib.import_module(f'resnet_bk_compress.{m.name}')
+            values = {k: v for k in STRUCTURES if (v := _kind(k)[3](header)) is not None}
+    except (ValueError, TypeError, KeyError, ImportError) as e: raise ModelFileError(f"'{path}' has a malformed 'structure' entry ({e!r}): the file is corrupt") from None
+    if 'structure' in header: values = {kind: _entry(path, header, kind) for kind, _ in kinds}
+    if unknown := set(values) - set(STRUCTURES):
+        raise ModelFileError(f"'{path}' holds layers of kinds {sorted(unknown)} that this version of resnet_bk_compress cannot build: upgrade it")
+    return sorted((STRUCTURES[k][2], k, _kind(k)[1], v) for k, v in values.items())
+
+def load_model(path: str | Path) -> tuple[ResNetBKLM, Vocab, dict]:
+    "(model in eval mode, vocabulary, metadata) from any file written by `save_model`, rebuilt in the structure it was saved in."
     header, tensors = read_model_file(path)
-    if 'pruned' in header and restructure is None:
-        raise ModelFileError(f"'{path}' holds a pruned model: load it with resnet_bk_compress.pruning.load_pruned")
-    if 'quant' in header and restructure is None:
-        raise ModelFileError(f"'{path}' holds a quantized model: load it with resnet_bk_compress.quant.load_quantized")
     try: cfg, vocab, meta = ResNetBKConfig.from_dict(json.loads(header['config'])), Vocab(json.loads(header['vocab'])), json.loads(header.get('meta', '{}'))
     except (KeyError, ValueError, TypeError) as e: raise ModelFileError(f"'{path}' has a malformed header: {e}") from None
     model = ResNetBKLM(cfg)
-    if restructure is not None:
-        try: restructure(model, header)
-        except ModelFileError as e: raise ModelFileError(f"'{path}': {e}") from None  # a damaged structure entry: name the file
+    for _, kind, rebuild, value in _structure(path, header):
+        try: rebuild(model, value)
+        except (ValueError, TypeError, KeyError) as e:  # a damaged entry: name the file and the entry
+            raise ModelFileError(f"'{path}': its {kind!r} entry {json.dumps(value)[:200]} does not fit its config ({e}): the file is corrupt") from None
     try: model.load_state_dict(tensors)  # strict: missing, unexpected and mis-shaped tensors are all named
     except RuntimeError as e: raise ModelFileError(f"'{path}' does not match its config: {e}") from None
     return model.eval(), vocab, meta
@@ -367,7 +438,7 @@ def _load_data(spec: str) -> Corpus:
 
 def _cli(fn, argv, prog):
     try: return fn(argv)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, InputError) as e:  # the user's input: one line; anything else is a bug and keeps its traceback
         print(f"{prog}: error: {e}", file=sys.stderr); sys.exit(2)
 
 def _train_args(argv=None):
@@ -389,7 +460,7 @@ def train_main(argv=None) -> dict:
     "Body of `rbk-train`; returns the metrics it writes."
     a = _train_args(argv)
     out = Path(a.out)
-    if out.suffix != '.safetensors': raise ValueError(f"--out {out}: model files end in .safetensors")
+    if out.suffix != '.safetensors': raise InputError(f"--out {out}: model files end in .safetensors")
     corpus = _load_data(a.data)
     cfg = ResNetBKConfig(vocab_size=len(corpus.vocab), d_model=a.d_model, n_layers=a.n_layers, n_seq=a.n_seq,
                          num_experts=a.num_experts, top_k=a.top_k, dropout=a.dropout)
@@ -423,28 +494,14 @@ def _eval_args(argv=None):
     p.add_argument('--batch-size', type=int, default=32)
     return p.parse_args(argv)
 
-# the loaders of the files that later notebooks write, by the header entry that marks them (imported by name: they sit above this module)
-LOADERS = (('compressed', 'resnet_bk_compress.pipeline', 'load_compressed'), ('pruned', 'resnet_bk_compress.pruning', 'load_pruned'),
-           ('quant', 'resnet_bk_compress.quant', 'load_quantized'))
-
-def load_any(path: str | Path) -> tuple[ResNetBKLM, object]:
-    "(model in eval mode, vocabulary) of any model file this library writes: plain, quantized, pruned or compressed."
-    import importlib
-    try:  # the header only: the loader reads (and checks) the whole file once
-        with safe_open(str(path), framework='pt') as f: header = f.metadata() or {}
-    except (SafetensorError, OSError): header = {}  # load_model below says what is wrong with the file
-    for key, module, fn in LOADERS:
-        if key in header: return getattr(importlib.import_module(module), fn)(path)[:2]
-    return load_model(path)[:2]
-
 def eval_main(argv=None) -> dict:
     "Body of `rbk-eval`; returns the JSON it prints."
     a = _eval_args(argv)
-    model, vocab = load_any(a.model)
+    model, vocab, _ = load_model(a.model)
     V = len(vocab)
     if a.text:
         ids, n_oov = encode_file(a.text, vocab)
-        if len(ids) < 2: raise ValueError(f"'{a.text}' has fewer than 2 tokens: nothing to predict")
+        if len(ids) < 2: raise InputError(f"'{a.text}' has fewer than 2 tokens: nothing to predict")
         res = evaluate(model, ids, a.batch_size)
         return dict(**res, unigram_ppl=unigram_ppl(ids, ids, V, smoothing=0), unigram_source='the text itself (in-sample maximum likelihood)',
                     oov=n_oov, source=a.text)

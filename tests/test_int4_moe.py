@@ -5,8 +5,8 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 from resnet_bk_compress.model import MoE, ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.data import synthetic_corpus, train_batches
-from resnet_bk_compress.train import fit, evaluate, save_model
-from resnet_bk_compress.quant import quantize_, calibrating, save_quantized, load_quantized, sqnr, QuantConfig, Int8Linear, qrange
+from resnet_bk_compress.train import fit, evaluate, save_model, load_model
+from resnet_bk_compress.quant import quantize_, calibrating, sqnr, QuantConfig, Int8Linear, qrange
 from resnet_bk_compress.int4_moe import (GroupWiseQuantizer, pack_int4, unpack_int4, QuantizedLinear, QuantizedMoELayer, QATMoE,
                                          GroupQATLinear, Int4MoEConfig, expert_bytes, compression_ratio, int4_kernel_available)
 from conftest import fresh_process_logits
@@ -150,8 +150,8 @@ def test_qat_trains_converts_and_loads_in_fresh_process(tmp_path):
     with torch.no_grad(): real = lm(x)
     assert torch.allclose(real, fake, atol=5e-3)
     with pytest.raises(ValueError, match='already converted'): quantize_(lm, cfg, 'convert')
-    f = save_quantized(lm, tmp_path / 'q.safetensors', syn.vocab)
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.quant.load_quantized', f, x, tmp_path), real)
+    f = save_model(lm, tmp_path / 'q.safetensors', syn.vocab)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.train.load_model', f, x, tmp_path), real)
 
 def test_compression_ratio_is_measured_on_files(tmp_path):
     torch.manual_seed(0)
@@ -162,7 +162,7 @@ def test_compression_ratio_is_measured_on_files(tmp_path):
     quantize_(lm, cfg)
     with calibrating(lm), torch.no_grad(): lm(syn.train[:64].reshape(4, 16))
     quantize_(lm, cfg, 'convert')
-    b = save_quantized(lm, tmp_path / 'b.safetensors', syn.vocab)
+    b = save_model(lm, tmp_path / 'b.safetensors', syn.vocab)
     assert compression_ratio(a, b) == pytest.approx(a.stat().st_size / b.stat().st_size)
     assert compression_ratio(a, b) > 2
 

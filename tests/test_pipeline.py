@@ -8,7 +8,7 @@ from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.train import fit, save_model, ModelFileError, file_bytes
 from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, STAGES
-from conftest import fresh_process_logits
+from conftest import sealed, fresh_process_logits
 
 @pytest.fixture(scope='module')
 def syn(): return synthetic_corpus(vocab_size=300, n_train=30_000, n_eval=3_000)
@@ -62,10 +62,10 @@ def test_bad_compressed_files(run, syn, teacher, tmp_path):
     (tmp_path / 'bad.safetensors').write_bytes(bytes(flipped))
     with pytest.raises(ModelFileError): load_compressed(tmp_path / 'bad.safetensors')
     with safe_open(rep['compressed_file'], 'pt') as f: header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    save_file(tensors, str(tmp_path / 'v9.safetensors'), metadata={**header, 'compressed': json.dumps({'version': 9})})
+    save_file(tensors, str(tmp_path / 'v9.safetensors'), metadata=sealed({**header, 'compressed': json.dumps({'version': 9})}, tensors))
     with pytest.raises(ModelFileError, match='version 9'): load_compressed(tmp_path / 'v9.safetensors')
     save_model(teacher, tmp_path / 'plain.safetensors', syn.vocab)
-    with pytest.raises(ModelFileError, match='not a compressed one'): load_compressed(tmp_path / 'plain.safetensors')
+    with pytest.raises(ModelFileError, match='not one the pipeline wrote'): load_compressed(tmp_path / 'plain.safetensors')
     torch.save({'x': 1}, tmp_path / 'ckpt.safetensors')
     with pytest.raises(ModelFileError, match='not a readable safetensors'): load_compressed(tmp_path / 'ckpt.safetensors')
     with pytest.raises(FileNotFoundError): load_compressed(tmp_path / 'missing.safetensors')
@@ -130,17 +130,17 @@ def test_cli_bad_input_is_one_line(tmp_path):
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'junk.safetensors' in r.stderr
 
 def test_rbk_eval_reads_every_file_the_library_writes(run, syn, teacher, tmp_path):
-    "rbk-eval (train.load_any) scores plain, quantized and compressed files exactly as their own loaders do."
+    "rbk-eval scores plain, quantized and compressed files exactly as the model loaded from them scores in Python."
     import copy
     from resnet_bk_compress.train import eval_main, evaluate, load_model
     from resnet_bk_compress.data import encode_file, train_batches
-    from resnet_bk_compress.quant import Int8Config, quantize_, calibrating, save_quantized, load_quantized
+    from resnet_bk_compress.quant import Int8Config, quantize_, calibrating
     _, rep, d = run
     q = quantize_(copy.deepcopy(teacher), Int8Config())
     with calibrating(q), torch.no_grad():
         for x, _ in list(train_batches(syn.train, 32, 8))[:2]: q(x)
     files = [(save_model(teacher, tmp_path / 'plain.safetensors', syn.vocab), load_model),
-             (save_quantized(quantize_(q, Int8Config(), 'convert'), tmp_path / 'int8.safetensors', syn.vocab), load_quantized),
+             (save_model(quantize_(q, Int8Config(), 'convert'), tmp_path / 'int8.safetensors', syn.vocab), load_model),
              *[(d / f'stage{i}_{s}.safetensors', load_compressed) for i, s in enumerate(('teacher',) + STAGES)]]
     text = tmp_path / 'text.txt'; text.write_text(' '.join(syn.vocab.decode(syn.test[:1500])))
     for path, load in files:

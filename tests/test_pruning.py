@@ -8,9 +8,9 @@ from resnet_bk_compress.data import synthetic_corpus, train_batches
 from resnet_bk_compress.train import fit, evaluate, save_model, load_model, file_bytes, read_model_file, ModelFileError, _effective_state
 from resnet_bk_compress.quant import quantize_, calibrating, Int8Config
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedMoELayer
-from resnet_bk_compress.pruning import (expert_stats, prune_experts_, prune_moe_, save_pruned, load_pruned, MagnitudePruner,
+from resnet_bk_compress.pruning import (expert_stats, prune_experts_, prune_moe_, MagnitudePruner,
                                         ProgressivePruningScheduler)
-from conftest import fresh_process_logits
+from conftest import sealed, fresh_process_logits
 
 @pytest.fixture(scope='module')
 def trained():
@@ -39,13 +39,13 @@ def test_pruned_experts_are_gone_and_the_file_shrinks(trained, tmp_path):
     moe = m.blocks[1].moe
     assert len(moe.experts) == 2 and moe.gate.weight.shape == (2, 16) and moe.num_experts == 2
     assert torch.equal(moe.gate.weight, lm.blocks[1].moe.gate.weight[kept[1]])  # the survivors' router rows, unchanged
-    a, b = save_model(lm, tmp_path / 'a.safetensors', syn.vocab), save_pruned(m, tmp_path / 'b.safetensors', syn.vocab)
+    a, b = save_model(lm, tmp_path / 'a.safetensors', syn.vocab), save_model(m, tmp_path / 'b.safetensors', syn.vocab)
     per_expert = sum(p.numel() * 4 for p in lm.blocks[0].moe.experts[0].parameters())
     assert file_bytes(a) - file_bytes(b) >= 5 * per_expert  # 3 + 4 experts gone, less header
     x = syn.test[:32][None]
     m.eval()
-    with torch.no_grad(): assert torch.equal(fresh_process_logits('resnet_bk_compress.pruning.load_pruned', b, x, tmp_path), m(x))
-    with pytest.raises(ModelFileError, match='load_pruned'): load_model(b)
+    with torch.no_grad(): assert torch.equal(fresh_process_logits('resnet_bk_compress.train.load_model', b, x, tmp_path), m(x))
+    assert load_model(b)[0].blocks[1].moe.kept == kept[1]  # save_model wrote the kept experts: the one loader rebuilds them
 
 def test_never_below_top_k_and_bad_input(trained):
     syn, lm, calib = trained
@@ -80,8 +80,8 @@ def test_pruning_a_quantized_int4_model(trained, tmp_path):
     with torch.no_grad(): assert torch.equal(m(x), before)
     prune_experts_(m, st, keep=3)
     assert m.blocks[0].moe.w1_qdata.shape[0] == 3 and m.blocks[0].moe.gate.qdata.shape[0] == 3
-    f = save_pruned(m, tmp_path / 'q.safetensors', syn.vocab)
-    back = load_pruned(f)[0]
+    f = save_model(m, tmp_path / 'q.safetensors', syn.vocab)
+    back = load_model(f)[0]
     with torch.no_grad(): assert torch.equal(back(x), m(x))
 
 def test_progressive_scheduler_history_and_file(trained, tmp_path):
@@ -122,9 +122,9 @@ def test_sparse_storage_shrinks_with_sparsity_and_is_exact(trained, tmp_path):
     for sp in (0.0, 0.5, 0.9):
         m = copy.deepcopy(lm)
         if sp: MagnitudePruner(m).prune(sparsity=sp)
-        f = save_pruned(m, tmp_path / f'{sp}.safetensors', syn.vocab)
+        f = save_model(m, tmp_path / f'{sp}.safetensors', syn.vocab)
         sizes.append(file_bytes(f))
-        back = load_pruned(f)[0]
+        back = load_model(f)[0]
         eff = _effective_state(m)
         assert back.state_dict().keys() == eff.keys() and all(torch.equal(v, eff[k]) for k, v in back.state_dict().items())
     assert sizes[2] < 0.35 * sizes[0] and sizes[1] < 0.75 * sizes[0]
@@ -136,11 +136,11 @@ def test_corrupt_sparse_entry_is_refused(trained, tmp_path):
     from safetensors.torch import save_file
     syn, lm, calib = trained
     m = copy.deepcopy(lm); MagnitudePruner(m).prune(sparsity=0.9)
-    f = save_pruned(m, tmp_path / 'm.safetensors', syn.vocab)
+    f = save_model(m, tmp_path / 'm.safetensors', syn.vocab)
     with safe_open(str(f), framework='pt') as g: header, raw = g.metadata(), {k: g.get_tensor(k) for k in g.keys()}
     raw.pop('head.weight@mask')
-    save_file(raw, str(tmp_path / 'bad.safetensors'), metadata=header)
-    with pytest.raises(ModelFileError, match="sparse tensor 'head.weight' cannot be decoded"): load_pruned(tmp_path / 'bad.safetensors')
+    save_file(raw, str(tmp_path / 'bad.safetensors'), metadata=sealed(header, raw))
+    with pytest.raises(ModelFileError, match="sparse tensor 'head.weight' cannot be decoded"): load_model(tmp_path / 'bad.safetensors')
 
 def test_magnitude_threshold_and_iterative_run(trained):
     syn, lm, calib = trained

@@ -25,7 +25,11 @@ def test_round_trip_within_half_a_step(shape, seed, sym, gran, amp, bits):
     assert q.dtype == torch.int8 and q.shape == x.shape and q.min() >= qmin and q.max() <= qmax
     err = (dequantize_tensor(q, s, z, gran) - x).abs()
     assert (err <= _step(s, x, gran) / 2 * (1 + 1e-5) + 1e-30).all()
-    assert torch.equal(fake_quantize(x, s, z, bits, sym, gran), dequantize_tensor(q, s, z, gran))
+    # torch's fake-quantize kernels multiply by 1/scale where quantize_tensor divides: they may round a code that sits on a half
+    # the other way (hypothesis found one at amp 5785), so they agree exactly except by one step at such ties
+    step = _step(s, x, gran); frac = (x / step).frac().abs()
+    diff = (fake_quantize(x, s, z, bits, sym, gran) - dequantize_tensor(q, s, z, gran)).abs()
+    assert ((diff == 0) | ((diff <= step * (1 + 1e-5)) & ((frac - 0.5).abs() < 1e-3))).all()
 
 @pytest.mark.parametrize('gran', GRANS)
 @pytest.mark.parametrize('sym', [True, False])
@@ -87,10 +91,10 @@ def test_observer_argument_checks():
 
 import torch.nn as nn
 from resnet_bk_compress.data import synthetic_corpus, train_batches
-from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, BKCore
+from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, BKCore, InputError
 from resnet_bk_compress.train import evaluate, fit, lm_loss, save_model, load_model, file_bytes, ModelFileError
 from resnet_bk_compress.quant import (FakeQuantizer, calibrating, QuantizedBKCore, Int8Config, quantize_, QATLinear, QATEmbedding,
-                                      Int8Linear, Int8Embedding, save_quantized, load_quantized)
+                                      Int8Linear, Int8Embedding)
 
 @pytest.fixture(scope='module')
 def syn(): return synthetic_corpus(vocab_size=200, n_train=20_000, n_eval=2_000, locality=200)
@@ -161,9 +165,10 @@ def test_file_bytes_shrink_and_fresh_process_loads_same_logits(tmp_path, syn):
     f = _model(syn)
     fp32 = save_model(f, tmp_path / 'f.safetensors', syn.vocab)
     m = ResNetBKLM(f.cfg); m.load_state_dict(f.state_dict()); quantize_(m, Int8Config()); _calibrate(m, syn)
-    with pytest.raises(ValueError, match='needs a converted model'): save_quantized(m, tmp_path / 'no.safetensors', syn.vocab)
+    with pytest.raises(InputError, match='prepared for quantization but not converted'): save_model(m, tmp_path / 'no.safetensors', syn.vocab)
+    assert not list(tmp_path.glob('*no.safetensors*'))  # refused before anything was written
     quantize_(m, Int8Config(), 'convert')
-    q = save_quantized(m, tmp_path / 'q.safetensors', syn.vocab)
+    q = save_model(m, tmp_path / 'q.safetensors', syn.vocab)
     # the int8 tensors and their scales against the same tensors in fp32: rows of 16 or 32 -> between 3.2x and 3.56x
     sd = m.state_dict()
     qn = [k for k, v in sd.items() if v.dtype == torch.int8]
@@ -171,10 +176,9 @@ def test_file_bytes_shrink_and_fresh_process_loads_same_logits(tmp_path, syn):
     ratio = sum(sd[k].numel() * 4 for k in qn) / sum(sd[k].numel() + sd[k[:-5] + 'scale'].numel() * 4 for k in qn)
     assert 3.2 <= ratio <= 3.56
     assert file_bytes(q) < file_bytes(fp32) / 2  # width 16: the header (vocabulary, tensor index) weighs more here
-    with pytest.raises(ModelFileError, match='load_quantized'): load_model(q)
     x = syn.test[None, :32]
     with torch.no_grad(): ref = m(x)
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.quant.load_quantized', q, x, tmp_path), ref)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.train.load_model', q, x, tmp_path), ref)
 
 def test_reference_config_int8_bytes(tmp_path):
     "Reference width 64 at a 30K vocabulary: quantized tensors shrink 3.76x (64 codes + a 4-byte scale per row), the file 3.4x."
@@ -191,7 +195,7 @@ def test_reference_config_int8_bytes(tmp_path):
     ratio = sum(sd[k].numel() * 4 for k in qn) / sum(sd[k].numel() + sd[k[:-5] + 'scale'].numel() * 4 for k in qn)
     assert 3.75 < ratio < 3.77
     # biases, norms and the vocabulary stay as they were: the whole file shrinks less
-    assert fp32 / file_bytes(save_quantized(m, tmp_path / 'q.safetensors', vocab)) > 3.4
+    assert fp32 / file_bytes(save_model(m, tmp_path / 'q.safetensors', vocab)) > 3.4
 
 def test_fake_quantizer_follows_train_and_eval():
     fq = FakeQuantizer(MinMaxObserver())

@@ -9,7 +9,7 @@ from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.train import fit, file_bytes
 from resnet_bk_compress.tables import CodebookTable, canonical_order, permute_vocab_, permute_vocab
 from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed
-from conftest import fresh_process_logits
+from conftest import sealed, fresh_process_logits
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(st.characters(blacklist_categories=('Cs',), blacklist_characters='\n'), max_size=40), unique=True, max_size=200), st.randoms())
@@ -61,7 +61,7 @@ def test_codebook_table_file_loads_in_a_fresh_process(table_run, syn, tmp_path):
     assert type(model.tok_emb).__name__ == 'QuantizedCodebookTable' and type(model.head.bias).__name__ == 'QuantizedBias'
     assert info['version'] == 2 and vocab.itos[100:] == sorted(vocab.itos[100:])  # the file's word order: bands, sorted inside
     with safe_open(rep['compressed_file'], 'pt') as f:
-        assert json.loads(f.metadata()['table']) == dict(n_dense=100, n_codebooks=1, codebook_size=64, bias_bits=4)
+        assert json.loads(f.metadata()['table']) == dict(n_dense=100, n_codebooks=1, codebook_size=64) and json.loads(f.metadata()['bias']) == dict(bits=4)
         assert f.get_slice('tok_emb.codes').get_dtype() == 'U8'
     x = torch.randint(0, len(vocab), (2, 32))
     with torch.no_grad(): here = model(x)
@@ -109,11 +109,11 @@ def test_damaged_table_entries_are_refused_with_the_file_named(table_run, tmp_pa
     _, rep, _ = table_run
     with safe_open(rep['compressed_file'], 'pt') as f: header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     for bad in ('{"n_dense": 100', '{"n_dense": "x", "n_codebooks": 1, "codebook_size": 64}', '{"n_dense": 100}', '{"n_dense": 100000, "n_codebooks": 1, "codebook_size": 64}'):
-        save_file(tensors, str(tmp_path / 'bad.safetensors'), metadata={**header, 'table': bad})
+        save_file(tensors, str(tmp_path / 'bad.safetensors'), metadata=sealed({**header, 'table': bad}, tensors))
         with pytest.raises(ModelFileError, match=r"bad\.safetensors.*table"): load_compressed(tmp_path / 'bad.safetensors')
     small = json.loads(header['small'])
     small[next(iter(small))][0][1] = [10 ** 6]  # a packed tensor that claims more values than there are
-    save_file(tensors, str(tmp_path / 'bad2.safetensors'), metadata={**header, 'small': json.dumps(small)})
+    save_file(tensors, str(tmp_path / 'bad2.safetensors'), metadata=sealed({**header, 'small': json.dumps(small)}, tensors))
     with pytest.raises(ModelFileError, match=r"bad2\.safetensors.*packed small tensors"): load_compressed(tmp_path / 'bad2.safetensors')
 
 def test_student_and_distill_typos_are_refused_before_a_run(syn, teacher, tmp_path):

@@ -3,8 +3,8 @@ import pytest
 import torch
 from resnet_bk_compress.data import synthetic_corpus, train_batches
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
-from resnet_bk_compress.train import fit, evaluate
-from resnet_bk_compress.quant import Int8Config, quantize_, calibrating, save_quantized
+from resnet_bk_compress.train import fit, evaluate, save_model
+from resnet_bk_compress.quant import Int8Config, quantize_, calibrating
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedEmbedding
 from conftest import fresh_process_logits
 
@@ -27,6 +27,6 @@ def test_tied_head_quantized_round_trip(config, rank, tmp_path):
     assert m.head.bias.dtype == torch.float16
     if getattr(config, 'embedding_bits', 8) == 4: assert isinstance(m.tok_emb, QuantizedEmbedding)
     assert evaluate(m, syn.test)['ppl'] < 1.1 * fp
-    p = save_quantized(m, tmp_path / 'q.safetensors', syn.vocab)
+    p = save_model(m, tmp_path / 'q.safetensors', syn.vocab)
     x = syn.test[:32][None]
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.quant.load_quantized', p, x, tmp_path), stored)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.train.load_model', p, x, tmp_path), stored)

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
+from conftest import sealed
 from resnet_bk_compress.data import synthetic_corpus, unigram_ppl
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.train import (chunked_cross_entropy, evaluate, fit, save_model, load_model, read_model_file, file_bytes,
@@ -78,15 +79,18 @@ def test_model_file_errors(tmp_path, syn, small_cfg):
     with pytest.raises(ModelFileError, match='junk.safetensors'): load_model(tmp_path / 'junk.safetensors')
     header, tensors = read_model_file(p)  # tensors decoded: re-saved below as plain tensors, so the header lists no sparse ones
     header = {**header, 'sparse': '{}'}
-    save_file(tensors, str(tmp_path / 'v2.safetensors'), metadata={**header, 'format_version': '2'})
-    with pytest.raises(ModelFileError, match="format version '2'"): load_model(tmp_path / 'v2.safetensors')
+    save_file(tensors, str(tmp_path / 'v9.safetensors'), metadata=sealed({**header, 'format_version': '9'}, tensors))
+    with pytest.raises(ModelFileError, match="format version '9'"): load_model(tmp_path / 'v9.safetensors')
+    header = sealed(header, tensors)
     t2 = dict(tensors); t2.pop('blocks.1.v_proj.weight')
-    save_file(t2, str(tmp_path / 'hole.safetensors'), metadata=header)
+    save_file(t2, str(tmp_path / 'hole.safetensors'), metadata=sealed(header, t2))
     with pytest.raises(ModelFileError, match='blocks.1.v_proj.weight'): load_model(tmp_path / 'hole.safetensors')
     t3 = dict(tensors); t3['head.bias'] = torch.zeros(5)
-    save_file(t3, str(tmp_path / 'shape.safetensors'), metadata=header)
+    save_file(t3, str(tmp_path / 'shape.safetensors'), metadata=sealed(header, t3))
     with pytest.raises(ModelFileError, match='head.bias'): load_model(tmp_path / 'shape.safetensors')
     with pytest.raises(FileNotFoundError, match='nowhere.safetensors'): load_model(tmp_path / 'nowhere.safetensors')
+    save_file(tensors, str(tmp_path / 'unsealed.safetensors'), metadata=header | {'meta': '{"note": "changed"}'})  # any change, even to the metadata
+    with pytest.raises(ModelFileError, match='does not match its checksum'): load_model(tmp_path / 'unsealed.safetensors')
     with pytest.raises(ValueError, match='vocabulary has'): save_model(ResNetBKLM(small_cfg), tmp_path / 'x.safetensors', synthetic_corpus(vocab_size=10, n_train=50, n_eval=5).vocab)
 
 def test_atomic_write_keeps_old_file(tmp_path):

@@ -1,0 +1,184 @@
+"One file path for every model: fresh-process round trips of every kind, integrity (a fuzzed file never loads wrong), crash safety, settings checked first."
+import copy, json, os, random, re, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+from safetensors import safe_open
+from safetensors.torch import save_file
+from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, InputError
+from resnet_bk_compress.data import synthetic_corpus, train_batches
+from resnet_bk_compress.train import fit, save_model, load_model, read_model_file, model_digest, ModelFileError, _cli
+from resnet_bk_compress.quant import Int8Config, quantize_, calibrating, Int8Embedding
+from resnet_bk_compress.complex_quant import ComplexInt8Config
+from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedEmbedding
+from resnet_bk_compress.pruning import expert_stats, prune_experts_, MagnitudePruner
+from resnet_bk_compress.tables import CodebookTable, quantize_bias_
+from resnet_bk_compress.distill import make_student
+from resnet_bk_compress.pipeline import save_compressed, CompressionPipeline
+
+@pytest.fixture(scope='module')
+def syn(): return synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
+
+def _trained(syn, **kw):
+    torch.manual_seed(0)
+    m = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=16, n_layers=2, n_seq=32, **kw))
+    fit(m, syn, max_steps=8, batch_size=16, lr=5e-3, eval_split=None, progress=False)
+    return m.eval()
+
+def _quantized(syn, m, config):
+    quantize_(m, config)
+    with calibrating(m), torch.no_grad():
+        for x, _ in list(train_batches(syn.train, 32, 8))[:2]: m(x)
+    return quantize_(m.eval(), config, 'convert')
+
+def _pruned(syn, m, keep=2):
+    with torch.no_grad(): stats = expert_stats(m, [x for x, _ in list(train_batches(syn.train, 32, 8))[:2]])
+    prune_experts_(m, stats, keep=keep)
+    return m
+
+def _kinds(syn):
+    "name -> (model, save function): one of every kind of model the library builds."
+    base = _trained(syn)
+    tab = copy.deepcopy(_trained(syn, tie_embeddings=True))
+    tab.tok_emb = CodebookTable.from_table(tab.tok_emb.weight.detach(), 40, 1, 16)
+    mag = copy.deepcopy(base); MagnitudePruner(mag).prune(sparsity=0.7)
+    untied = _trained(syn, embed_rank=8)
+    return {'float': (base, save_model),
+            'int8': (_quantized(syn, copy.deepcopy(base), Int8Config()), save_model),
+            'complex int8': (_quantized(syn, copy.deepcopy(base), ComplexInt8Config()), save_model),
+            'int4 experts': (_quantized(syn, copy.deepcopy(base), Int4MoEConfig(group_size=16, embedding_bits=4)), save_model),
+            'pruned (save_model)': (_pruned(syn, copy.deepcopy(base)), save_model),
+            'pruned int4': (_quantized(syn, _pruned(syn, copy.deepcopy(base), 1), Int4MoEConfig(group_size=16)), save_model),
+            'magnitude-pruned': (mag, save_model),
+            'untied factorized int8': (_quantized(syn, untied, Int8Config()), save_model),
+            'student': (make_student(base, d_model=8, n_layers=1).eval(), save_model),
+            'codebook table, 4-bit biases, compressed': (quantize_bias_(_quantized(syn, tab, Int4MoEConfig(group_size=16, embedding_bits=4))), save_compressed)}
+
+@pytest.fixture(scope='module')
+def files(syn, tmp_path_factory):
+    d = tmp_path_factory.mktemp('kinds')
+    x = syn.test[:32][None]
+    out = {}
+    for i, (name, (m, save)) in enumerate(_kinds(syn).items()):
+        with torch.no_grad(): out[name] = (save(m, d / f'{i}.safetensors', syn.vocab), m(x))
+    return out, x
+
+def test_every_kind_loads_in_a_fresh_process_with_identical_logits(files, tmp_path):
+    out, x = files
+    torch.save(x, tmp_path / 'x.pt')
+    code = ("import sys, torch; from resnet_bk_compress.train import load_model\n"  # nothing but the one loader is imported
+            "x = torch.load(sys.argv[1]); torch.save([load_model(f)[0](x).detach() for f in sys.argv[3:]], sys.argv[2])")
+    paths = [str(f) for f, _ in out.values()]
+    subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt'), *paths], check=True, timeout=300)
+    for (name, (_, want)), got in zip(out.items(), torch.load(tmp_path / 'y.pt')):
+        assert torch.equal(got, want), name
+
+def test_the_untied_factorized_head_is_quantized(syn):
+    for config, kind in ((Int8Config(), Int8Embedding), (Int4MoEConfig(group_size=8, embedding_bits=4), QuantizedEmbedding)):
+        m = _quantized(syn, _trained(syn, embed_rank=8), config)
+        assert type(m.head.own) is kind and type(m.tok_emb) is kind, config
+
+def test_a_file_says_how_it_is_built(files):
+    out, _ = files
+    header, _ = read_model_file(out['pruned int4'][0])
+    assert json.loads(header['structure']) == [['quant', 'resnet_bk_compress.quant'], ['pruned', 'resnet_bk_compress.pruning']]
+    header, _ = read_model_file(out['codebook table, 4-bit biases, compressed'][0])
+    assert [k for k, _ in json.loads(header['structure'])] == ['table', 'quant', 'bias']
+    assert json.loads(read_model_file(out['float'][0])[0]['structure']) == []
+
+def _rewrite(src, dst, edit):
+    "Copy a model file with its header entries changed by edit(header) (tensors untouched)."
+    with safe_open(str(src), framework='pt') as f: header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    edit(header); save_file(tensors, str(dst), metadata=header)
+    return dst
+
+def test_files_of_format_version_1_still_load(files, tmp_path):
+    out, x = files
+    def to_v1(h):  # what version 1 wrote: no checksum, no structure list; one 'table' entry held the table and the bias width
+        h['format_version'] = '1'; del h['checksum']; kinds = [k for k, _ in json.loads(h.pop('structure'))]
+        if 'bias' in kinds: h['table'] = json.dumps({**json.loads(h['table']), 'bias_bits': 4}); del h['bias']
+    for name, (f, want) in out.items():
+        with torch.no_grad(): assert torch.equal(load_model(_rewrite(f, tmp_path / 'v1.safetensors', to_v1))[0](x), want), name
+
+def test_damaged_structure_entries_are_named(files, tmp_path):
+    "Entries that pass the checksum (written so) but cannot be built: ModelFileError naming the file and the entry."
+    f = files[0]['pruned int4'][0]
+    with safe_open(str(f), framework='pt') as g: tensors = {k: g.get_tensor(k) for k in g.keys()}
+    for edit, msg in [(dict(structure='[["quant", "os"]]'), "malformed 'structure'"),
+                      (dict(structure='[["tiles", "resnet_bk_compress.tables"]]', tiles='{}'), "kinds ['tiles']"),
+                      (dict(pruned='{"kept": [[0]]}'), "'pruned' entry")]:
+        def change(h, edit=edit): h.update(edit); h['checksum'] = model_digest(h, tensors)
+        bad = _rewrite(f, tmp_path / 'bad.safetensors', change)
+        with pytest.raises(ModelFileError, match=re.escape(msg)) as e: load_model(bad)
+        assert 'bad.safetensors' in str(e.value)
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_a_damaged_file_is_refused_or_loads_the_same_model(files, tmp_path, data):
+    "A flipped byte or a cut anywhere, in files of every kind: ModelFileError naming the file, or (a harmless byte such as header padding) the same logits."
+    out, x = files
+    name = data.draw(st.sampled_from(sorted(out)))
+    src, want = out[name]
+    blob = bytearray(Path(src).read_bytes())
+    if data.draw(st.booleans()):
+        for _ in range(data.draw(st.integers(1, 3))):
+            i = data.draw(st.integers(0, len(blob) - 1)); blob[i] ^= data.draw(st.integers(1, 255))
+    else: blob = blob[:data.draw(st.integers(0, len(blob) - 1))]
+    bad = tmp_path / 'damaged.safetensors'; bad.write_bytes(bytes(blob))
+    try: m = load_model(bad)[0]
+    except ModelFileError as e: assert 'damaged.safetensors' in str(e), e
+    else:
+        with torch.no_grad(): assert torch.equal(m(x), want), name
+
+WRITER = """
+import sys, torch
+from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
+from resnet_bk_compress.data import Vocab
+from resnet_bk_compress.train import save_model
+torch.manual_seed(1)
+m = ResNetBKLM(ResNetBKConfig(vocab_size=30_000, d_model=64, n_layers=1))
+vocab = Vocab([f'w{i}' for i in range(29_998)])
+print('ready', flush=True)
+while True: save_model(m, sys.argv[1], vocab)
+"""
+
+def test_a_save_killed_at_any_moment_leaves_a_good_file(tmp_path):
+    "SIGKILL a process that keeps writing a 16 MB model over a good file: the file always loads, as the old model or the new one, whole."
+    from resnet_bk_compress.data import Vocab
+    path = tmp_path / 'model.safetensors'
+    torch.manual_seed(0)
+    old = ResNetBKLM(ResNetBKConfig(vocab_size=30_000, d_model=64, n_layers=1)).eval()
+    save_model(old, path, Vocab([f'w{i}' for i in range(29_998)]))
+    torch.manual_seed(1); new = ResNetBKLM(ResNetBKConfig(vocab_size=30_000, d_model=64, n_layers=1)).eval()
+    x = torch.arange(16)[None]
+    with torch.no_grad(): want = {'old': old(x), 'new': new(x)}
+    rnd, seen = random.Random(0), set()
+    for _ in range(4):
+        p = subprocess.Popen([sys.executable, '-c', WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == 'ready'
+        time.sleep(rnd.uniform(0.05, 1.5))
+        p.send_signal(signal.SIGKILL); p.wait()
+        with torch.no_grad(): got = load_model(path)[0](x)
+        which = [k for k, v in want.items() if torch.equal(got, v)]
+        assert len(which) == 1; seen.add(which[0])
+    # what a killed writer leaves behind (its temporary file) is removed by the next save once that process is gone
+    save_model(old, path, Vocab([f'w{i}' for i in range(29_998)]))
+    assert sorted(f.name for f in tmp_path.iterdir()) == ['model.safetensors']
+
+def test_settings_are_checked_before_the_run_directory_is_touched(syn, tmp_path):
+    t = _trained(syn)
+    for kw, msg in [(dict(student=dict(d_model=8, n_layer=1)), "unknown student settings ['n_layer']"),
+                    (dict(student=dict(d_model=-8)), 'd_model must be a positive integer'),
+                    (dict(distill=dict(alpha=2.)), 'alpha=2.0'),
+                    (dict(distill=dict(targets='topk', k=0)), 'k=0'),
+                    (dict(distill=dict(T=0)), 'T=0')]:
+        with pytest.raises(InputError, match=msg.replace('[', r'\[').replace(']', r'\]')): CompressionPipeline(t, syn.vocab, **kw)
+    assert not list(tmp_path.iterdir())
+
+def test_the_command_line_keeps_tracebacks_for_bugs():
+    def bug(argv): raise ValueError('an internal error')
+    def bad_input(argv): raise InputError('a bad setting')
+    with pytest.raises(ValueError, match='internal'): _cli(bug, [], 'x')  # a bug is not turned into a one-line usage error
+    with pytest.raises(SystemExit) as e: _cli(bad_input, [], 'x')
+    assert e.value.code == 2
