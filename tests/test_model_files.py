@@ -182,3 +182,21 @@ def test_the_command_line_keeps_tracebacks_for_bugs():
     with pytest.raises(ValueError, match='internal'): _cli(bug, [], 'x')  # a bug is not turned into a one-line usage error
     with pytest.raises(SystemExit) as e: _cli(bad_input, [], 'x')
     assert e.value.code == 2
+
+def test_one_source_of_run_defaults():
+    "run_pipeline, rbk-compress and bench/pipeline_wt2.py take their epochs from RUN_EPOCHS (they disagreed: 5/3/3 against 2/0.5/0.5)."
+    import inspect
+    from resnet_bk_compress.pipeline import RUN_EPOCHS, _compress_args
+    sig = inspect.signature(CompressionPipeline.run_pipeline).parameters
+    assert {k: sig[k].default for k in RUN_EPOCHS} == RUN_EPOCHS
+    assert {k: getattr(_compress_args([]), k) for k in RUN_EPOCHS} == RUN_EPOCHS
+    bench = (Path(__file__).parents[1] / 'bench' / 'pipeline_wt2.py').read_text()
+    assert 'RUN_EPOCHS.items()' in bench and 'add_argument(\'--distillation-epochs\'' not in bench
+
+def test_peak_memory_units(monkeypatch):
+    "ru_maxrss counts kilobytes on Linux and bytes on macOS."
+    import resource
+    from resnet_bk_compress import pipeline
+    monkeypatch.setattr(resource, 'getrusage', lambda who: type('R', (), {'ru_maxrss': 2 ** 30})())
+    monkeypatch.setattr(sys, 'platform', 'darwin'); assert pipeline._peak_mb() == 1024
+    monkeypatch.setattr(sys, 'platform', 'linux'); assert pipeline._peak_mb() == 2 ** 20
