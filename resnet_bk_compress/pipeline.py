@@ -450,7 +450,7 @@ def _compress_args(argv=None):
     p.add_argument('--max-ppl-increase', type=float, default=0.15, help='allowed relative increase of test perplexity')
     p.add_argument('--stages', default=','.join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
     p.add_argument('--resume', action='store_true', help='continue a killed run in --out')
-    for k, v in RUN_EPOCHS.items(): p.add_argument(f"--{k.replace('_', '-')}", type=float, default=v, help=f'default: %(default)s')
+    for k, v in RUN_EPOCHS.items(): p.add_argument(f"--{k.replace('_', '-')}", type=float, default=v, help='default: %(default)s')
     p.add_argument('--max-steps', type=int, default=None, help='cap on the training steps of every stage')
     p.add_argument('--teacher-epochs', type=int, default=None, help=f'epochs of the teacher trained when --teacher is not given (default: {TEACHER_EPOCHS})')
     g = p.add_argument_group('student', "default: planned for --target (the teacher's width and depth with a codebook table, as the bytes allow); "

@@ -6,15 +6,14 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/quant.html.md"""
 
 # %% ../nbs/01_quant.ipynb #4e39456f
 from __future__ import annotations
-import importlib, json, math
+import importlib, math
 from dataclasses import dataclass, fields
 from functools import partial
-from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
-from .model import BKCore, ResNetBKLM, OutputHead, InputError
+from .model import BKCore, OutputHead, InputError
 from .train import register_structure
 
 # %% auto #0

@@ -1,5 +1,5 @@
 "One file path for every model: fresh-process round trips of every kind, integrity (a fuzzed file never loads wrong), crash safety, settings checked first."
-import copy, json, os, random, re, signal, subprocess, sys, time
+import copy, json, random, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
