@@ -30,3 +30,12 @@ def sealed(header: dict, tensors: dict) -> dict:
     from resnet_bk_compress.train import model_digest
     h = {k: v for k, v in header.items() if k != 'checksum'}
     return {**h, 'checksum': model_digest(h, tensors)}
+
+def train_small(corpus, steps: int, **cfg):
+    "A small ResNet-BK (width 32, 2 blocks, windows of 32 unless cfg says otherwise) trained from seed 0 for `steps` steps, in eval mode: the teacher of the tests."
+    from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
+    from resnet_bk_compress.train import fit
+    torch.manual_seed(0)
+    m = ResNetBKLM(ResNetBKConfig(vocab_size=len(corpus.vocab), **{'d_model': 32, 'n_layers': 2, 'n_seq': 32, **cfg}))
+    fit(m, corpus, max_steps=steps, batch_size=16, lr=5e-3, eval_split=None, progress=False)
+    return m.eval()

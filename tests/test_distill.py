@@ -3,20 +3,17 @@ import pytest
 import torch
 from resnet_bk_compress.data import synthetic_corpus, windows_at
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, num_params
-from resnet_bk_compress.train import fit, load_model, CheckpointError
+from resnet_bk_compress.train import load_model, CheckpointError
 from resnet_bk_compress.distill import (soft_loss, hard_loss, distill_loss, chunked_distill_loss, DenseTeacher, TopKTeacher,
                                         layer_map, make_student, TeacherTargets, DistillationObjective, DistillationTrainer,
                                         distill_cascade)
+from conftest import train_small
 
 @pytest.fixture(scope='module')
 def syn(): return synthetic_corpus(vocab_size=200, n_train=20_000, n_eval=2_000)
 
 @pytest.fixture(scope='module')
-def teacher(syn):
-    torch.manual_seed(0)
-    t = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=3, n_seq=32, dropout=0.))
-    fit(t, syn, max_steps=30, batch_size=16, lr=5e-3, eval_split=None, progress=False)
-    return t.eval()
+def teacher(syn): return train_small(syn, 30, n_layers=3, dropout=0.)
 
 def _no_hooks(*models): return not any(m._forward_hooks or m._forward_pre_hooks for net in models for m in net.modules())
 

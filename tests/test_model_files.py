@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, InputError
 from resnet_bk_compress.data import synthetic_corpus, train_batches
-from resnet_bk_compress.train import fit, save_model, load_model, read_model_file, model_digest, ModelFileError, _cli
+from resnet_bk_compress.train import save_model, load_model, read_model_file, model_digest, ModelFileError, _cli
 from resnet_bk_compress.quant import Int8Config, quantize_, calibrating, Int8Embedding
 from resnet_bk_compress.complex_quant import ComplexInt8Config
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedEmbedding
@@ -16,15 +16,12 @@ from resnet_bk_compress.pruning import expert_stats, prune_experts_, MagnitudePr
 from resnet_bk_compress.tables import CodebookTable, quantize_bias_
 from resnet_bk_compress.distill import make_student
 from resnet_bk_compress.pipeline import save_compressed, CompressionPipeline
+from conftest import train_small
 
 @pytest.fixture(scope='module')
 def syn(): return synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
 
-def _trained(syn, **kw):
-    torch.manual_seed(0)
-    m = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=16, n_layers=2, n_seq=32, **kw))
-    fit(m, syn, max_steps=8, batch_size=16, lr=5e-3, eval_split=None, progress=False)
-    return m.eval()
+def _trained(syn, **kw): return train_small(syn, 8, d_model=16, **kw)
 
 def _quantized(syn, m, config):
     quantize_(m, config)

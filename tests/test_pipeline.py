@@ -8,17 +8,13 @@ from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.train import fit, save_model, ModelFileError, file_bytes
 from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, STAGES
-from conftest import sealed, fresh_process_logits
+from conftest import sealed, fresh_process_logits, train_small
 
 @pytest.fixture(scope='module')
 def syn(): return synthetic_corpus(vocab_size=300, n_train=30_000, n_eval=3_000)
 
 @pytest.fixture(scope='module')
-def teacher(syn):
-    torch.manual_seed(0)
-    t = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32))
-    fit(t, syn, max_steps=40, batch_size=16, lr=5e-3, eval_split=None, progress=False)
-    return t.eval()
+def teacher(syn): return train_small(syn, 40)
 
 @pytest.fixture(scope='module')
 def run(syn, teacher, tmp_path_factory):

@@ -1,15 +1,13 @@
 import copy, json
-from pathlib import Path
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from safetensors import safe_open
-from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words, Vocab
-from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
-from resnet_bk_compress.train import fit, file_bytes
-from resnet_bk_compress.tables import CodebookTable, canonical_order, permute_vocab_, permute_vocab
+from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words
+from resnet_bk_compress.train import file_bytes
+from resnet_bk_compress.tables import canonical_order, permute_vocab_, permute_vocab
 from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed
-from conftest import sealed, fresh_process_logits
+from conftest import sealed, fresh_process_logits, train_small
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(st.characters(blacklist_categories=('Cs',), blacklist_characters='\n'), max_size=40), unique=True, max_size=200), st.randoms())
@@ -30,11 +28,7 @@ def test_damaged_word_lists_are_refused(junk):
 def syn(): return synthetic_corpus(vocab_size=600, n_train=30_000, n_eval=3_000)
 
 @pytest.fixture(scope='module')
-def teacher(syn):
-    torch.manual_seed(0)
-    t = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32))
-    fit(t, syn, max_steps=30, batch_size=16, lr=5e-3, eval_split=None, progress=False)
-    return t.eval()
+def teacher(syn): return train_small(syn, 30)
 
 def test_canonical_order_keeps_every_probability(syn, teacher):
     counts = torch.bincount(syn.train, minlength=len(syn.vocab))
