@@ -288,6 +288,7 @@ class QATMoE(MoE):
                                   for ex in moe.experts)
         m.register_buffer('token_counts', moe.token_counts.clone(), persistent=False)
         m.agree, m.routed = 0, 0
+        if hasattr(moe, 'kept'): m.kept = list(moe.kept)  # a pruned layer's original expert indices, for its file
         return m
 
     def forward(self, x):
@@ -350,6 +351,7 @@ def from_qat(cls: QuantizedMoELayer, m: QATMoE) -> QuantizedMoELayer:
         for name, lin in (('w1', ex[0]), ('w2', ex[-1])):
             for k, t in lin.to_quantized().named_buffers(): getattr(q, f'{name}_{k}')[e] = t
     q.routing_agreement, q.token_counts = m.routing_agreement, m.token_counts.clone()
+    if hasattr(m, 'kept'): q.kept = list(m.kept)
     return q.to(l1.weight.device)
 
 @patch(cls_method=True)

@@ -135,7 +135,7 @@ def prune_experts_(model: nn.Module, stats: list[ExpertStats],  # from expert_st
 def _describe_pruned(model: nn.Module) -> dict | None:
     "The kept experts of each MoE layer (indices into the unpruned layer), or None when no layer was pruned."
     moes = [m for m in model.modules() if isinstance(m, MoE)]
-    if not any(hasattr(m, 'kept') or m.num_experts != model.cfg.num_experts for m in moes): return None  # (quantizing a layer may drop `kept`)
+    if not any(hasattr(m, 'kept') or m.num_experts != model.cfg.num_experts for m in moes): return None
     return {'kept': [getattr(m, 'kept', list(range(m.num_experts))) for m in moes]}
 
 def _rebuild_pruned(model: nn.Module, spec: dict):

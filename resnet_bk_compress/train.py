@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/train.html.md"""
 
 # %% ../nbs/00b_train.ipynb #c93bac5a
 from __future__ import annotations
-import argparse, hashlib, importlib, json, lzma, math, os, pkgutil, sys, time
+import argparse, hashlib, importlib, json, lzma, math, os, pkgutil, shutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -238,11 +238,13 @@ def _alive(pid: int) -> bool:
 def atomic_write(path: str | Path, write) -> Path:
     "Call `write(tmp_path)`, then rename the temporary file over `path`: a crash at any moment leaves the old file or the new one, whole."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f'.{path.name}.tmp-*'):  # left by a writer that was killed: remove it once its process is gone
+    for stale in path.parent.glob(f'.{path.name}.tmp-*'):  # left by a writer that was killed: removed once its process is gone
         pid = stale.name.rsplit('-', 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)): stale.unlink(missing_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+        if pid.isdigit() and not _alive(int(pid)): shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    work = path.with_name(f'.{path.name}.tmp-{os.getpid()}')  # a private folder: a writer's own temporaries (safetensors makes one) go with it
+    work.mkdir(exist_ok=True)
     try:
+        tmp = work / path.name
         write(tmp)
         with open(tmp, 'rb') as f: os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -250,8 +252,7 @@ def atomic_write(path: str | Path, write) -> Path:
             fd = os.open(path.parent, os.O_DIRECTORY)
             try: os.fsync(fd)
             finally: os.close(fd)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    finally: shutil.rmtree(work, ignore_errors=True)
     return path
 
 # %% ../nbs/00b_train.ipynb #e56a56ba

@@ -197,3 +197,9 @@ def test_peak_memory_units(monkeypatch):
     monkeypatch.setattr(resource, 'getrusage', lambda who: type('R', (), {'ru_maxrss': 2 ** 30})())
     monkeypatch.setattr(sys, 'platform', 'darwin'); assert pipeline._peak_mb() == 1024
     monkeypatch.setattr(sys, 'platform', 'linux'); assert pipeline._peak_mb() == 2 ** 20
+
+def test_quantizing_a_pruned_model_keeps_its_original_expert_indices(syn):
+    m = _pruned(syn, _trained(syn), keep=2)
+    kept = [b.moe.kept for b in m.blocks]
+    q = _quantized(syn, m, Int4MoEConfig(group_size=16))
+    assert [b.moe.kept for b in q.blocks] == kept  # the file records these, not 0..n-1
