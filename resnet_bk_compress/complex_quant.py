@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from fastcore.basics import patch
 from .model import BKCore
 from .quant import (OBSERVERS, PerTensor, PerChannel, Quantizer, FakeQuantizer, Int8Config,
@@ -125,8 +126,12 @@ class PerChannelQuantizedBKCore(BKCore):
         self.v_q = FakeQuantizer(OBSERVERS[observer]())
         self.g_q = ComplexQuantizer(bits, granularity, scheme, symmetric, observer)
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return self.features(self.g_q(self.resolvent(self.v_q(v))), v.dtype)
+    def pre(self, v: torch.Tensor) -> torch.Tensor: return self.v_q(v)
+
+    def post(self, G: torch.Tensor, dtype=torch.float32, offset: int = 0) -> torch.Tensor:
+        if offset and isinstance(self.g_q.granularity, PerChannel) and self.g_q.granularity.axis in (-1, 1):  # a grid per position
+            return self.features(self.g_q(F.pad(G, (offset, 0)))[:, offset:], dtype)  # the padding only fills the earlier positions' places
+        return self.features(self.g_q(G), dtype)
 
 # %% ../nbs/02_complex_quant.ipynb #e200319e
 @dataclass

@@ -209,8 +209,16 @@ class BKCore(nn.Module):
         "Real features (Re G, Im G) (B, N, 2), clamped."
         return torch.view_as_real(G).to(dtype).clamp(-self.feature_clamp, self.feature_clamp)
 
+    def pre(self, v: torch.Tensor) -> torch.Tensor:
+        "What the resolvent is computed from (quantized cores fake-quantize the potential here)."
+        return v
+
+    def post(self, G: torch.Tensor, dtype=torch.float32, offset: int = 0) -> torch.Tensor:
+        "Features of G (B, N) whose first column is position `offset` (quantized cores quantize here; per-position grids need the offset)."
+        return self.features(G, dtype)
+
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return self.features(self.resolvent(v), v.dtype)
+        return self.post(self.resolvent(self.pre(v)), v.dtype)
 
     def extra_repr(self): return f"causal={self.causal}, z={self.z}, dtype={self.dtype}"
 
@@ -276,10 +284,14 @@ class ResNetBKBlock(nn.Module):
         self.bk_proj = nn.Linear(2, cfg.d_model)
         self.bk_scale = nn.Parameter(torch.tensor(1.0))
 
+    def potential(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "The feed-forward output (B, N, d) and the potential v (B, N) it sets on the BK-Core's diagonal."
+        ffn = self.moe(self.ln(x))
+        return ffn, self.v_proj(ffn).squeeze(-1).clamp(-self.v_clamp, self.v_clamp)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "The block's update (B, N, d); the caller adds it to the residual stream."
-        ffn = self.moe(self.ln(x))
-        v = self.v_proj(ffn).squeeze(-1).clamp(-self.v_clamp, self.v_clamp)
+        ffn, v = self.potential(x)
         return ffn + self.bk_scale * self.bk_proj(self.bk(v))
 
 # %% ../nbs/00_model.ipynb #99ea9306

@@ -54,8 +54,8 @@ def load_compressed(path: str | Path) -> tuple[ResNetBKLM, object, dict]:
 
 # %% ../nbs/06_pipeline.ipynb #a3d04e01
 STAGES = ('distill', 'prune', 'quantize')
-# epochs of each stage, for run_pipeline, rbk-compress and bench/pipeline_wt2.py alike: the README's WikiText-2 figure (about 47 minutes
-# on 2 CPU cores, 18 of them the teacher's training) is a run with these. Pruning retrains only when it removed experts.
+# epochs of each stage, for run_pipeline, rbk-compress and bench/pipeline_wt2.py alike: the README's WikiText-2 figure (about 43 minutes
+# on 2 CPU cores, 19 of them the teacher's training) is a run with these. Pruning retrains only when it removed experts.
 RUN_EPOCHS = dict(distillation_epochs=2.5, pruning_epochs=0.5, qat_epochs=0.5)
 TEACHER_EPOCHS = 3  # epochs of the teacher rbk-compress trains when none is given (as bench/train_wt2.py's reference teacher)
 

@@ -331,8 +331,10 @@ class QuantizedBKCore(BKCore):
         make = observer or OBSERVERS['moving_average']  # called with no arguments: 8 bits, symmetric, per tensor
         self.v_q, self.re_q, self.im_q = FakeQuantizer(make()), FakeQuantizer(make()), FakeQuantizer(make())
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        f = self.features(self.resolvent(self.v_q(v)), v.dtype)
+    def pre(self, v: torch.Tensor) -> torch.Tensor: return self.v_q(v)
+
+    def post(self, G: torch.Tensor, dtype=torch.float32, offset: int = 0) -> torch.Tensor:
+        f = self.features(G, dtype)  # per-tensor grids: the offset does not matter
         return torch.stack([self.re_q(f[..., 0]), self.im_q(f[..., 1])], -1)
 
 # %% ../nbs/01_quant.ipynb #8c5e68c2

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 import pytest
 import torch
@@ -39,3 +38,52 @@ def train_small(corpus, steps: int, **cfg):
     m = ResNetBKLM(ResNetBKConfig(vocab_size=len(corpus.vocab), **{'d_model': 32, 'n_layers': 2, 'n_seq': 32, **cfg}))
     fit(m, corpus, max_steps=steps, batch_size=16, lr=5e-3, eval_split=None, progress=False)
     return m.eval()
+
+def small_model(corpus, **cfg):
+    "A width-16 `train_small` model (8 steps): cheap to build in every kind."
+    return train_small(corpus, 8, d_model=16, **cfg)
+
+def quantized_small(corpus, m, config):
+    "m prepared, calibrated on two batches and converted by `config`."
+    from resnet_bk_compress.data import train_batches
+    from resnet_bk_compress.quant import quantize_, calibrating
+    quantize_(m, config)
+    with calibrating(m), torch.no_grad():
+        for x, _ in list(train_batches(corpus.train, 32, 8))[:2]: m(x)
+    return quantize_(m.eval(), config, 'convert')
+
+def pruned_small(corpus, m, keep=2):
+    "m with `keep` experts a block, chosen by saliency on two batches."
+    from resnet_bk_compress.data import train_batches
+    from resnet_bk_compress.pruning import expert_stats, prune_experts_
+    with torch.no_grad(): stats = expert_stats(m, [x for x, _ in list(train_batches(corpus.train, 32, 8))[:2]])
+    prune_experts_(m, stats, keep=keep)
+    return m
+
+def every_kind(corpus) -> dict:
+    "name -> (model, save function): one of every kind of model the library builds."
+    import copy
+    from resnet_bk_compress.train import save_model
+    from resnet_bk_compress.quant import Int8Config
+    from resnet_bk_compress.complex_quant import ComplexInt8Config
+    from resnet_bk_compress.int4_moe import Int4MoEConfig
+    from resnet_bk_compress.pruning import MagnitudePruner
+    from resnet_bk_compress.tables import CodebookTable, quantize_bias_
+    from resnet_bk_compress.distill import make_student
+    from resnet_bk_compress.pipeline import save_compressed
+    base = small_model(corpus)
+    tab = copy.deepcopy(small_model(corpus, tie_embeddings=True))
+    tab.tok_emb = CodebookTable.from_table(tab.tok_emb.weight.detach(), 40, 1, 16)
+    mag = copy.deepcopy(base); MagnitudePruner(mag).prune(sparsity=0.7)
+    untied = small_model(corpus, embed_rank=8)
+    q = lambda m, config: quantized_small(corpus, m, config)
+    return {'float': (base, save_model),
+            'int8': (q(copy.deepcopy(base), Int8Config()), save_model),
+            'complex int8': (q(copy.deepcopy(base), ComplexInt8Config()), save_model),
+            'int4 experts': (q(copy.deepcopy(base), Int4MoEConfig(group_size=16, embedding_bits=4)), save_model),
+            'pruned (save_model)': (pruned_small(corpus, copy.deepcopy(base)), save_model),
+            'pruned int4': (q(pruned_small(corpus, copy.deepcopy(base), 1), Int4MoEConfig(group_size=16)), save_model),
+            'magnitude-pruned': (mag, save_model),
+            'untied factorized int8': (q(untied, Int8Config()), save_model),
+            'student': (make_student(base, d_model=8, n_layers=1).eval(), save_model),
+            'codebook table, 4-bit biases, compressed': (quantize_bias_(q(tab, Int4MoEConfig(group_size=16, embedding_bits=4))), save_compressed)}

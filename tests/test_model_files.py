@@ -1,5 +1,5 @@
 "One file path for every model: fresh-process round trips of every kind, integrity (a fuzzed file never loads wrong), crash safety, settings checked first."
-import copy, json, random, re, signal, subprocess, sys, time
+import json, random, re, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
@@ -7,57 +7,22 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from safetensors import safe_open
 from safetensors.torch import save_file
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, InputError
-from resnet_bk_compress.data import synthetic_corpus, train_batches
+from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.train import save_model, load_model, read_model_file, model_digest, ModelFileError, _cli
-from resnet_bk_compress.quant import Int8Config, quantize_, calibrating, Int8Embedding
-from resnet_bk_compress.complex_quant import ComplexInt8Config
+from resnet_bk_compress.quant import Int8Config, Int8Embedding
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedEmbedding
-from resnet_bk_compress.pruning import expert_stats, prune_experts_, MagnitudePruner
-from resnet_bk_compress.tables import CodebookTable, quantize_bias_
-from resnet_bk_compress.distill import make_student
-from resnet_bk_compress.pipeline import save_compressed, CompressionPipeline
-from conftest import train_small
+from resnet_bk_compress.pipeline import CompressionPipeline
+from conftest import every_kind, quantized_small, pruned_small, small_model
 
 @pytest.fixture(scope='module')
 def syn(): return synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
-
-def _trained(syn, **kw): return train_small(syn, 8, d_model=16, **kw)
-
-def _quantized(syn, m, config):
-    quantize_(m, config)
-    with calibrating(m), torch.no_grad():
-        for x, _ in list(train_batches(syn.train, 32, 8))[:2]: m(x)
-    return quantize_(m.eval(), config, 'convert')
-
-def _pruned(syn, m, keep=2):
-    with torch.no_grad(): stats = expert_stats(m, [x for x, _ in list(train_batches(syn.train, 32, 8))[:2]])
-    prune_experts_(m, stats, keep=keep)
-    return m
-
-def _kinds(syn):
-    "name -> (model, save function): one of every kind of model the library builds."
-    base = _trained(syn)
-    tab = copy.deepcopy(_trained(syn, tie_embeddings=True))
-    tab.tok_emb = CodebookTable.from_table(tab.tok_emb.weight.detach(), 40, 1, 16)
-    mag = copy.deepcopy(base); MagnitudePruner(mag).prune(sparsity=0.7)
-    untied = _trained(syn, embed_rank=8)
-    return {'float': (base, save_model),
-            'int8': (_quantized(syn, copy.deepcopy(base), Int8Config()), save_model),
-            'complex int8': (_quantized(syn, copy.deepcopy(base), ComplexInt8Config()), save_model),
-            'int4 experts': (_quantized(syn, copy.deepcopy(base), Int4MoEConfig(group_size=16, embedding_bits=4)), save_model),
-            'pruned (save_model)': (_pruned(syn, copy.deepcopy(base)), save_model),
-            'pruned int4': (_quantized(syn, _pruned(syn, copy.deepcopy(base), 1), Int4MoEConfig(group_size=16)), save_model),
-            'magnitude-pruned': (mag, save_model),
-            'untied factorized int8': (_quantized(syn, untied, Int8Config()), save_model),
-            'student': (make_student(base, d_model=8, n_layers=1).eval(), save_model),
-            'codebook table, 4-bit biases, compressed': (quantize_bias_(_quantized(syn, tab, Int4MoEConfig(group_size=16, embedding_bits=4))), save_compressed)}
 
 @pytest.fixture(scope='module')
 def files(syn, tmp_path_factory):
     d = tmp_path_factory.mktemp('kinds')
     x = syn.test[:32][None]
     out = {}
-    for i, (name, (m, save)) in enumerate(_kinds(syn).items()):
+    for i, (name, (m, save)) in enumerate(every_kind(syn).items()):
         with torch.no_grad(): out[name] = (save(m, d / f'{i}.safetensors', syn.vocab), m(x))
     return out, x
 
@@ -73,7 +38,7 @@ def test_every_kind_loads_in_a_fresh_process_with_identical_logits(files, tmp_pa
 
 def test_the_untied_factorized_head_is_quantized(syn):
     for config, kind in ((Int8Config(), Int8Embedding), (Int4MoEConfig(group_size=8, embedding_bits=4), QuantizedEmbedding)):
-        m = _quantized(syn, _trained(syn, embed_rank=8), config)
+        m = quantized_small(syn, small_model(syn, embed_rank=8), config)
         assert type(m.head.own) is kind and type(m.tok_emb) is kind, config
 
 def test_a_file_says_how_it_is_built(files):
@@ -164,7 +129,7 @@ def test_a_save_killed_at_any_moment_leaves_a_good_file(tmp_path):
     assert sorted(f.name for f in tmp_path.iterdir()) == ['model.safetensors']
 
 def test_settings_are_checked_before_the_run_directory_is_touched(syn, tmp_path):
-    t = _trained(syn)
+    t = small_model(syn)
     for kw, msg in [(dict(student=dict(d_model=8, n_layer=1)), "unknown student settings ['n_layer']"),
                     (dict(student=dict(d_model=-8)), 'd_model must be a positive integer'),
                     (dict(distill=dict(alpha=2.)), 'alpha=2.0'),
@@ -199,7 +164,7 @@ def test_peak_memory_units(monkeypatch):
     monkeypatch.setattr(sys, 'platform', 'linux'); assert pipeline._peak_mb() == 2 ** 20
 
 def test_quantizing_a_pruned_model_keeps_its_original_expert_indices(syn):
-    m = _pruned(syn, _trained(syn), keep=2)
+    m = pruned_small(syn, small_model(syn), keep=2)
     kept = [b.moe.kept for b in m.blocks]
-    q = _quantized(syn, m, Int4MoEConfig(group_size=16))
+    q = quantized_small(syn, m, Int4MoEConfig(group_size=16))
     assert [b.moe.kept for b in q.blocks] == kept  # the file records these, not 0..n-1
