@@ -316,12 +316,21 @@ class OutputHead(nn.Module):
         # tied: the owner's tok_emb, looked up on each use, so that a quantized or replaced embedding is what the head scores with
         return embedding_table(self._owner.tok_emb if self.tied else self.own)
 
+    def _input_and_bias(self, h: torch.Tensor):
+        "The product's input (h, mapped to rank r when factorized) and the biases as floats."
+        bias = self.bias() if isinstance(self.bias, nn.Module) else self.bias  # stored in float16, or as a module that decodes it (4-bit codes)
+        return (h if self.down is None else self.down(h)), bias.to(h.dtype)
+
     def operands(self, h: torch.Tensor):
         "(input, weight, bias) of the final product, for the chunked loss."
-        bias = self.bias() if isinstance(self.bias, nn.Module) else self.bias  # stored in float16, or as a module that decodes it (4-bit codes)
-        return (h if self.down is None else self.down(h)), self.weight, bias.to(h.dtype)
+        x, bias = self._input_and_bias(h)
+        return x, self.weight, bias
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor: return F.linear(*self.operands(h))
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        x, bias = self._input_and_bias(h)
+        table = self._owner.tok_emb if self.tied else self.own
+        if hasattr(table, 'scores'): return table.scores(x) + bias  # a stored codebook table (03a_tables) scores without building its (V, r) matrix
+        return F.linear(x, self.weight, bias)
 
     def _load_from_state_dict(self, sd, prefix, *args):
         if prefix + 'own_weight' in sd: sd[prefix + 'own.weight'] = sd.pop(prefix + 'own_weight')  # files written before `own` was an embedding

@@ -39,14 +39,17 @@ function choose(logits, { greedy, temperature, topK, banned, rand }) {
     for (let i = 0; i < n; i++) if (i !== banned && logits[i] > bestV) { bestV = logits[i]; best = i; }
     return best;
   }
-  const idx = [...Array(n).keys()].filter((i) => i !== banned);
-  idx.sort((a, b) => logits[b] - logits[a]);
-  const keep = topK > 0 ? idx.slice(0, topK) : idx;
-  const m = logits[keep[0]];
-  const w = keep.map((i) => Math.exp((logits[i] - m) / temperature));
-  let r = rand() * w.reduce((a, b) => a + b, 0);
-  for (let j = 0; j < keep.length; j++) { r -= w[j]; if (r <= 0) return keep[j]; }
-  return keep[keep.length - 1];
+  // the k-th largest logit as a threshold (a native numeric sort of a copy), then one pass: no per-token sort of the vocabulary's indices
+  const sorted = topK > 0 && topK < n ? Float32Array.from(logits).sort() : null;
+  const cut = sorted ? sorted[n - topK] : -Infinity;
+  let m = -Infinity;
+  for (let i = 0; i < n; i++) if (i !== banned && logits[i] > m) m = logits[i];
+  const w = new Float64Array(n);
+  let total = 0;
+  for (let i = 0; i < n; i++) if (i !== banned && logits[i] >= cut) { w[i] = Math.exp((logits[i] - m) / temperature); total += w[i]; }
+  let r = rand() * total;
+  for (let i = 0; i < n; i++) { r -= w[i]; if (w[i] > 0 && r <= 0) return i; }
+  for (let i = n - 1; i >= 0; i--) if (w[i] > 0) return i;
 }
 
 class Decoder {
