@@ -45,7 +45,7 @@ def decode_step(model: ResNetBKLM,
     if tokens.dim() != 1 or tokens.dtype != torch.long: raise InputError(f"expected one token id per sequence, a (B,) int64 tensor, got {tuple(tokens.shape)} {tokens.dtype}")
     pos = 0 if state is None else state.pos
     p = min(pos, model.cfg.n_seq - 1)  # past n_seq: the last learned position, held
-    x = model.embed(tokens[:, None]) + model.pos_emb(torch.tensor([p]))  # the module, not its weight: it may be quantized
+    x = model.embed(tokens[:, None]) + model.pos_emb(torch.tensor([p], device=tokens.device))  # the module, not its weight: it may be quantized
     gs = []
     for i, blk in enumerate(model.blocks):
         ffn, v = blk.potential(x)
@@ -109,7 +109,7 @@ def generate_ids(model: ResNetBKLM,
     ids = ids[None] if one else ids
     if ids.dim() != 2 or ids.shape[1] == 0 or ids.dtype != torch.long: raise InputError(f"the prompt must be a non-empty (N,) or (B, N) int64 tensor of ids, got {tuple(ids.shape)} {ids.dtype}")
     if ids.max() >= model.cfg.vocab_size or ids.min() < 0: raise InputError(f"prompt ids must be in [0, {model.cfg.vocab_size}): the model's vocabulary")
-    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    gen = None if seed is None else torch.Generator(device=ids.device).manual_seed(seed)
     was_training = model.training; model.eval()
     try:
         window = lambda seq: past_n_seq == 'window' and seq.shape[1] > model.cfg.n_seq  # a full forward over the last n_seq tokens
