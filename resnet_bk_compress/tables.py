@@ -216,10 +216,11 @@ class QuantizedCodebookTable(nn.Module):
 
     spec = CodebookTable.spec
     def table(self) -> torch.Tensor:
-        cb = self.codebooks.table().reshape(self.n_codebooks, self.codebook_size, -1)
+        cb = self._codebooks()
         coded = _coded_rows(cb, self._codes())
         return coded if self.dense is None else torch.cat([self.dense.table(), coded])
 
+    def _codebooks(self) -> torch.Tensor: return self.codebooks.table().reshape(self.n_codebooks, self.codebook_size, -1)  # (M, K, d/M)
     def _codes(self) -> torch.Tensor: return _unpack_codes(self.codes, self.codebook_size, self.num_embeddings - self.n_dense, self.n_codebooks)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -227,15 +228,14 @@ class QuantizedCodebookTable(nn.Module):
         flat = idx.reshape(-1)
         coded = flat >= self.n_dense
         out = torch.empty(flat.shape[0], self.embedding_dim, device=flat.device)
-        cb = self.codebooks.table().reshape(self.n_codebooks, self.codebook_size, -1)
+        cb = self._codebooks()
         out[coded] = _coded_rows(cb, self._codes()[flat[coded] - self.n_dense])
         if self.dense is not None and (~coded).any(): out[~coded] = self.dense(flat[~coded])
         return out.reshape(*idx.shape, self.embedding_dim)
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
         "h (..., d) . every row (..., V), never building the (V, d) table: M (..., K) products and a gather-sum for the coded words."
-        M, K = self.n_codebooks, self.codebook_size
-        cb = self.codebooks.table().reshape(M, K, -1)
+        M, cb = self.n_codebooks, self._codebooks()
         s = torch.einsum('...md,mkd->...mk', h.reshape(*h.shape[:-1], M, -1), cb)  # (..., M, K)
         codes = self._codes().long()
         coded = sum(s[..., m, :][..., codes[:, m]] for m in range(M))
