@@ -1,9 +1,9 @@
 "bench/peers_wt2.py on a small model: every peer's adapter quantizes, writes, loads back and measures; the measuring helpers are right."
 import json, subprocess, sys
 from pathlib import Path
-import pytest, torch
+import pytest
 from conftest import train_small
-from resnet_bk_compress.data import synthetic_corpus, eval_windows, pack_words
+from resnet_bk_compress.data import synthetic_corpus, pack_words
 from resnet_bk_compress.train import evaluate, file_bytes, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
