@@ -15,12 +15,13 @@ from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import CACHE, reference_teacher
+from quant_wt2 import calibrate
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
-from resnet_bk_compress.data import load_wikitext2, eval_windows, train_batches, pack_words
+from resnet_bk_compress.data import load_wikitext2, eval_windows, pack_words
 from resnet_bk_compress.model import ResNetBKLM
 from resnet_bk_compress.train import file_bytes, load_model, save_model
-from resnet_bk_compress.quant import Int8Config, calibrating, quantize_
+from resnet_bk_compress.quant import Int8Config, quantize_
 from resnet_bk_compress.int4_moe import Int4MoEConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,12 +238,9 @@ def run_peer(peer, s, teacher, corpus, word_list, held, n_windows) -> dict:
 
 # ------------------------------------------------------------------ ours
 def calibrated(teacher, cfg, corpus, n=16):
+    "A converted copy of the teacher, calibrated as bench/quant_wt2.py calibrates (16 training batches of 32)."
     m = quantize_(copy.deepcopy(teacher), cfg); m.eval()
-    if not (cfg.bk_core or cfg.activations or isinstance(cfg, Int4MoEConfig)): return quantize_(m, cfg, 'convert')  # weights only: nothing to observe
-    with calibrating(m), torch.no_grad():
-        for i, (x, _) in enumerate(train_batches(corpus.train, teacher.cfg.n_seq, 32, seed=123)):
-            if i == n: break
-            m(x)
+    if cfg.bk_core or cfg.activations or isinstance(cfg, Int4MoEConfig): calibrate(m, corpus, n)  # weights only: nothing to observe
     return quantize_(m, cfg, 'convert')
 
 def run_ours(name, make, teacher, vocab, corpus, word_list, held, n_windows, scope='', setting=None) -> dict:

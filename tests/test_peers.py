@@ -52,26 +52,26 @@ from resnet_bk_compress.data import synthetic_corpus, eval_windows
 corpus = synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000, locality=300)
 m = train_small(corpus, 30, d_model=64)
 held = [x for x, _ in list(eval_windows(corpus.valid, 32, 8))[:1]]
-settings = [s for s in P.SETTINGS[sys.argv[3]] + P.EQUAL[sys.argv[3]] if s['api'] != 'Int4WeightOnlyConfig'][:int(sys.argv[4])]
+settings = [s for s in P.SETTINGS[sys.argv[3]] + P.EQUAL[sys.argv[3]] if s['api'] != 'Int4WeightOnlyConfig']  # the equal-footing scopes too
 rows = [P.run_peer(P.PEERS[sys.argv[3]], {**s, '_example': held[0][:1]}, m, corpus, 1000, held, None) for s in settings]
 print('ROWS' + json.dumps(dict(float=P.forward_ppl(m, corpus.test, 32)['test_ppl'], rows=rows)))
 """
 
-def peer_rows(name, n):
-    r = subprocess.run([sys.executable, '-c', RUN, str(ROOT / 'bench'), str(ROOT / 'tests'), name, str(n)], capture_output=True, text=True, timeout=600)
+def peer_rows(name):
+    r = subprocess.run([sys.executable, '-c', RUN, str(ROOT / 'bench'), str(ROOT / 'tests'), name], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.split('ROWS', 1)[1])
 
 @pytest.mark.parametrize('name', list(P.PEERS))
 def test_peer_quantizes_writes_and_loads_back(name):
-    out = P.SETTINGS[name]
-    res = peer_rows(name, len(out))
+    res = peer_rows(name)
     ref, rows = res['float'], res['rows']
     for r in rows:
         assert 'error' not in r, r  # every setting the bench runs (torchao's Int4WeightOnlyConfig aside: no CPU kernel) works here
         assert r['quantized'] and r['file_bytes'] > 0 and r['file_bytes_with_word_list'] == r['file_bytes'] + 1000
         assert r['version'] and r['eval_tokens_per_s'] > 0
         if r['bits'] == 8: assert abs(r['test_ppl'] - ref) < 0.03 * ref and r['logit_rel_error'] < 0.05, r
-        if r.get('group_size') and name != 'optimum-quanto':  # the BK feature maps (in_features 2) take no group of 32 or 64: listed, not hidden
+        if r.get('group_size') and name != 'optimum-quanto' and r['scope'] != 'experts':  # the BK feature maps (in_features 2) take no group of 32 or 64: listed, not hidden
             assert any(n.endswith('bk_proj') for n in r['skipped']), r
     assert any(r['bits'] == 8 for r in rows) and any(r['bits'] < 8 for r in rows)
+    assert any(r['scope'] == 'experts' and r['quantized'] and all(P.EXPERTS.search(n) for n in r['quantized']) for r in rows)  # the equal-footing scope
