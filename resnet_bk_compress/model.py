@@ -6,8 +6,8 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/model.html.md"""
 
 # %% ../nbs/00_model.ipynb #38efe972
 from __future__ import annotations
-import math, json
-from dataclasses import dataclass, asdict, field
+import copy
+from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from fastcore.basics import store_attr
 # %% auto #0
 __all__ = ['InputError', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent', 'two_sided_resolvent',
            'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM', 'num_params',
-           'logit_change']
+           'logit_change', 'on_device', 'cuda_or_skip', 'rel_error', 'within', 'check_model', 'scan_check']
 
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
@@ -394,3 +394,56 @@ def logit_change(model: ResNetBKLM, idx: torch.Tensor, t: int) -> torch.Tensor:
         base = model(idx)
         idx2 = idx.clone(); idx2[0, t] = (idx2[0, t] + 1) % model.cfg.vocab_size
         return (model(idx2) - base)[0].abs().amax(-1)
+
+# %% ../nbs/00_model.ipynb #f2420796
+def on_device(device: str | torch.device) -> torch.device:
+    "`device` as a torch.device; a CUDA device this PyTorch cannot see is refused, saying what to use instead."
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise InputError(f"device {str(dev)!r} asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU: pass device='cpu', "
+                         "or use a GPU runtime (Colab: Runtime > Change runtime type > GPU)")
+    return dev
+
+def cuda_or_skip() -> torch.device | None:
+    "The GPU when PyTorch sees one; else None, after saying that the cell is skipped (the notebooks' `#| cuda` cells start with it)."
+    if torch.cuda.is_available(): return torch.device('cuda')
+    print('no GPU here: skipped (in Colab: Runtime > Change runtime type > GPU)')
+
+def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    "max |got - want| / max |want|, `got` moved to `want`'s device and dtype: how far a result is from its reference."
+    return ((got.detach().to(want.device, want.dtype) - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+def within(figures: dict, device) -> dict:
+    "{name: (error, tolerance)} -> {name: error}; any error over its tolerance (or NaN) raises, naming the figure and the device."
+    if bad := [f"{k} {e:.2e} > {t:.0e}" for k, (e, t) in figures.items() if not e <= t]:
+        raise AssertionError(f"on {device}: " + ', '.join(bad))
+    return {k: e for k, (e, _) in figures.items()}
+
+# %% ../nbs/00_model.ipynb #98c807a7
+def check_model(seed: int = 0, **cfg) -> ResNetBKLM:
+    "A small seeded ResNet-BK (width 32, 2 blocks, 300 words, windows of 64, no dropout) whose potential varies, as after training: the device checks' model."
+    torch.manual_seed(seed)
+    lm = ResNetBKLM(ResNetBKConfig(**{'vocab_size': 300, 'd_model': 32, 'n_layers': 2, 'n_seq': 64, 'dropout': 0., **cfg}))
+    for blk in lm.blocks: nn.init.normal_(blk.v_proj.weight, std=1.)
+    return lm
+
+def scan_check(device: str | torch.device = 'cuda', batch: int = 8, n: int = 4096, seed: int = 0) -> dict:
+    "The BK-Core and a model on `device` against the CPU in float64: G, its gradient, the logits, and causality."
+    dev, g = on_device(device), torch.Generator().manual_seed(seed)
+    a = torch.randn(batch, n, generator=g) - 2
+    w = torch.randn(batch, n, 2, generator=g)  # a direction: the gradient checked is d<w, G>/da
+    ad, a64 = a.clone().to(dev).requires_grad_(), a.double().requires_grad_()  # leaves of their own
+    G = causal_resolvent(ad)
+    (torch.view_as_real(G) * w.to(dev)).sum().backward()
+    (torch.view_as_real(causal_resolvent(a64, dtype=torch.complex128)) * w.double()).sum().backward()
+    ref = causal_resolvent_loop(a.double(), dtype=torch.complex128)  # the sequential recurrence: an independent route
+    lm = check_model(seed).eval()
+    idx = torch.randint(0, lm.cfg.vocab_size, (4, lm.cfg.n_seq), generator=g)
+    with torch.no_grad(): want = copy.deepcopy(lm).double()(idx)
+    lm.to(dev)
+    with torch.no_grad(): got = lm(idx.to(dev))
+    delta = logit_change(lm, idx.to(dev), t=32)
+    if not delta[32:34].min() > 0: raise AssertionError(f"on {dev}: changing token 32 changed no logit at positions 32-33: the check would prove nothing")
+    return within({'G': (((G.detach().cpu().to(torch.complex128) - ref).abs() / ref.abs()).max().item(), 1e-5),
+                   'dG/da': (rel_error(ad.grad, a64.grad), 1e-4), 'logits': (rel_error(got, want), 1e-4),
+                   'causal leak': ((delta[:32].max() / delta[32:].max()).item(), 1e-6)}, dev)

@@ -6,22 +6,22 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/quant.html.md"""
 
 # %% ../nbs/01_quant.ipynb #4e39456f
 from __future__ import annotations
-import importlib, math
+import copy, importlib, math
 from dataclasses import dataclass, fields
 from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
-from .model import BKCore, OutputHead, InputError
-from .train import register_structure
+from .model import BKCore, OutputHead, InputError, check_model, on_device, rel_error, within
+from .train import register_structure, lm_loss
 
 # %% auto #0
 __all__ = ['OBSERVERS', 'PerTensor', 'PerChannel', 'PerGroup', 'qrange', 'group_view', 'min_max', 'qparams_from_min_max',
            'choose_qparams', 'quantize_tensor', 'dequantize_tensor', 'fake_quantize', 'sqnr', 'MinMaxObserver',
            'MovingAverageMinMaxObserver', 'PercentileObserver', 'MSEObserver', 'Calibratable', 'Quantizer',
            'FakeQuantizer', 'calibrating', 'QuantizedBKCore', 'QuantConfig', 'Int8Config', 'copy_float_', 'QATLinear',
-           'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_']
+           'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_', 'qat_check']
 
 # %% ../nbs/01_quant.ipynb #b5ab06be
 @dataclass(frozen=True)
@@ -528,3 +528,24 @@ def _rebuild_quant(model: nn.Module, spec: dict):
     quantize_(model, config, 'prepare'); quantize_(model, config, 'convert')
 
 register_structure('quant', _describe_quant, _rebuild_quant, order=20, module='resnet_bk_compress.quant')
+
+# %% ../nbs/01_quant.ipynb #4e2cfe9b
+def qat_check(device: str | torch.device = 'cuda', seed: int = 0, config: Int8Config | None = None) -> dict:
+    "One QAT backward pass and the converted int8 model on `device`, against a float64 copy on the CPU: loss, gradients, logits."
+    dev, g, config = on_device(device), torch.Generator().manual_seed(seed), config or Int8Config()
+    lm = quantize_(check_model(seed), config).eval()
+    V, n = lm.cfg.vocab_size, lm.cfg.n_seq
+    with calibrating(lm), torch.no_grad():
+        for _ in range(4): lm(torch.randint(0, V, (8, n), generator=g))
+    x, y = torch.randint(0, V, (2, 8, n), generator=g)
+    ref = copy.deepcopy(lm).double()
+    runs = []
+    for m in (ref, lm.to(dev)):  # eval mode: the observers stay as calibrated
+        ce, aux = lm_loss(m, x, y); (ce + 0.01 * aux).backward()
+        runs.append((ce.item(), {k: p.grad for k, p in m.named_parameters() if p.grad is not None}))
+    (l64, g64), (l32, g32) = runs
+    if set(g32) != set(g64) or not g64: raise AssertionError(f"on {dev}: gradients reached {sorted(g32)}, on the CPU {sorted(g64)}")
+    quantize_(lm, config, 'convert')
+    with torch.no_grad(): int8, fake = lm(x.to(dev)), ref(x)
+    return within({'loss': (abs(l32 - l64) / l64, 1e-5), 'gradients': (max(rel_error(g32[k], g64[k]) for k in g64), 1e-4),
+                   'int8 logits': (rel_error(int8, fake), 1e-4)}, dev)
