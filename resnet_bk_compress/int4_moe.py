@@ -6,14 +6,14 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/int4_moe.html.md"""
 
 # %% ../nbs/03_int4_moe.ipynb #263e6f5c
 from __future__ import annotations
-import math, tempfile
+import copy, math, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from .model import MoE
+from .model import MoE, on_device, rel_error, time_ms, within
 from .train import file_bytes
 from .quant import (PerGroup, Calibratable, Int8Config, QATLinear, Int8Linear, FakeQuantizer, group_view, copy_float_,
                                       qrange, qparams_from_min_max, quantize_tensor, dequantize_tensor, _check_finite, _plain_type)
@@ -21,7 +21,7 @@ from .quant import (PerGroup, Calibratable, Int8Config, QATLinear, Int8Linear, F
 # %% auto #0
 __all__ = ['METHODS', 'GroupWiseQuantizer', 'pack_int4', 'unpack_int4', 'QuantizedLinear', 'int4_kernel_available',
            'InputMoments', 'GroupQATLinear', 'QATMoE', 'QuantizedMoELayer', 'expert_bytes', 'compression_ratio',
-           'QuantizedEmbedding', 'GroupQATEmbedding', 'Int4MoEConfig']
+           'QuantizedEmbedding', 'GroupQATEmbedding', 'Int4MoEConfig', 'int4_check', 'int4_timings']
 
 # %% ../nbs/03_int4_moe.ipynb #bdaffa4d
 METHODS = ('rtn', 'mse', 'gptq')
@@ -198,30 +198,41 @@ class QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.quantizer}"
 
 # %% ../nbs/03_int4_moe.ipynb #da70a930
-def int4_kernel_available() -> bool:
-    "Whether this PyTorch has the CPU int4 weight kernel."
-    return hasattr(torch, '_weight_int4pack_mm_for_cpu') and hasattr(torch.ops.aten, '_convert_weight_to_int4pack_for_cpu')
+def int4_kernel_available(device: str | torch.device = 'cpu') -> bool:
+    "Whether this PyTorch has an int4 weight kernel for `device`: the CPU one, or CUDA's tinygemm (a GPU of compute capability 8.0 or more)."
+    dev = torch.device(device)
+    if dev.type == 'cuda':
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(dev)[0] >= 8 and hasattr(torch.ops.aten, '_convert_weight_to_int4pack')
+    return dev.type == 'cpu' and hasattr(torch, '_weight_int4pack_mm_for_cpu') and hasattr(torch.ops.aten, '_convert_weight_to_int4pack_for_cpu')
+
+def _inner_k_tiles(k: int) -> int:
+    "The CUDA kernel's tiling of the row length k: 8 where k allows it (torchao's default), else 4 or 2; 0 when k is not a multiple of 32."
+    return next((t for t in (8, 4, 2) if k % (16 * t) == 0), 0)
 
 @patch(as_prop=True)
 def kernel_supported(self: QuantizedLinear) -> bool:
-    "Whether PyTorch's CPU int4 kernel can run this layer."
-    gs = self.quantizer.group_size_for(self.in_features)
-    return (int4_kernel_available() and self.quantizer.bits == 4 and self.in_features % gs == 0 and gs in (32, 64, 128, 256)
-            and self.out_features % 16 == 0)
+    "Whether PyTorch's int4 kernel for the device this layer is on can run it."
+    gs, dev = self.quantizer.group_size_for(self.in_features), self.qdata.device
+    fits = self.quantizer.bits == 4 and self.in_features % gs == 0 and gs in (32, 64, 128, 256)
+    if dev.type == 'cuda': return fits and int4_kernel_available(dev) and _inner_k_tiles(self.in_features) > 0 and self.out_features % 8 == 0
+    return fits and int4_kernel_available(dev) and self.out_features % 16 == 0
 
 @patch
 def _kernel_forward(self: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
-    gs = self.quantizer.group_size_for(self.in_features)
+    gs, cuda = self.quantizer.group_size_for(self.in_features), self.qdata.device.type == 'cuda'
     if not self.kernel_supported:
-        raise RuntimeError(f"the CPU int4 kernel needs 4-bit codes, in_features divisible by the group size, a group size of 32-256 and "
-                           f"out_features divisible by 16 (have bits={self.quantizer.bits}, in_features={self.in_features}, group {gs}, "
-                           f"out_features={self.out_features}): set use_kernel=False")
-    if getattr(self, '_kernel_w', None) is None:
-        q = unpack_int4(self.qdata, self.in_features).to(torch.int32)
-        self._kernel_w = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        raise RuntimeError(f"PyTorch's int4 kernel on {self.qdata.device} needs 4-bit codes, in_features divisible by the group size"
+                           f"{' and by 32' if cuda else ''}, a group size of 32-256 and out_features divisible by {8 if cuda else 16} "
+                           f"{'on a GPU of compute capability 8.0 or more ' if cuda else ''}(have bits={self.quantizer.bits}, "
+                           f"in_features={self.in_features}, group {gs}, out_features={self.out_features}): set use_kernel=False")
+    if getattr(self, '_kernel_w', None) is None or self._kernel_w.device != self.qdata.device:  # repacked once per device, never saved
+        u = unpack_int4(self.qdata, self.in_features)  # (out, in) codes in [0, 15]
+        self._kernel_w = (torch.ops.aten._convert_weight_to_int4pack((u[:, ::2] << 4 | u[:, 1::2]).contiguous(), _inner_k_tiles(self.in_features))
+                          if cuda else torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32), 1))
         s, zp = self.scale.float()[..., 0], self.zero_point.float()[..., 0]  # (out, groups)
         self._kernel_sz = torch.stack([s, -zp * s], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
-    y = torch._weight_int4pack_mm_for_cpu(x.reshape(-1, self.in_features).to(torch.bfloat16), self._kernel_w, gs, self._kernel_sz)
+    mm = torch._weight_int4pack_mm if cuda else torch._weight_int4pack_mm_for_cpu
+    y = mm(x.reshape(-1, self.in_features).to(torch.bfloat16), self._kernel_w, gs, self._kernel_sz)
     y = y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
     return y if self.bias is None else y + self.bias.to(x.dtype)
 
@@ -449,3 +460,36 @@ class Int4MoEConfig(Int8Config, kind='int4_moe'):
         if type(m) is QATMoE: return QuantizedMoELayer.from_qat(m)
         if _plain_type(m) is GroupQATEmbedding: return m.to_quantized()
         return super().convert_module(m)
+
+# %% ../nbs/03_int4_moe.ipynb #8e591adc
+def int4_check(device: str | torch.device = 'cuda', seed: int = 0) -> dict:
+    "Packed INT4 layers on `device`: dequantize-then-matmul and the int4 kernel (where it applies) against float64 on the CPU, and an INT4 MoE layer against the CPU's."
+    dev, g = on_device(device), torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    ql = QuantizedLinear.from_float(nn.Linear(512, 256), GroupWiseQuantizer(128))
+    x = torch.randn(64, 512, generator=g)
+    want = F.linear(x.double(), ql.weight().double(), ql.bias.double())
+    qd = copy.deepcopy(ql).to(dev)
+    figs = {'dequantize-then-matmul': (rel_error(qd(x.to(dev)), want), 1e-5)}
+    if qd.kernel_supported:
+        qd.use_kernel = True; figs['int4 kernel'] = (rel_error(qd(x.to(dev)), want), 2e-2)
+    moe, t = MoE(64, num_experts=4, dropout=0.), torch.randn(512, 64, generator=g)
+    qm = QuantizedMoELayer.from_float(moe.eval(), calib=t).eval()
+    with torch.no_grad(): ref, got = qm(t), copy.deepcopy(qm).to(dev)(t.to(dev)).cpu()
+    moved = ((got - ref).abs().amax(-1) / ref.abs().amax(-1).clamp_min(1e-30) > 1e-4).float().mean().item()
+    return within({**figs, 'INT4 MoE tokens moved': (moved, 0.01)}, dev)
+
+# %% ../nbs/03_int4_moe.ipynb #0a55bcb8
+def int4_timings(device: str | torch.device = 'cuda', shapes=((128, 64), (4096, 4096)), tokens=(1, 4096)) -> list[dict]:
+    "Milliseconds per call on `device` of fp32, INT4 dequantize-then-matmul and the int4 kernel (None where it does not apply), per (in, out) shape and token count."
+    dev, out = on_device(device), []
+    for n_in, n_out in shapes:
+        lin = nn.Linear(n_in, n_out).to(dev)
+        q = QuantizedLinear.from_float(lin, GroupWiseQuantizer(min(128, n_in)))
+        for n in tokens:
+            x = torch.randn(n, n_in, device=dev)
+            with torch.no_grad():
+                r = dict(shape=f'{n_in} x {n_out}', tokens=n, fp32_ms=time_ms(lambda: lin(x), dev), dequant_ms=time_ms(lambda: q(x), dev), kernel_ms=None)
+                if q.kernel_supported: q.use_kernel = True; r['kernel_ms'] = time_ms(lambda: q(x), dev); q.use_kernel = False
+            out.append(r)
+    return out

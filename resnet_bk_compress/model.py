@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/model.html.md"""
 
 # %% ../nbs/00_model.ipynb #38efe972
 from __future__ import annotations
-import copy
+import copy, statistics, time
 from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ from fastcore.basics import store_attr
 # %% auto #0
 __all__ = ['InputError', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent', 'two_sided_resolvent',
            'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM', 'num_params',
-           'logit_change', 'on_device', 'cuda_or_skip', 'rel_error', 'within', 'check_model', 'scan_check']
+           'logit_change', 'on_device', 'cuda_or_skip', 'rel_error', 'time_ms', 'within', 'check_model', 'scan_check']
 
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
@@ -412,6 +412,15 @@ def cuda_or_skip() -> torch.device | None:
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
     "max |got - want| / max |want|, `got` moved to `want`'s device and dtype: how far a result is from its reference."
     return ((got.detach().to(want.device, want.dtype) - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+def time_ms(fn, device, repeats: int = 10, warmup: int = 2) -> float:
+    "Median wall time of fn() in milliseconds over `repeats` calls after `warmup`, synchronizing a CUDA device around each (its kernels run asynchronously)."
+    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
+    ts = []
+    for i in range(warmup + repeats):
+        sync(); t = time.perf_counter(); fn(); sync()
+        if i >= warmup: ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
 
 def within(figures: dict, device) -> dict:
     "{name: (error, tolerance)} -> {name: error}; any error over its tolerance (or NaN) raises, naming the figure and the device."
