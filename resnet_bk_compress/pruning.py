@@ -6,13 +6,13 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/pruning.html.md"""
 
 # %% ../nbs/04_pruning.ipynb #c9057f38
 from __future__ import annotations
-import json
+import copy, json
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
-from .model import MoE, ResNetBKLM
+from .model import MoE, ResNetBKLM, check_model, on_device, rel_error, within
 from .data import train_batches
 from .train import register_structure, evaluate, fit, atomic_write
 from .quant import Int8Linear
@@ -20,7 +20,7 @@ from .int4_moe import QuantizedMoELayer
 
 # %% auto #0
 __all__ = ['RANKINGS', 'ExpertStats', 'expert_stats', 'plot_expert_stats', 'prune_moe_', 'prune_experts_',
-           'ProgressivePruningScheduler', 'MagnitudePruner']
+           'ProgressivePruningScheduler', 'MagnitudePruner', 'pruning_check']
 
 # %% ../nbs/04_pruning.ipynb #6dbc3e75
 @dataclass
@@ -44,8 +44,8 @@ def _moes(model: nn.Module) -> list[MoE]:
     return moes
 
 def expert_stats(model: nn.Module, batches) -> list[ExpertStats]:
-    "Per-layer expert statistics over token batches (model in eval mode; hooks removed afterwards)."
-    moes = _moes(model)
+    "Per-layer expert statistics over token batches (model in eval mode; hooks removed afterwards; batches go to the model's device)."
+    moes, dev = _moes(model), next(model.parameters()).device
     acc = [dict(tokens=torch.zeros(m.num_experts, dtype=torch.long), gate=torch.zeros(m.num_experts, dtype=torch.float64),
                 sal=torch.zeros(m.num_experts, dtype=torch.float64), total=0) for m in moes]
     def hook(i):
@@ -63,7 +63,7 @@ def expert_stats(model: nn.Module, batches) -> list[ExpertStats]:
     try:
         model.eval()
         with torch.no_grad():
-            for x in batches: model(x)
+            for x in batches: model(x.to(dev))
     finally:
         for h in hooks: h.remove()
         model.train(was)
@@ -271,3 +271,24 @@ class MagnitudePruner:
             if steps_per_stage: fit(self.model, corpus, epochs=1, max_steps=steps_per_stage, eval_split=None, progress=False, seed=i, **fit_kwargs)
             hist.append(dict(sparsity=self.overall(), ppl_after_pruning=pruned, ppl_after_training=evaluate(self.model, corpus.split(eval_split))['ppl']))
         return hist
+
+# %% ../nbs/04_pruning.ipynb #b4347945
+def pruning_check(device: str | torch.device = 'cuda', seed: int = 0) -> dict:
+    "Expert statistics, expert pruning and magnitude pruning on `device` against a float64 copy on the CPU."
+    dev, g = on_device(device), torch.Generator().manual_seed(seed)
+    lm = check_model(seed).eval()
+    ref, lm = copy.deepcopy(lm).double(), lm.to(dev)
+    V, n = lm.cfg.vocab_size, lm.cfg.n_seq
+    batches = [torch.randint(0, V, (8, n), generator=g) for _ in range(4)]
+    s_dev, s_ref = expert_stats(lm, batches), expert_stats(ref, batches)  # the batches go to each model's device
+    moved = max((s.tokens - r.tokens).abs().sum().item() / 2 / r.total for s, r in zip(s_dev, s_ref))
+    gate = max(rel_error(s.gate_mass, r.gate_mass) for s, r in zip(s_dev, s_ref))
+    sal = max(rel_error(s.saliency_sum, r.saliency_sum) for s, r in zip(s_dev, s_ref))
+    kept = float(prune_experts_(lm, s_dev, keep=2) != prune_experts_(ref, s_ref, keep=2))
+    p_dev, p_ref = MagnitudePruner(lm), MagnitudePruner(ref)
+    p_dev.prune(sparsity=0.5); p_ref.prune(sparsity=0.5)
+    masks = max((p_dev._mask(m).cpu() != p_ref._mask(p_ref.targets[k])).double().mean().item() for k, m in p_dev.targets.items())
+    idx = torch.randint(0, V, (2, n), generator=g)
+    with torch.no_grad(): logits = rel_error(lm(idx.to(dev)), ref(idx))
+    return within({'tokens routed differently': (moved, 1e-3), 'gate mass': (gate, 1e-5), 'saliency': (sal, 1e-4),
+                   'kept experts differ': (kept, 0), 'magnitude masks': (masks, 0), 'pruned logits': (logits, 1e-4)}, dev)
