@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params
+from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, rel_error, within
 from .data import Corpus, windows_at
 from .train import fit, evaluate, head_operands, save_model, file_bytes
 
 # %% auto #0
 __all__ = ['FEATURES', 'soft_loss', 'hard_loss', 'feature_loss', 'distill_loss', 'DenseTeacher', 'TopKTeacher',
-           'ChunkedDistillLoss', 'chunked_distill_loss', 'capture', 'bk_modules', 'layer_map', 'make_student',
-           'TeacherTargets', 'DistillationObjective', 'check_distill_settings', 'DistillationTrainer',
-           'distill_cascade']
+           'ChunkedDistillLoss', 'chunked_distill_loss', 'topk_soft_loss', 'capture', 'bk_modules', 'layer_map',
+           'make_student', 'TeacherTargets', 'DistillationObjective', 'check_distill_settings', 'DistillationTrainer',
+           'distill_cascade', 'distill_check']
 
 # %% ../nbs/05_distill.ipynb #3837a91c
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.) -> torch.Tensor:
@@ -136,6 +136,15 @@ def chunked_distill_loss(h: torch.Tensor,  # student head input (tokens, r)
     if T <= 0: raise ValueError(f"temperature T must be > 0, got {T}")
     if alpha and teacher is None: raise ValueError("alpha > 0 needs the teacher's side (DenseTeacher or TopKTeacher)")
     return ChunkedDistillLoss.apply(h, weight, bias, targets, teacher, float(T), float(alpha), chunk, torch.is_grad_enabled())
+
+# %% ../nbs/05_distill.ipynb #38d6f74f
+def topk_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, k: int, T: float = 2.) -> torch.Tensor:
+    "T^2 KL over the teacher's top-k words plus one bucket for the rest, on full logits (the reference of the top-k chunked loss)."
+    lp, lq = (teacher_logits / T).log_softmax(-1), (student_logits / T).log_softmax(-1)
+    lpk, idx = lp.topk(k, -1)
+    p_rest = 1 - lpk.exp().sum(-1)
+    lq_rest = lq.scatter(1, idx, float('-inf')).logsumexp(-1)
+    return ((lpk.exp() * (lpk - lq.gather(1, idx))).sum(-1) + p_rest * (p_rest.log() - lq_rest)).mean() * T * T
 
 # %% ../nbs/05_distill.ipynb #b3e83b6d
 @contextlib.contextmanager
@@ -382,3 +391,27 @@ def distill_cascade(teacher: ResNetBKLM, corpus: Corpus,
                                 ppl=tr.evaluate(eval_split)['ppl'], seconds=time.perf_counter() - t0, file=str(path) if save_dir else None))
             prev = tr.student.eval()
     return prev, records
+
+# %% ../nbs/05_distill.ipynb #831fbe6b
+def distill_check(device: str | torch.device = 'cuda', seed: int = 0, V: int = 5000, n: int = 1024, k: int = 32, T: float = 2., alpha: float = 0.5) -> dict:
+    "The chunked distillation loss and its gradient on `device`, for a dense and a top-k teacher, against the full-logit losses in float64 on the CPU."
+    dev, g = on_device(device), torch.Generator().manual_seed(seed)
+    h, W, b = torch.randn(n, 32, generator=g), torch.randn(V, 32, generator=g) / 32 ** .5, torch.randn(V, generator=g)
+    y = torch.randint(0, V, (n,), generator=g)
+    th, tW, tb = torch.randn(n, 48, generator=g), torch.randn(V, 48, generator=g) / 48 ** .5, torch.randn(V, generator=g)
+    t_logits = th.double() @ tW.double().T + tb.double()
+    lpk, idx = (t_logits / T).log_softmax(-1).topk(k, -1)
+    teachers = dict(dense=(lambda: DenseTeacher(th.to(dev), tW.to(dev), tb.to(dev)), lambda s: soft_loss(s, t_logits, T)),
+                    topk=(lambda: TopKTeacher(idx.to(dev), lpk.float().to(dev)), lambda s: topk_soft_loss(s, t_logits, k, T)))
+    figs = {}
+    for name, (teacher, soft) in teachers.items():
+        ops64 = [t.double().requires_grad_() for t in (h, W, b)]
+        s64 = ops64[0] @ ops64[1].T + ops64[2]
+        ref = alpha * soft(s64) + (1 - alpha) * hard_loss(s64, y)
+        g_ref = torch.autograd.grad(ref, ops64)
+        ops = [t.clone().to(dev).requires_grad_() for t in (h, W, b)]
+        loss, _, _ = chunked_distill_loss(*ops, y.to(dev), teacher(), T, alpha, chunk=128)
+        grads = torch.autograd.grad(loss, ops)
+        figs[f'{name} loss'] = abs(loss.item() - ref.item()) / ref.item(), 1e-5
+        figs[f'{name} gradient'] = max(rel_error(a, r) for a, r in zip(grads, g_ref)), 1e-4
+    return within(figs, dev)
