@@ -241,28 +241,28 @@ class TeacherTargets:
         self.logp = torch.empty(n_win, self.n_seq, k, dtype=torch.float16)
         self.bk = torch.empty(n_win, teacher.cfg.n_layers, self.n_seq, 2, dtype=torch.float16) if features else None
         mass = torch.zeros((), dtype=torch.float64)
-        t0, was = time.perf_counter(), teacher.training; teacher.eval()
+        t0, was, dev = time.perf_counter(), teacher.training, next(teacher.parameters()).device; teacher.eval()
         try:
             with torch.no_grad():
                 for i in range(0, n_win, batch_size):
                     x, _ = windows_at(ids, starts[i:i + batch_size], self.n_seq)
-                    with capture(bk_modules(teacher)) as feats: h = teacher.hidden(x)
+                    with capture(bk_modules(teacher)) as feats: h = teacher.hidden(x.to(dev))  # the cache itself stays on the CPU
                     hh, w, b = head_operands(teacher.head, h)
                     for j in range(x.shape[0]):  # one window at a time: (n_seq, V) buffers only
                         lp = torch.addmm(b, hh[j], w.t()).div_(self.T).log_softmax(-1)
                         v, ix = lp.topk(k, -1)
                         self.index[i + j], self.logp[i + j] = ix.int(), v.half()
-                        mass += v.double().exp().sum()
+                        mass += v.double().exp().sum().cpu()
                     if features: self.bk[i:i + x.shape[0]] = torch.stack(feats, 1).half()
         finally: teacher.train(was)
         self.mass, self.seconds = (mass / (n_win * self.n_seq)).item(), time.perf_counter() - t0
 
-    def __call__(self, starts: torch.Tensor):
-        "(TopKTeacher for the windows at `starts` (flattened like their tokens), their BK features (B, layers, N, 2) or None)."
+    def __call__(self, starts: torch.Tensor, device: str | torch.device = 'cpu'):
+        "(TopKTeacher on `device` for the windows at `starts` (flattened like their tokens), their BK features (B, layers, N, 2) or None)."
         if (starts % self.n_seq).any(): raise ValueError("cached targets need windows on the offset-0 grid: train with offset=0")
         w = starts // self.n_seq
-        bk = None if self.bk is None else self.bk[w].float()
-        return TopKTeacher(self.index[w].flatten(0, 1), self.logp[w].flatten(0, 1)), bk
+        bk = None if self.bk is None else self.bk[w].to(device).float()
+        return TopKTeacher(self.index[w].flatten(0, 1).to(device), self.logp[w].flatten(0, 1).to(device)), bk
 
     @property
     def nbytes(self) -> int: return sum(t.numel() * t.element_size() for t in (self.index, self.logp, self.bk) if t is not None)
@@ -291,7 +291,8 @@ class DistillationObjective(nn.Module):
         object.__setattr__(self, 'teacher', teacher.eval().requires_grad_(False))  # referenced, not registered
         object.__setattr__(self, 'targets', targets)
         ds, dt = student.cfg.d_model, teacher.cfg.d_model
-        self.proj = nn.ModuleList(nn.Linear(ds, dt) for _ in self.layers) if 'block' in features and ds != dt else None
+        self.proj = (nn.ModuleList(nn.Linear(ds, dt) for _ in self.layers).to(next(student.parameters()).device)
+                     if 'block' in features and ds != dt else None)
 
     def train(self, mode: bool = True):
         super().train(mode); self.teacher.eval(); return self
@@ -306,12 +307,12 @@ class DistillationObjective(nn.Module):
         "(combined loss, logs) for inputs x, targets y (B, N); `starts` locate the windows in the cached targets."
         use_feats = self.beta > 0
         s_mods = self._feature_modules(self.student, range(self.student.cfg.n_layers)) if use_feats else []
-        with capture(s_mods) as s_feats: h = self.student.hidden(x)
+        with capture(s_mods) as s_feats: h = self.student.hidden(x.to(next(self.student.parameters()).device))
         y = y.to(h.device)
         t_feats = []
         if self.targets is not None:
-            teacher, bk = self.targets(starts)
-            if use_feats: t_feats = [bk[:, j].to(h.device) for j in self.layers]
+            teacher, bk = self.targets(starts, h.device)
+            if use_feats: t_feats = [bk[:, j] for j in self.layers]
         elif self.alpha or use_feats:
             with torch.no_grad(), capture(self._feature_modules(self.teacher, self.layers) if use_feats else []) as t_feats:
                 teacher = DenseTeacher(*head_operands(self.teacher.head, self.teacher.hidden(x.to(h.device)).flatten(0, 1)))

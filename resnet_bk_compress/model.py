@@ -396,9 +396,9 @@ def logit_change(model: ResNetBKLM, idx: torch.Tensor, t: int) -> torch.Tensor:
         return (model(idx2) - base)[0].abs().amax(-1)
 
 # %% ../nbs/00_model.ipynb #f2420796
-def on_device(device: str | torch.device) -> torch.device:
-    "`device` as a torch.device; a CUDA device this PyTorch cannot see is refused, saying what to use instead."
-    dev = torch.device(device)
+def on_device(device: str | torch.device | None = None) -> torch.device:
+    "`device` as a torch.device (None: the GPU when PyTorch sees one, else the CPU); a CUDA device this PyTorch cannot see is refused, saying what to use instead."
+    dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise InputError(f"device {str(dev)!r} asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU: pass device='cpu', "
                          "or use a GPU runtime (Colab: Runtime > Change runtime type > GPU)")

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 from safetensors import safe_open
-from .model import ResNetBKConfig, ResNetBKLM, OutputHead, InputError, num_params
+from .model import ResNetBKConfig, ResNetBKLM, OutputHead, InputError, num_params, on_device, within
 from .data import Corpus, synthetic_corpus, load_corpus, unigram_ppl, train_batches, batches_per_epoch
 from .train import (fit, evaluate, save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError,
                                       _cli)
@@ -24,7 +24,7 @@ from .distill import make_student, DistillationTrainer, check_distill_settings
 # %% auto #0
 __all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE',
            'save_compressed', 'compressed_info', 'load_compressed', 'CompressionPipeline', 'PipelineError',
-           'file_parts', 'gain_kept', 'plot_report', 'compress_main', 'rbk_compress']
+           'file_parts', 'gain_kept', 'plot_report', 'compress_main', 'rbk_compress', 'pipeline_check']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
 COMPRESSED_VERSION = 2  # 2: codebook tables, 4-bit biases, packed word lists; 1 (the words xz-compressed in frequency order) still loads
@@ -138,8 +138,10 @@ def _fit_args(self: CompressionPipeline, corpus: Corpus, n_seq: int, steps: int,
 
 @patch
 def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
+    dev = next(model.parameters()).device
     torch.manual_seed(0)
-    tr = DistillationTrainer(model, self.make_student(model, corpus), corpus, **self.distill)
+    student = self.make_student(model.cpu(), corpus).to(dev)  # built on the CPU (least squares, k-means), trained on the device
+    tr = DistillationTrainer(model.to(dev), student, corpus, **self.distill)
     if steps: tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0))
     if hasattr(tr.student.tok_emb, 'freeze_codes_'): tr.student.tok_emb.freeze_codes_()  # learned codes: the stage file stores the assignment
     return tr.student
@@ -158,7 +160,7 @@ def _stage_quantize(self: CompressionPipeline, model, corpus, steps, ckpt, progr
     quantize_(model, self.quant)
     model.eval()
     with calibrating(model), torch.no_grad():
-        for x in self._calib(corpus, model.cfg.n_seq): model(x)
+        for x in self._calib(corpus, model.cfg.n_seq): model(x.to(next(model.parameters()).device))
     if steps: fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.qat_lr, seed=2))
     quantize_(model.eval(), self.quant, 'convert')
     if self.table and self.table['bias_bits'] == 4: quantize_bias_(model, _counts(corpus))
@@ -204,7 +206,7 @@ def canonical_teacher(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNet
     "(a copy of the teacher, its vocabulary) in the canonical word order: frequency bands (cut at the table's n_dense), sorted inside each."
     n, V = (self.table or {}).get('n_dense', 0), len(self.vocab)
     order = canonical_order(self.vocab, _counts(corpus), [n] if 0 < n < V else [])
-    return permute_vocab_(copy.deepcopy(self.teacher), order), permute_vocab(self.vocab, order)
+    return permute_vocab_(copy.deepcopy(self.teacher).cpu(), order), permute_vocab(self.vocab, order)
 
 @patch
 def run_pipeline(self: CompressionPipeline, corpus: Corpus,
@@ -214,10 +216,13 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
                  resume: bool = False,  # continue a killed run in save_dir
                  max_steps: int | None = None,  # cap on the training steps of every stage (quick runs)
                  baseline: bool = False,  # also train the same-size scratch baseline (a measurement: not counted in the run's seconds)
-                 progress: bool = True) -> dict:
+                 progress: bool = True,
+                 device: str | torch.device | None = None) -> dict:  # where stages train and models are scored (None: the GPU if PyTorch sees one); files are the same
+
     "Run the stages on `corpus`; returns the report (also written to save_dir/report.json)."
     if len(corpus.vocab) != len(self.vocab) or corpus.vocab.itos != self.vocab.itos:
         raise PipelineError("the corpus vocabulary is not the model's: encode the corpus with the model's vocabulary")
+    dev = on_device(device)
     if self.auto and self.planned is None: self.plan(corpus)  # before anything is written: a target no student reaches is refused here
     out = Path(save_dir); state_path = out / 'state.json'
     epochs = dict(distill=distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
@@ -233,7 +238,7 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
         teacher, vocab = self.canonical_teacher(corpus)  # the word order every stage file stores (03a_tables)
         teacher_file = save_compressed(teacher, out / 'stage0_teacher.safetensors', vocab, dict(stage='teacher'))
         plain = save_model(self.teacher, out / '.teacher_plain.safetensors', self.vocab)
-        teacher = dict(name='teacher', **_measure(teacher, corpus.with_vocab(vocab), teacher_file), seconds=time.perf_counter() - t0,
+        teacher = dict(name='teacher', **_measure(teacher.to(dev), corpus.with_vocab(vocab), teacher_file), seconds=time.perf_counter() - t0,
                        peak_mb=_peak_mb(), plain_bytes=file_bytes(plain))
         plain.unlink()
         state = dict(settings=settings, teacher=teacher, stages=[],
@@ -241,7 +246,7 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
         atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
     done = len(state['stages'])
     model, vocab, _ = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))
-    corpus = corpus.with_vocab(vocab)  # the stage files' word order
+    model, corpus = model.to(dev), corpus.with_vocab(vocab)  # the stage files' word order
     for i, name in enumerate(self.stages[done:], start=done + 1):
         t0 = time.perf_counter()
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
@@ -256,18 +261,19 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
     if baseline and 'baseline' not in state:
         secs = sum(s['seconds'] for s in state['stages'] if s['name'] != 'quantize')
         q = next((s['steps'] for s in state['stages'] if s['name'] == 'quantize'), 0)
-        state['baseline'] = self.scratch_baseline(load_compressed(out / state['teacher']['file'])[0], corpus, secs, q, out, progress)
+        state['baseline'] = self.scratch_baseline(load_compressed(out / state['teacher']['file'])[0], corpus, secs, q, out, progress, dev)
         atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
     return self.report(state, out)
 
 # %% ../nbs/06_pipeline.ipynb #6b66abca
 @patch
-def scratch_baseline(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus, seconds: float, quantize_steps: int, out: Path, progress=False) -> dict:
+def scratch_baseline(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus, seconds: float, quantize_steps: int, out: Path, progress=False,
+                     device: str | torch.device = 'cpu') -> dict:
     "Train the run's final architecture from scratch on hard targets for `seconds`, quantize it as the run did, save and measure it."
     t0 = time.perf_counter()
     base = copy.copy(self); base.student = {**self.student, 'init': False}
     torch.manual_seed(0)
-    probe = base.make_student(teacher, corpus)
+    probe = base.make_student(teacher.cpu(), corpus).to(device)
     n_seq = teacher.cfg.n_seq
     fit(probe, corpus, **{**base._fit_args(corpus, n_seq, 3, None, False, self.lr, seed=3), 'checkpoint': None})
     t1 = time.perf_counter()
@@ -275,7 +281,7 @@ def scratch_baseline(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Cor
     s_step = (time.perf_counter() - t1) / 5
     steps = max(1, int((seconds - (time.perf_counter() - t0)) / s_step))
     torch.manual_seed(0)
-    model = base.make_student(teacher, corpus)
+    model = base.make_student(teacher, corpus).to(device)
     fit(model, corpus, **{**base._fit_args(corpus, n_seq, steps, None, progress, self.lr, seed=3), 'checkpoint': None})
     if 'quantize' in self.stages: model = base._stage_quantize(model, corpus, quantize_steps, None, progress)
     path = save_compressed(model, out / 'baseline.safetensors', corpus.vocab, dict(stage='baseline'))
@@ -450,6 +456,7 @@ def _compress_args(argv=None):
     p.add_argument('--max-ppl-increase', type=float, default=0.15, help='allowed relative increase of test perplexity')
     p.add_argument('--stages', default=','.join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
     p.add_argument('--resume', action='store_true', help='continue a killed run in --out')
+    p.add_argument('--device', default=None, help="where to train and score: 'cpu', 'cuda', 'cuda:1' (default: the GPU if PyTorch sees one)")
     for k, v in RUN_EPOCHS.items(): p.add_argument(f"--{k.replace('_', '-')}", type=float, default=v, help='default: %(default)s')
     p.add_argument('--max-steps', type=int, default=None, help='cap on the training steps of every stage')
     p.add_argument('--teacher-epochs', type=int, default=None, help=f'epochs of the teacher trained when --teacher is not given (default: {TEACHER_EPOCHS})')
@@ -467,7 +474,7 @@ def _compress_args(argv=None):
 def compress_main(argv=None) -> dict:
     "Body of `rbk-compress`; returns the report."
     a = _compress_args(argv)
-    syn = a.data == 'synthetic'
+    syn, dev = a.data == 'synthetic', on_device(a.device)
     if a.teacher is not None and not Path(a.teacher).is_file(): raise FileNotFoundError(f"--teacher {a.teacher}: no such file")
     for k in ('target', 'max_ppl_increase', 'distillation_epochs', 'pruning_epochs', 'qat_epochs'):
         v = getattr(a, k)
@@ -486,7 +493,7 @@ def compress_main(argv=None) -> dict:
             if (out / 'state.json').is_file() and not a.resume: raise PipelineError(f"'{out}' already holds a pipeline run: pass --resume or choose another --out")
             vocab = corpus.vocab
             cfg = ResNetBKConfig(vocab_size=len(vocab), **(dict(d_model=64, n_layers=4, n_seq=64) if syn else {}))
-            torch.manual_seed(0); teacher = ResNetBKLM(cfg)
+            torch.manual_seed(0); teacher = ResNetBKLM(cfg).to(dev)
             fit(teacher, corpus, epochs=a.teacher_epochs or TEACHER_EPOCHS, lr=5e-3 if syn else 3e-3, eval_split=None, progress=not a.no_progress)
             save_model(teacher, teacher_file, vocab, dict(data=a.data))
     corpus = corpus.with_vocab(vocab)
@@ -497,7 +504,7 @@ def compress_main(argv=None) -> dict:
                                table=None if a.n_dense is None else dict(n_dense=a.n_dense), keep_experts=a.keep_experts,
                                teacher_bytes=file_bytes(teacher_file))
     epochs = {k: getattr(a, k) for k in RUN_EPOCHS}
-    return pipe.run_pipeline(corpus, save_dir=out, resume=a.resume, max_steps=a.max_steps, progress=not a.no_progress, **epochs)
+    return pipe.run_pipeline(corpus, save_dir=out, resume=a.resume, max_steps=a.max_steps, progress=not a.no_progress, device=dev, **epochs)
 
 def rbk_compress(argv=None):
     "Console script: `rbk-compress [--data DIR] [--teacher FILE] [--out DIR] [--target X] [--stages ...] [--resume]`."
@@ -505,3 +512,23 @@ def rbk_compress(argv=None):
     print(json.dumps({k: rep[k] for k in ('teacher_bytes', 'compressed_bytes', 'compression_ratio', 'teacher_ppl', 'compressed_ppl',
                                           'ppl_increase', 'unigram_ppl', 'target_met', 'seconds', 'peak_mb', 'compressed_file')}, indent=1))
     for line in rep['verdict']: print(line)
+
+# %% ../nbs/06_pipeline.ipynb #7a9dcb92
+def pipeline_check(device: str | torch.device = 'cuda', seed: int = 0, steps: int = 5) -> dict:
+    "A short pipeline run on `device` (teacher included); its file, loaded on the CPU, must score what the run reported and compute the logits it computes on the device."
+    import tempfile
+    dev, syn = on_device(device), synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
+    torch.manual_seed(seed)
+    teacher = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32)).to(dev)
+    fit(teacher, syn, max_steps=4 * steps, batch_size=16, lr=5e-3, eval_split=None, progress=False)
+    pipe = CompressionPipeline(teacher.eval(), syn.vocab, target_compression=2, student=dict(n_layers=1, num_experts=2, tie_embeddings=True),
+                               table=dict(n_dense=100, codebook_size=16), batch_size=16, calib_batches=2)
+    with tempfile.TemporaryDirectory() as d:
+        rep = pipe.run_pipeline(syn, max_steps=steps, save_dir=Path(d) / 'run', progress=False, device=dev)
+        model, vocab, _ = load_compressed(rep['compressed_file'])  # on the CPU
+        x = syn.with_vocab(vocab).test[:2 * 32].reshape(2, 32)
+        with torch.no_grad(): cpu, on = model(x), copy.deepcopy(model).to(dev)(x.to(dev)).cpu()
+        ppl = evaluate(model, syn.with_vocab(vocab).test)['ppl']
+    moved = ((on - cpu).abs().amax(-1) / cpu.abs().amax(-1) > 1e-4).float().mean().item()
+    figs = within({'positions moved': (moved, 0.01), 'ppl, file on the CPU vs the run': (abs(ppl - rep['compressed_ppl']) / ppl, 1e-3)}, dev)
+    return {**figs, 'stages': [s['name'] for s in rep['stages']], 'seconds': rep['seconds']}

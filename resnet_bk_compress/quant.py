@@ -501,7 +501,7 @@ def _swap(module: nn.Module, fn):
 
 def quantize_(model: nn.Module, config: Int8Config = Int8Config(), step: str = 'prepare') -> nn.Module:
     "In-place INT8 quantization: step 'prepare' inserts fake quantization (calibrate, then QAT), 'convert' stores int8 weights."
-    prepared = getattr(model, 'quant_config', None)
+    prepared, dev = getattr(model, 'quant_config', None), next(model.parameters()).device
     if step == 'prepare':
         if prepared is not None: raise ValueError("model is already quantized: prepare a fresh float model")
         _swap(model, config.prepare_module)
@@ -512,7 +512,7 @@ def quantize_(model: nn.Module, config: Int8Config = Int8Config(), step: str = '
         _swap(model, config.convert_module)
     else: raise ValueError(f"step must be 'prepare' or 'convert', got {step!r}")
     model.quant_config, model.quant_step = config, step
-    return model
+    return model.to(dev)  # new modules start on the CPU (observers, empty scales): they join the model's device
 
 # %% ../nbs/01_quant.ipynb #053d13de
 def _describe_quant(model: nn.Module) -> dict | None:

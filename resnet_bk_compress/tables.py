@@ -289,8 +289,8 @@ def quantize_bias_(model: ResNetBKLM, weights: torch.Tensor | None = None) -> Re
     if type(head) is not OutputHead: raise ValueError(f"quantize_bias_ needs a tied or factorized OutputHead, got {type(head).__name__}")
     if isinstance(head.bias, nn.Module): raise ValueError("the head's biases are already quantized")
     b = head.bias.detach().float()
-    del head.bias
-    head.bias = QuantizedBias.from_float(b, weights)
+    del head.bias  # the k-means runs on the CPU (its seeded generator lives there); the levels and codes join the head's device
+    head.bias = QuantizedBias.from_float(b.cpu(), None if weights is None else weights.cpu()).to(b.device)
     return model
 
 # %% ../nbs/03a_tables.ipynb #a0d1bedb

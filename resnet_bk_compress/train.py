@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params
+from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device
 from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batches_per_epoch, unigram_ppl,
                                      load_corpus, synthetic_corpus, encode_file, pack_words, unpack_words)
 
@@ -454,6 +454,7 @@ def _train_args(argv=None):
     for k in ('d_model', 'n_layers', 'n_seq', 'num_experts', 'top_k'):
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=ResNetBKConfig.__dataclass_fields__[k].default)
     p.add_argument('--dropout', type=float, default=0.1)
+    p.add_argument('--device', default=None, help="where to train: 'cpu', 'cuda' (default: the GPU if PyTorch sees one; under torchrun, each process's own)")
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     return p.parse_args(argv)
 
@@ -467,7 +468,7 @@ def train_main(argv=None) -> dict:
                          num_experts=a.num_experts, top_k=a.top_k, dropout=a.dropout)
     rank, _ = init_distributed()  # under torchrun: one process per share of each batch
     torch.manual_seed(a.seed)
-    model = ResNetBKLM(cfg)
+    model = ResNetBKLM(cfg).to(on_device(a.device))
     hist = fit(model, corpus, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, max_steps=a.max_steps, progress=not a.no_progress)
     metrics = dict(data=a.data, corpus=corpus.name, params=num_params(model), history=hist,
                    valid=evaluate(model, corpus.valid), test=evaluate(model, corpus.test),
