@@ -398,7 +398,8 @@ def logit_change(model: ResNetBKLM, idx: torch.Tensor, t: int) -> torch.Tensor:
 # %% ../nbs/00_model.ipynb #f2420796
 def on_device(device: str | torch.device | None = None) -> torch.device:
     "`device` as a torch.device (None: the GPU when PyTorch sees one, else the CPU); a CUDA device this PyTorch cannot see is refused, saying what to use instead."
-    dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+    try: dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+    except RuntimeError: raise InputError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise InputError(f"device {str(dev)!r} asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU: pass device='cpu', "
                          "or use a GPU runtime (Colab: Runtime > Change runtime type > GPU)")

@@ -117,10 +117,13 @@ def test_cli_bad_input_is_one_line(tmp_path):
     for args, msg in [(['--teacher', str(tmp_path / 'nope.safetensors')], 'no such file'),
                       (['--stages', 'distill,fold'], 'unknown stages'),
                       (['--target', '-3'], 'must be positive'),
+                      (['--device', 'gpu0'], "unknown device 'gpu0'"),
+                      *([] if torch.cuda.is_available() else [(['--device', 'cuda'], "pass device='cpu'")]),
                       (['--data', str(tmp_path)], '')]:
         r = _cli('--out', str(tmp_path / 'o'), *args)
         assert r.returncode == 2, (args, r.stderr)
         assert 'Traceback' not in r.stderr and r.stderr.strip().count('\n') == 0 and msg in r.stderr, r.stderr
+    assert not (tmp_path / 'o').exists()  # refused before anything was written
     (tmp_path / 'junk.safetensors').write_bytes(b'not a model')
     r = _cli('--out', str(tmp_path / 'o2'), '--teacher', str(tmp_path / 'junk.safetensors'))
     assert r.returncode == 2 and 'Traceback' not in r.stderr and 'junk.safetensors' in r.stderr

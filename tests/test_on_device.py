@@ -1,0 +1,73 @@
+"""The notebooks' GPU checks (the `## On a GPU` sections), run on the CPU: each is a function of the device that compares what it computes
+there with a CPU reference under explicit tolerances. Here they must pass on the CPU, and each must fail when its device's result is wrong."""
+import pytest
+import torch
+from resnet_bk_compress import model, train, quant, complex_quant, int4_moe, pruning, distill, pipeline
+from resnet_bk_compress.model import InputError, on_device, within
+
+CHECKS = [(model.scan_check, ['G', 'dG/da', 'logits', 'causal leak']),
+          (train.fit_check, ['train loss', 'test ppl']),
+          (quant.qat_check, ['loss', 'gradients', 'int8 logits']),
+          (complex_quant.complex_check, ['separate per tensor', 'polar per position']),
+          (int4_moe.int4_check, ['dequantize-then-matmul', 'INT4 MoE tokens moved']),
+          (pruning.pruning_check, ['tokens routed differently', 'kept experts differ', 'magnitude masks', 'pruned logits']),
+          (distill.distill_check, ['dense loss', 'dense gradient', 'topk loss', 'topk gradient']),
+          (pipeline.pipeline_check, ['positions moved', 'ppl, file on the CPU vs the run'])]
+
+@pytest.mark.parametrize('check,figures', CHECKS, ids=[c.__name__ for c, _ in CHECKS])
+def test_checks_pass_on_the_cpu(check, figures):
+    figs = check('cpu')
+    assert set(figures) <= set(figs), sorted(figs)
+
+def _on_float32(fn, bad):
+    "fn, with its result replaced by bad(result) when its first argument (a model or a tensor) is float32: the 'device' side of a check."
+    def wrapped(*a, **kw):
+        x = a[0]
+        dt = x.dtype if torch.is_tensor(x) else next(x.parameters()).dtype if hasattr(x, 'parameters') else None
+        r = fn(*a, **kw)
+        return bad(r) if dt in (torch.float32, torch.complex64) else r
+    return wrapped
+
+def test_each_check_fails_when_the_device_is_wrong(monkeypatch):
+    "A perturbation of 1e-3 on the checked side of each computation must trip its check, naming the figure."
+    cases = [(model, 'causal_resolvent', lambda G: G * 1.001, model.scan_check, 'G'),
+             (train, 'evaluate', lambda r: {**r, 'ppl': r['ppl'] * 1.001}, train.fit_check, 'test ppl'),
+             (quant, 'lm_loss', lambda r: (r[0] * 1.001, r[1]), quant.qat_check, 'loss'),
+             (int4_moe, 'rel_error', lambda v: v + 1e-3, int4_moe.int4_check, 'dequantize-then-matmul'),
+             (pruning, 'expert_stats', lambda st: [type(s)(s.tokens, s.gate_mass * 1.001, s.saliency_sum, s.total) for s in st], pruning.pruning_check, 'gate mass'),
+             (distill, 'chunked_distill_loss', lambda r: (r[0] * 1.001, *r[1:]), distill.distill_check, 'dense loss'),
+             ]
+    for mod, name, bad, check, figure in cases:
+        with monkeypatch.context() as m:
+            m.setattr(mod, name, _on_float32(getattr(mod, name), bad))
+            with pytest.raises(AssertionError, match=figure): check('cpu')
+    with monkeypatch.context() as m:  # the fused fake quantization off its own integer route
+        fq = complex_quant.ComplexQuantizer.fake_quantize
+        m.setattr(complex_quant.ComplexQuantizer, 'fake_quantize', lambda self, x: fq(self, x) * 1.001)
+        with pytest.raises(AssertionError, match='fake = dequantize'): complex_check_cpu()
+    with monkeypatch.context() as m:  # a compressed file that does not hold the model the run measured
+        load = pipeline.load_compressed
+        def damaged(path):
+            mdl, v, info = load(path)
+            if str(path).endswith('stage3_quantize.safetensors'):  # only the check loads the run's last file
+                with torch.no_grad(): mdl.ln_f.weight.mul_(1.5)  # LayerNorms stay float
+            return mdl, v, info
+        m.setattr(pipeline, 'load_compressed', damaged)
+        with pytest.raises(AssertionError, match='ppl, file on the CPU'): pipeline.pipeline_check('cpu')
+
+def complex_check_cpu(): return complex_quant.complex_check('cpu')
+
+def test_within_and_on_device():
+    assert within({'a': (1e-7, 1e-6)}, 'cpu') == {'a': 1e-7}
+    with pytest.raises(AssertionError, match=r'on cpu: a 1.00e-05 > 1e-06'): within({'a': (1e-5, 1e-6)}, 'cpu')
+    with pytest.raises(AssertionError, match='nan'): within({'a': (float('nan'), 1.)}, 'cpu')
+    with pytest.raises(InputError, match="unknown device 'tpu'"): on_device('tpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="pass device='cpu'"): on_device('cuda')
+        assert on_device(None) == torch.device('cpu')
+
+def test_int4_timings_and_kernel_flag():
+    r = int4_moe.int4_timings('cpu', shapes=((128, 64),), tokens=(1, 8))
+    assert [x['tokens'] for x in r] == [1, 8] and all(x['dequant_ms'] > 0 and x['fp32_ms'] > 0 for x in r)
+    assert all((x['kernel_ms'] is not None) == int4_moe.int4_kernel_available('cpu') for x in r)
+    assert not int4_moe.int4_kernel_available('meta')
