@@ -71,3 +71,22 @@ def test_int4_timings_and_kernel_flag():
     assert [x['tokens'] for x in r] == [1, 8] and all(x['dequant_ms'] > 0 and x['fp32_ms'] > 0 for x in r)
     assert all((x['kernel_ms'] is not None) == int4_moe.int4_kernel_available('cpu') for x in r)
     assert not int4_moe.int4_kernel_available('meta')
+
+def test_gpu_bench_runs_every_phase_quickly_on_the_cpu(tmp_path):
+    "bench/gpu.py --quick on the CPU: every phase but the notebooks' (which rewrites them) runs and lands in the JSON."
+    import json, subprocess, sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    phases = 'checks,bk_core,training,distillation,int4,pipeline_wt2'
+    r = subprocess.run([sys.executable, str(root / 'bench' / 'gpu.py'), '--device', 'cpu', '--quick', '--only', phases, '--out', str(tmp_path / 'g.json')],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    g = json.loads((tmp_path / 'g.json').read_text())
+    assert list(g['phases']) == phases.split(',') and g['quick']
+    assert all('figures' in c for c in g['phases']['checks'].values()), g['phases']['checks']
+    p = g['phases']['pipeline_wt2']
+    assert [s['name'] for s in p['stages']] == ['distill', 'prune', 'quantize'] and p['total_seconds'] >= p['teacher_seconds'] > 0
+    est = g['t4_estimate']['teacher']
+    assert est['scaled_by_bandwidth'] == pytest.approx(est['h200_seconds'] * 15) and est['likely'] >= est['h200_seconds']
+    bad = subprocess.run([sys.executable, str(root / 'bench' / 'gpu.py'), '--only', 'fold'], capture_output=True, text=True)
+    assert bad.returncode != 0 and 'unknown phases' in bad.stderr
