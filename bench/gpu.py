@@ -85,11 +85,13 @@ def distillation(dev, quick):
     "Distillation tokens/s: the reference teacher's shape into the planned 100x student's (3 blocks, 1 expert), live dense and cached top-32 targets."
     corpus = synthetic_corpus(vocab_size=33278, n_train=20_000 if quick else 400_000, n_eval=2_000)
     torch.manual_seed(0)
-    teacher = ResNetBKLM(ResNetBKConfig(vocab_size=len(corpus.vocab))).to(dev).eval()
+    teacher = ResNetBKLM(ResNetBKConfig(vocab_size=len(corpus.vocab))).eval()
+    students = {}
+    for targets in ('dense', 'topk'):  # built on the CPU from the same seed, as the pipeline builds its student
+        torch.manual_seed(0); students[targets] = make_student(teacher, n_layers=3, num_experts=1, tie_embeddings=True).to(dev)
+    teacher.to(dev)
     out = []
-    for targets in ('dense', 'topk'):
-        torch.manual_seed(0)
-        student = make_student(teacher.cpu(), n_layers=3, num_experts=1, tie_embeddings=True).to(dev); teacher.to(dev)
+    for targets, student in students.items():
         t = time.perf_counter()
         tr = DistillationTrainer(teacher, student, corpus, targets=targets, k=32, T=1.)
         sync(dev); cache_s = time.perf_counter() - t
@@ -164,3 +166,6 @@ if __name__ == '__main__':
     if bad := [s for s in phases if s not in PHASES]: sys.exit(f"gpu.py: unknown phases {bad}: choose from {','.join(PHASES)}")
     res = run(on_device(a.device), phases, a.quick, Path(a.out))
     print(json.dumps({k: v for k, v in res.items() if k != 'phases'}, indent=1))
+    failed = [k for k, c in res['phases'].get('checks', {}).items() if 'error' in c]
+    if res['phases'].get('notebooks', {}).get('returncode'): failed.append('notebooks')
+    if failed: sys.exit(f"gpu.py: failed on {res['device']}: {', '.join(failed)} (details in {a.out})")  # recorded, and the run says so

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, rel_error, within
+from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, rel_error, within, model_device
 from .data import Corpus, windows_at
 from .train import fit, evaluate, head_operands, save_model, file_bytes
 
@@ -241,7 +241,7 @@ class TeacherTargets:
         self.logp = torch.empty(n_win, self.n_seq, k, dtype=torch.float16)
         self.bk = torch.empty(n_win, teacher.cfg.n_layers, self.n_seq, 2, dtype=torch.float16) if features else None
         mass = torch.zeros((), dtype=torch.float64)
-        t0, was, dev = time.perf_counter(), teacher.training, next(teacher.parameters()).device; teacher.eval()
+        t0, was, dev = time.perf_counter(), teacher.training, model_device(teacher); teacher.eval()
         try:
             with torch.no_grad():
                 for i in range(0, n_win, batch_size):
@@ -291,7 +291,7 @@ class DistillationObjective(nn.Module):
         object.__setattr__(self, 'teacher', teacher.eval().requires_grad_(False))  # referenced, not registered
         object.__setattr__(self, 'targets', targets)
         ds, dt = student.cfg.d_model, teacher.cfg.d_model
-        self.proj = (nn.ModuleList(nn.Linear(ds, dt) for _ in self.layers).to(next(student.parameters()).device)
+        self.proj = (nn.ModuleList(nn.Linear(ds, dt) for _ in self.layers).to(model_device(student))
                      if 'block' in features and ds != dt else None)
 
     def train(self, mode: bool = True):
@@ -307,7 +307,7 @@ class DistillationObjective(nn.Module):
         "(combined loss, logs) for inputs x, targets y (B, N); `starts` locate the windows in the cached targets."
         use_feats = self.beta > 0
         s_mods = self._feature_modules(self.student, range(self.student.cfg.n_layers)) if use_feats else []
-        with capture(s_mods) as s_feats: h = self.student.hidden(x.to(next(self.student.parameters()).device))
+        with capture(s_mods) as s_feats: h = self.student.hidden(x.to(model_device(self.student)))
         y = y.to(h.device)
         t_feats = []
         if self.targets is not None:

@@ -16,7 +16,8 @@ from fastcore.basics import store_attr
 # %% auto #0
 __all__ = ['InputError', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent', 'two_sided_resolvent',
            'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM', 'num_params',
-           'logit_change', 'on_device', 'cuda_or_skip', 'rel_error', 'time_ms', 'within', 'check_model', 'scan_check']
+           'logit_change', 'on_device', 'model_device', 'cuda_or_skip', 'rel_error', 'moved_share', 'time_ms', 'within',
+           'check_model', 'scan_check']
 
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
@@ -405,6 +406,10 @@ def on_device(device: str | torch.device | None = None) -> torch.device:
                          "or use a GPU runtime (Colab: Runtime > Change runtime type > GPU)")
     return dev
 
+def model_device(model: nn.Module) -> torch.device:
+    "The device a model's parameters are on (every variant keeps float LayerNorms, so even a fully quantized model has parameters)."
+    return next(model.parameters()).device
+
 def cuda_or_skip() -> torch.device | None:
     "The GPU when PyTorch sees one; else None, after saying that the cell is skipped (the notebooks' `#| cuda` cells start with it)."
     if torch.cuda.is_available(): return torch.device('cuda')
@@ -413,6 +418,11 @@ def cuda_or_skip() -> torch.device | None:
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
     "max |got - want| / max |want|, `got` moved to `want`'s device and dtype: how far a result is from its reference."
     return ((got.detach().to(want.device, want.dtype) - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+def moved_share(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-4) -> float:
+    "Share of the rows (last dim: a token's outputs or logits) of `got` that are more than `tol` (relative to the row's largest |want|) from `want`."
+    d = (got.detach().to(want.device, want.dtype) - want).abs().amax(-1) / want.abs().amax(-1).clamp_min(1e-30)
+    return (d > tol).float().mean().item()
 
 def time_ms(fn, device, repeats: int = 10, warmup: int = 2) -> float:
     "Median wall time of fn() in milliseconds over `repeats` calls after `warmup`, synchronizing a CUDA device around each (its kernels run asynchronously)."

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
-from .model import MoE, ResNetBKLM, check_model, on_device, rel_error, within
+from .model import MoE, ResNetBKLM, check_model, on_device, rel_error, within, model_device
 from .data import train_batches
 from .train import register_structure, evaluate, fit, atomic_write
 from .quant import Int8Linear
@@ -45,7 +45,7 @@ def _moes(model: nn.Module) -> list[MoE]:
 
 def expert_stats(model: nn.Module, batches) -> list[ExpertStats]:
     "Per-layer expert statistics over token batches (model in eval mode; hooks removed afterwards; batches go to the model's device)."
-    moes, dev = _moes(model), next(model.parameters()).device
+    moes, dev = _moes(model), model_device(model)
     acc = [dict(tokens=torch.zeros(m.num_experts, dtype=torch.long), gate=torch.zeros(m.num_experts, dtype=torch.float64),
                 sal=torch.zeros(m.num_experts, dtype=torch.float64), total=0) for m in moes]
     def hook(i):

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
-from .model import BKCore, OutputHead, InputError, check_model, on_device, rel_error, within
+from .model import BKCore, OutputHead, InputError, check_model, on_device, rel_error, within, model_device
 from .train import register_structure, lm_loss
 
 # %% auto #0
@@ -501,7 +501,7 @@ def _swap(module: nn.Module, fn):
 
 def quantize_(model: nn.Module, config: Int8Config = Int8Config(), step: str = 'prepare') -> nn.Module:
     "In-place INT8 quantization: step 'prepare' inserts fake quantization (calibrate, then QAT), 'convert' stores int8 weights."
-    prepared, dev = getattr(model, 'quant_config', None), next(model.parameters()).device
+    prepared, dev = getattr(model, 'quant_config', None), model_device(model)
     if step == 'prepare':
         if prepared is not None: raise ValueError("model is already quantized: prepare a fresh float model")
         _swap(model, config.prepare_module)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, check_model, within
+from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, check_model, within, model_device
 from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batches_per_epoch, unigram_ppl,
                                      load_corpus, synthetic_corpus, encode_file, pack_words, unpack_words)
 
@@ -77,7 +77,7 @@ def head_operands(head: nn.Module, h: torch.Tensor):
 
 def lm_loss(model: ResNetBKLM, x: torch.Tensor, y: torch.Tensor, chunk: int = 128):
     "(mean cross-entropy over the batch's tokens, load-balancing loss) for inputs x and targets y, both (B, N), on the model's device."
-    dev = next(model.parameters()).device  # every variant keeps float LayerNorms
+    dev = model_device(model)
     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # batches are made on the CPU; the model may live on a GPU
     h, w, b = head_operands(model.head, model.hidden(x))
     ce = chunked_cross_entropy(h.reshape(-1, h.shape[-1]), w, b, y.reshape(-1), chunk)
