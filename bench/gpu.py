@@ -1,24 +1,33 @@
-"""Everything this project does on a GPU, in one run: the notebooks' `#| cuda` cells (outputs written back), the device checks,
-the BK-Core, training and distillation tokens/s, the INT4 kernels, and the whole WikiText-2 pipeline with the teacher's training.
-Each phase is timed and written to the JSON as soon as it ends, so a run stopped at its time limit still reports what it did. The
-T4 figures are estimates (an H200 measurement scaled by published bandwidth and FLOPs), never measurements; `t4_estimate` says how.
+"""Everything this project does on a GPU, in one run built for a 15-minute slot (machine start included): the notebooks' `#| cuda`
+cells (outputs written back), the device checks, the whole WikiText-2 pipeline with the teacher's training, then the BK-Core, INT4,
+distillation and training speeds. What only a GPU can show comes first. Each part (a phase, or one notebook's cuda cells) runs in a
+process of its own under a time limit of its own, prints its result as soon as it ends and lands in the JSON at once, so a part that
+hangs or fails costs its own limit and nothing else. The T4 figures are estimates (an H200 measurement scaled by published bandwidth
+and FLOPs), never measurements; `t4_estimate` says how.
 
-    python bench/gpu.py [--device cuda] [--only notebooks,checks,...] [--quick] [--out bench/out/gpu.json]
+    python bench/gpu.py [--device cuda] [--only checks,notebooks,...] [--budget 480] [--quick] [--out bench/out/gpu.json]
 
-`--quick` (tiny sizes, the synthetic corpus for the pipeline) is the smoke test the test suite runs with `--device cpu`.
+`--quick` (tiny sizes, the synthetic corpus for the pipeline) is the smoke test the test suite runs with `--device cpu`; notebooks
+are written back only when their cuda cells ran on a GPU.
 """
-import argparse, json, platform, subprocess, sys, time
+import argparse, json, platform, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
-from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, causal_resolvent, causal_resolvent_loop, on_device, time_ms, num_params
+from resnet_bk_compress.model import (ResNetBKConfig, ResNetBKLM, InputError, causal_resolvent, causal_resolvent_loop, on_device, time_ms,
+                                      num_params)
 from resnet_bk_compress.data import synthetic_corpus, load_wikitext2
 from resnet_bk_compress.train import fit, evaluate, file_bytes, save_model
 from resnet_bk_compress.distill import DistillationTrainer, make_student
 from resnet_bk_compress import model, train, quant, complex_quant, int4_moe, pruning, distill, pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = '^0[0-6]'  # the numbered notebooks 00_model ... 06_pipeline (00a, 00b and 03a among them)
-PHASES = ('notebooks', 'checks', 'bk_core', 'training', 'distillation', 'int4', 'pipeline_wt2')
+# the numbered notebooks 00_model ... 06_pipeline that have cuda cells (00a_data and 03a_tables have none)
+NOTEBOOKS = [f for f in sorted((ROOT / 'nbs').glob('0[0-6]*.ipynb')) if '"#| cuda' in f.read_text()]
+# What only a GPU can show first: the checks, each notebook's cuda cells, the whole job; then the speeds.
+PHASES = ('checks', 'notebooks', 'pipeline_wt2', 'bk_core', 'int4', 'distillation', 'training')
+# Seconds each part may take on an H200 (a notebook's cuda cells: each notebook), about 3x what it took there; the total is also capped
+# by --budget. The H200 took: checks 15 s, pipeline_wt2 278 s; the speed phases 10-30 s each.
+LIMITS = dict(checks=90, notebook=90, pipeline_wt2=420, bk_core=60, int4=60, distillation=90, training=90)
 CHECKS = (model.scan_check, train.fit_check, quant.qat_check, complex_quant.complex_check, int4_moe.int4_check,
           pruning.pruning_check, distill.distill_check, pipeline.pipeline_check)
 # Published peaks (NVIDIA data sheets): memory bandwidth in bytes/s, dense fp32 FLOP/s without tensor cores.
@@ -27,13 +36,32 @@ PEAKS = {'H200': dict(bandwidth=4.8e12, fp32=67e12), 'T4': dict(bandwidth=320e9,
 def sync(dev):
     if dev.type == 'cuda': torch.cuda.synchronize()
 
-def notebooks(dev, quick):
-    "nbdev-test with the cuda flag on the numbered notebooks, outputs saved back into them (then nbdev-clean)."
-    t = time.perf_counter()
-    cmd = ['nbdev-test', '--flags', 'cuda', '--file-re', NOTEBOOKS, '--save', '--timing']
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    subprocess.run(['nbdev-clean'], cwd=ROOT, capture_output=True)
-    return dict(command=' '.join(cmd), returncode=r.returncode, seconds=time.perf_counter() - t, output_tail=(r.stdout + r.stderr)[-4000:])
+def _imports_only(src: str) -> bool:
+    "Whether a cell only imports (its `#|` lines aside): the cells a notebook's cuda cells may rely on."
+    import ast
+    try: body = ast.parse('\n'.join(l for l in src.splitlines() if not l.startswith('#|'))).body
+    except SyntaxError: return False  # IPython syntax (a Colab install cell)
+    return bool(body) and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body)
+
+def cuda_cells(path: Path, save: bool) -> dict:
+    "Run a notebook's import cells and its `#| cuda` cells only (nothing else of it), their outputs saved back into it when `save`."
+    from fastcore.nbio import read_nb, write_nb
+    from execnb.shell import CaptureShell
+    nb = read_nb(path)
+    code = [c for c in nb.cells if c.cell_type == 'code']
+    mod = next(c.source.split()[-1] for c in code if c.source.startswith('#| default_exp'))
+    cells = [c for c in code if c.source.startswith('#| cuda')]
+    sh = CaptureShell(path)
+    imports = [c.source for c in code if _imports_only(c.source)] + [f'from resnet_bk_compress.{m} import *' for m in ('model', mod)]
+    sh.run('\n'.join(imports))
+    out = dict(cells=len(cells), outputs=[], error=None)
+    for c in cells:
+        if sh.exc is None: sh.cell(c)
+        if sh.exc is not None: out['error'] = f"{type(sh.exc).__name__}: {sh.exc}"; break
+        text = [o.get('text', '') for o in c.get('outputs', []) if o.get('name') == 'stdout']
+        out['outputs'].append(''.join(''.join(t) if isinstance(t, list) else t for t in text)[-2000:])
+    if save and out['error'] is None: write_nb(nb, path)
+    return out
 
 def checks(dev, quick):
     "Every notebook's device check: its figures, or the error that stopped it."
@@ -41,7 +69,8 @@ def checks(dev, quick):
     for fn in CHECKS:
         t = time.perf_counter()
         try: out[fn.__name__] = dict(figures=fn(dev), seconds=time.perf_counter() - t)
-        except Exception as e: out[fn.__name__] = dict(error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t)
+        except Exception as e: out[fn.__name__] = dict(error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t)  # recorded, and failed
+        print(fn.__name__, out[fn.__name__], flush=True)
     return out
 
 def fwd_bwd(f, a):
@@ -137,19 +166,44 @@ def t4_estimate(seconds: float, flops: float | None = None) -> dict:
     est['likely'] = max(seconds, est.get('t4_compute_floor', 0.))
     return est
 
-def run(dev, phases, quick, out_path):
+def part(name: str, dev: torch.device, quick: bool):
+    "One part, in this (child) process: a phase by name, or 'notebook:FILE' for one notebook's cuda cells."
+    if name.startswith('notebook:'): return cuda_cells(ROOT / 'nbs' / name.split(':', 1)[1], save=dev.type == 'cuda')
+    return globals()[name](dev, quick)
+
+def parts(phases) -> list[str]:
+    return [p for ph in phases for p in ([f'notebook:{f.name}' for f in NOTEBOOKS] if ph == 'notebooks' else [ph])]
+
+def run(dev, phases, quick, out_path, budget: float = 480.) -> dict:
+    "Each part in a child process under its own limit (and what is left of `budget`), its result printed and saved as it ends."
     res = dict(device=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else platform.processor() or platform.machine(),
-               torch=torch.__version__, quick=quick, phases={}, seconds={})
+               torch=torch.__version__, quick=quick, budget_seconds=budget, phases={}, seconds={}, failed=[])
     def save(): out_path.parent.mkdir(parents=True, exist_ok=True); out_path.write_text(json.dumps(res, indent=1))
-    for name in phases:
-        t = time.perf_counter()
-        res['phases'][name] = globals()[name](dev, quick)
-        res['seconds'][name] = time.perf_counter() - t
-        print(f"{name}: {res['seconds'][name]:.1f} s", flush=True)
-        save()
-    res['seconds']['total'] = sum(res['seconds'].values())
-    if 'pipeline_wt2' in res['phases'] and ('H200' in res['device'] or quick):  # quick: the arithmetic is exercised, on whatever ran it
-        p = res['phases']['pipeline_wt2']
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as d:
+        for name in parts(phases):
+            limit = min(LIMITS['notebook' if name.startswith('notebook:') else name], budget - (time.perf_counter() - t_start))
+            t = time.perf_counter()
+            if limit < 10: r = dict(error=f'skipped: {limit:.0f} s of the {budget:.0f} s budget left')
+            else:
+                f = Path(d) / 'part.json'
+                cmd = [sys.executable, __file__, '--part', name, '--device', str(dev), '--out', str(f)] + (['--quick'] if quick else [])
+                try:
+                    rc = subprocess.run(cmd, cwd=ROOT, timeout=limit).returncode  # its output streams to ours
+                    r = json.loads(f.read_text()) if rc == 0 else dict(error=f'exited {rc} (its traceback is in the log above)')
+                except subprocess.TimeoutExpired: r = dict(error=f'timed out after {limit:.0f} s')
+                f.unlink(missing_ok=True)
+            res['seconds'][name] = time.perf_counter() - t
+            if name.startswith('notebook:'): res['phases'].setdefault('notebooks', {})[name.split(':', 1)[1]] = r
+            else: res['phases'][name] = r
+            err = r.get('error') if isinstance(r, dict) else None  # a speed phase returns a list of rows
+            bad = [k for k, c in r.items() if 'error' in c] if name == 'checks' and not err else []
+            if err or bad: res['failed'].append(name + (f" ({', '.join(bad)})" if bad else ''))
+            print(f"== {name}: {err or ('FAILED: ' + ', '.join(bad) if bad else 'ok')}, {res['seconds'][name]:.1f} s", flush=True)
+            save()
+    res['seconds']['total'] = time.perf_counter() - t_start
+    p = res['phases'].get('pipeline_wt2')
+    if p and 'error' not in p and ('H200' in res['device'] or quick):  # quick: the arithmetic is exercised, on whatever ran it
         train_flops = 6 * p['teacher_params'] * p['tokens']['teacher']  # forward and backward of the teacher's epochs
         res['t4_estimate'] = dict(teacher=t4_estimate(p['teacher_seconds'], train_flops), whole_job=t4_estimate(p['total_seconds']))
     save()
@@ -159,13 +213,18 @@ if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--device', default='cuda')
     p.add_argument('--only', default=','.join(PHASES), help=f"comma-separated phases, from {','.join(PHASES)}")
+    p.add_argument('--budget', type=float, default=480., help='seconds for the whole run: a part gets at most what is left')
     p.add_argument('--quick', action='store_true', help='tiny sizes and the synthetic corpus (a smoke test of the script)')
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'gpu.json'))
+    p.add_argument('--part', default=None, help=argparse.SUPPRESS)  # the child process of one part
     a = p.parse_args()
     phases = [s for s in a.only.split(',') if s]
     if bad := [s for s in phases if s not in PHASES]: sys.exit(f"gpu.py: unknown phases {bad}: choose from {','.join(PHASES)}")
-    res = run(on_device(a.device), phases, a.quick, Path(a.out))
+    try: dev = on_device(a.device)
+    except InputError as e: sys.exit(f"gpu.py: {e}")
+    if a.part:
+        Path(a.out).write_text(json.dumps(part(a.part, dev, a.quick), indent=1))
+        sys.exit(0)
+    res = run(dev, phases, a.quick, Path(a.out), a.budget)
     print(json.dumps({k: v for k, v in res.items() if k != 'phases'}, indent=1))
-    failed = [k for k, c in res['phases'].get('checks', {}).items() if 'error' in c]
-    if res['phases'].get('notebooks', {}).get('returncode'): failed.append('notebooks')
-    if failed: sys.exit(f"gpu.py: failed on {res['device']}: {', '.join(failed)} (details in {a.out})")  # recorded, and the run says so
+    if res['failed']: sys.exit(f"gpu.py: failed on {res['device']}: {', '.join(res['failed'])} (details in {a.out})")

@@ -76,7 +76,7 @@ class Vocab:
     def encode(self, tokens: list[str]) -> torch.Tensor:
         "Token ids (int64) of `tokens`, unknown words as `<unk>`."
         get, unk = self.stoi.get, self.unk_id
-        return torch.tensor([get(w, unk) for w in tokens], dtype=torch.long)
+        return torch.tensor([get(w, unk) for w in tokens], dtype=torch.long, device='cpu')  # streams live on the CPU; batches move
 
     def decode(self, ids) -> list[str]:
         return [self.itos[i] for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
@@ -242,7 +242,7 @@ def synthetic_corpus(vocab_size: int = 2000,  # number of words (plus <eos> and 
     toks, x = [0] * n, 0
     for t in range(n):
         x = perms[cls[x]][ranks[t]]; toks[t] = x
-    ids = torch.tensor(toks, dtype=torch.long)
+    ids = torch.tensor(toks, dtype=torch.long, device='cpu')
     h = float(-(p * np.log(p)).sum())
     vocab = Vocab([f'w{i}' for i in range(vocab_size)])
     meta = dict(entropy_rate=h, best_ppl=math.exp(h), zipf_s=zipf_s, n_contexts=n_contexts, locality=locality, seed=seed, oov={s: 0 for s in SPLITS})
@@ -268,16 +268,16 @@ def window_starts(n_tokens: int,  # length of the stream
                   offset: int | None = None):  # fixed offset of the first window (None: random per epoch)
     "Shuffled start positions of the non-overlapping training windows of `n_seq + 1` tokens."
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    rnd = int(torch.randint(0, n_seq, (1,), generator=g)) if n_tokens > 2 * (n_seq + 1) else 0
+    rnd = int(torch.randint(0, n_seq, (1,), generator=g, device=g.device)) if n_tokens > 2 * (n_seq + 1) else 0
     off = rnd if offset is None else offset
     if not 0 <= off < n_seq: raise ValueError(f"offset must be in [0, n_seq={n_seq}), got {off}")
     n_win = (n_tokens - off - 1) // n_seq
     if n_win < 1: raise InputError(f"a stream of {n_tokens} tokens is too short for one window of {n_seq + 1}")
-    return off + torch.randperm(n_win, generator=g) * n_seq
+    return off + torch.randperm(n_win, generator=g, device=g.device) * n_seq
 
 def windows_at(ids: torch.Tensor, starts: torch.Tensor, n_seq: int) -> tuple[torch.Tensor, torch.Tensor]:
     "(x, y) of the windows starting at `starts`: x = ids[s:s+n_seq], y = ids[s+1:s+n_seq+1]."
-    w = ids[starts[:, None] + torch.arange(n_seq + 1)]
+    w = ids[starts[:, None] + torch.arange(n_seq + 1, device=starts.device)]
     return w[:, :-1], w[:, 1:]
 
 def train_batches(ids: torch.Tensor,  # 1-D token stream

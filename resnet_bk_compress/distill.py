@@ -172,7 +172,7 @@ def layer_map(n_student: int, n_teacher: int) -> list[int]:
 # %% ../nbs/05_distill.ipynb #57bfa2d6
 def _top_directions(E: torch.Tensor, d: int) -> torch.Tensor:
     "(d_t, d) matrix of the top-d right singular vectors of E (identity when d equals E's width)."
-    if d == E.shape[1]: return torch.eye(d)
+    if d == E.shape[1]: return torch.eye(d, device=E.device)
     return torch.linalg.svd(E.double(), full_matrices=False)[2][:d].T.float()
 
 def _low_rank(M: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,28 +204,29 @@ def make_student(teacher: ResNetBKLM,
     cfg = ResNetBKConfig.from_dict({**tc.to_dict(), 'd_model': d, 'n_layers': n_layers or tc.n_layers, 'num_experts': num_experts or tc.num_experts,
                             'top_k': min(tc.top_k, num_experts or tc.num_experts), 'd_ff': d_ff or (tc.d_ff if d == tc.d_model else 2 * d),
                             'tie_embeddings': tc.tie_embeddings if tie_embeddings is None else tie_embeddings, 'embed_rank': embed_rank})
-    student = ResNetBKLM(cfg)
-    student.init_from_teacher = done = []
-    if not init: return student
-    with torch.no_grad():
-        E = teacher.embed(torch.arange(tc.vocab_size)[None])[0]  # the teacher's effective (V, d_t) table
-        P = _top_directions(E, d)
-        Es = E @ P
-        if embed_rank: student.tok_emb.weight.copy_(_low_rank(Es, embed_rank)[0]); student.emb_up.weight.copy_(_low_rank(Es, embed_rank)[1].T)
-        else: student.tok_emb.weight.copy_(Es)
-        student.pos_emb.weight.copy_(teacher.pos_emb.weight @ P)
-        done += ['tok_emb', 'pos_emb'] + (['emb_up'] if embed_rank else [])
-        if d == tc.d_model:
-            for i, j in enumerate(layer_map(cfg.n_layers, tc.n_layers)):
-                done += [f'blocks.{i}.{k}' for k in _copy_block(student.blocks[i], teacher.blocks[j], cfg.num_experts)]
-            student.ln_f.load_state_dict(teacher.ln_f.state_dict()); done.append('ln_f')
-            Wt = teacher.head(torch.eye(d)).T - teacher.head.bias[:, None]  # the teacher head's effective (V, d) weight
-            student.head.bias.copy_(teacher.head.bias); done.append('head.bias')
-            if not cfg.tie_embeddings:
-                if embed_rank:
-                    A, B = _low_rank(Wt, embed_rank); student.head.own.weight.copy_(A); student.head.down.weight.copy_(B)
-                else: student.head.weight.copy_(Wt)
-                done.append('head.weight')
+    with torch.device(model_device(teacher)):  # built where the teacher lives: every layer, and every tensor made below
+        student = ResNetBKLM(cfg)
+        student.init_from_teacher = done = []
+        if not init: return student
+        with torch.no_grad():
+            E = teacher.embed(torch.arange(tc.vocab_size)[None])[0]  # the teacher's effective (V, d_t) table
+            P = _top_directions(E, d)
+            Es = E @ P
+            if embed_rank: student.tok_emb.weight.copy_(_low_rank(Es, embed_rank)[0]); student.emb_up.weight.copy_(_low_rank(Es, embed_rank)[1].T)
+            else: student.tok_emb.weight.copy_(Es)
+            student.pos_emb.weight.copy_(teacher.pos_emb.weight @ P)
+            done += ['tok_emb', 'pos_emb'] + (['emb_up'] if embed_rank else [])
+            if d == tc.d_model:
+                for i, j in enumerate(layer_map(cfg.n_layers, tc.n_layers)):
+                    done += [f'blocks.{i}.{k}' for k in _copy_block(student.blocks[i], teacher.blocks[j], cfg.num_experts)]
+                student.ln_f.load_state_dict(teacher.ln_f.state_dict()); done.append('ln_f')
+                Wt = teacher.head(torch.eye(d)).T - teacher.head.bias[:, None]  # the teacher head's effective (V, d) weight
+                student.head.bias.copy_(teacher.head.bias); done.append('head.bias')
+                if not cfg.tie_embeddings:
+                    if embed_rank:
+                        A, B = _low_rank(Wt, embed_rank); student.head.own.weight.copy_(A); student.head.down.weight.copy_(B)
+                    else: student.head.weight.copy_(Wt)
+                    done.append('head.weight')
     return student
 
 # %% ../nbs/05_distill.ipynb #668e9d35
@@ -236,11 +237,12 @@ class TeacherTargets:
         if not 1 <= k <= teacher.cfg.vocab_size: raise ValueError(f"k must be in [1, vocab_size={teacher.cfg.vocab_size}], got {k}")
         self.k, self.T, self.n_seq = k, float(T), teacher.cfg.n_seq
         n_win = (len(ids) - 1) // self.n_seq
-        starts = torch.arange(n_win) * self.n_seq
-        self.index = torch.empty(n_win, self.n_seq, k, dtype=torch.int32)
-        self.logp = torch.empty(n_win, self.n_seq, k, dtype=torch.float16)
-        self.bk = torch.empty(n_win, teacher.cfg.n_layers, self.n_seq, 2, dtype=torch.float16) if features else None
-        mass = torch.zeros((), dtype=torch.float64)
+        cpu = dict(device='cpu')  # the cache lives on the CPU, beside the stream; each batch of it goes to the student's device
+        starts = torch.arange(n_win, device=ids.device) * self.n_seq
+        self.index = torch.empty(n_win, self.n_seq, k, dtype=torch.int32, **cpu)
+        self.logp = torch.empty(n_win, self.n_seq, k, dtype=torch.float16, **cpu)
+        self.bk = torch.empty(n_win, teacher.cfg.n_layers, self.n_seq, 2, dtype=torch.float16, **cpu) if features else None
+        mass = torch.zeros((), dtype=torch.float64, **cpu)
         t0, was, dev = time.perf_counter(), teacher.training, model_device(teacher); teacher.eval()
         try:
             with torch.no_grad():
@@ -291,8 +293,8 @@ class DistillationObjective(nn.Module):
         object.__setattr__(self, 'teacher', teacher.eval().requires_grad_(False))  # referenced, not registered
         object.__setattr__(self, 'targets', targets)
         ds, dt = student.cfg.d_model, teacher.cfg.d_model
-        self.proj = (nn.ModuleList(nn.Linear(ds, dt) for _ in self.layers).to(model_device(student))
-                     if 'block' in features and ds != dt else None)
+        with torch.device(model_device(student)):  # trained with the student, so built where it lives
+            self.proj = nn.ModuleList(nn.Linear(ds, dt) for _ in self.layers) if 'block' in features and ds != dt else None
 
     def train(self, mode: bool = True):
         super().train(mode); self.teacher.eval(); return self

@@ -10,7 +10,7 @@ import base64, copy, io, itertools, tempfile
 from pathlib import Path
 import torch
 from fastcore.basics import patch
-from .model import ResNetBKLM, embedding_table
+from .model import ResNetBKLM, embedding_table, model_device
 from .data import Corpus, train_batches, windows_at
 from .train import evaluate, save_model, file_bytes
 from .quant import quantize_, calibrating, sqnr
@@ -39,8 +39,8 @@ class CompressionExplorer:
         was = model.training
         with torch.no_grad():
             self.stats = expert_stats(model, self.calib)
-            starts = torch.arange(0, len(corpus.valid) - n_seq - 1, n_seq)[:batch_size]
-            self.x_err = windows_at(corpus.valid, starts, n_seq)[0]  # held-out windows for the logit error
+            starts = torch.arange(0, len(corpus.valid) - n_seq - 1, n_seq, device=corpus.valid.device)[:batch_size]
+            self.x_err = windows_at(corpus.valid, starts, n_seq)[0].to(model_device(model))  # held-out windows for the logit error
             self.ref_logits = model.eval()(self.x_err)
         model.train(was)
         with tempfile.TemporaryDirectory() as d: self.float_bytes = file_bytes(save_model(model, Path(d) / 'float.safetensors', corpus.vocab))

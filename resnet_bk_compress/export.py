@@ -95,7 +95,7 @@ def weight(g: Graph, m: nn.Module) -> str:
 def fake_quant(g: Graph, scale, zero_point, bits: int, symmetric: bool, x: str) -> str:
     "A frozen grid on x: (clip(round(x * (1/s)) + zp) - zp) * s, s and zp scalars or broadcastable arrays."
     qmin, qmax = qrange(bits, symmetric)
-    s = np.asarray(torch.as_tensor(scale).float().numpy(), np.float32); zp = np.asarray(torch.as_tensor(zero_point).float().numpy(), np.float32)
+    s, zp = (torch.as_tensor(v, device='cpu').float().numpy().astype(np.float32) for v in (scale, zero_point))  # graph constants
     c = g.op('Clip', g.op('Add', g.op('Round', g.op('Mul', x, g.f(np.float32(1.) / s))), g.f(zp)), g.f(qmin), g.f(qmax))
     return g.op('Mul', g.op('Sub', c, g.f(zp)), g.f(s))
 

@@ -164,7 +164,7 @@ def position_nll(model: ResNetBKLM,
     "Mean negative log-likelihood (nats) at each position 0..length-1 of `n_stretches` stretches of `ids`."
     if past_n_seq not in PAST_N_SEQ: raise InputError(f"past_n_seq must be one of {PAST_N_SEQ}, got {past_n_seq!r}")
     if len(ids) <= length: raise InputError(f"a stream of {len(ids)} tokens is too short for stretches of {length} positions")
-    starts = torch.arange(n_stretches) * ((len(ids) - length - 1) // max(1, n_stretches - 1) if n_stretches > 1 else 0)
+    starts = torch.arange(n_stretches, device=ids.device) * ((len(ids) - length - 1) // max(1, n_stretches - 1) if n_stretches > 1 else 0)
     seg = torch.stack([ids[s:s + length + 1] for s in starts.tolist()])
     x, y = seg[:, :-1], seg[:, 1:]
     model.eval()

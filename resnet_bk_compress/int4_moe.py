@@ -37,7 +37,7 @@ class GroupWiseQuantizer:
         if bits not in (4, 8): raise ValueError(f"bits must be 4 or 8 for group-wise weights, got {bits!r}")
         if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.group_size, self.bits, self.symmetric, self.method = group_size, bits, symmetric, method
-        self.ratios = torch.linspace(0.3, 1.0, 36) if ratios is None else ratios
+        self.ratios = torch.linspace(0.3, 1.0, 36, device='cpu') if ratios is None else ratios  # constants: read as Python floats
 
     def group_size_for(self, in_features: int) -> int:
         "The group size used for rows of `in_features` inputs."
@@ -85,7 +85,7 @@ def qparams(self: GroupWiseQuantizer, w: torch.Tensor,  # (out_features, in_feat
     g = group_view(w.detach().float(), gs)
     lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
     if self.method == 'rtn': return self._range_qparams(lo, hi)
-    a = torch.ones(w.shape[1]) if act_sq is None else act_sq.float().reshape(-1)
+    a = torch.ones(w.shape[1], device=w.device) if act_sq is None else act_sq.float().reshape(-1).to(w.device)
     if a.numel() != w.shape[1]: raise ValueError(f"act_sq has {a.numel()} entries for a weight with {w.shape[1]} inputs")
     a = group_view(a[None].expand_as(w), gs)  # padding gets weight 0
     qmin, qmax = qrange(self.bits, self.symmetric)

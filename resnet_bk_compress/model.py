@@ -17,7 +17,7 @@ from fastcore.basics import store_attr
 __all__ = ['InputError', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent', 'two_sided_resolvent',
            'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM', 'num_params',
            'logit_change', 'on_device', 'model_device', 'cuda_or_skip', 'rel_error', 'moved_share', 'time_ms', 'within',
-           'check_model', 'scan_check']
+           'new_model', 'check_model', 'scan_check']
 
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
@@ -438,6 +438,12 @@ def within(figures: dict, device) -> dict:
     if bad := [f"{k} {e:.2e} > {t:.0e}" for k, (e, t) in figures.items() if not e <= t]:
         raise AssertionError(f"on {device}: " + ', '.join(bad))
     return {k: e for k, (e, _) in figures.items()}
+
+# %% ../nbs/00_model.ipynb #b153119a
+def new_model(cfg: ResNetBKConfig, device: str | torch.device | None = 'cpu') -> ResNetBKLM:
+    "A freshly initialized model on `device`: drawn on the CPU, so that one seed gives the same weights on every device."
+    with torch.device('cpu'): model = ResNetBKLM(cfg)
+    return model.to(on_device(device))
 
 # %% ../nbs/00_model.ipynb #98c807a7
 def check_model(seed: int = 0, **cfg) -> ResNetBKLM:

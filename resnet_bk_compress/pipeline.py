@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 from safetensors import safe_open
-from .model import ResNetBKConfig, ResNetBKLM, OutputHead, InputError, num_params, on_device, within, model_device, moved_share
+from .model import (ResNetBKConfig, ResNetBKLM, OutputHead, InputError, num_params, on_device, within, model_device, moved_share,
+                    new_model)
 from .data import Corpus, synthetic_corpus, load_corpus, unigram_ppl, train_batches, batches_per_epoch
 from .train import (fit, evaluate, save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError,
                                       _cli)
@@ -183,7 +184,7 @@ def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus)
     if self.table is None: return st
     W = st.tok_emb.weight.detach()
     if same and s.get('init', True) and (st.emb_up is None or st.cfg.embed_rank == d_t):
-        with torch.no_grad():
+        with torch.no_grad(), torch.device(W.device):
             W = teacher.head(torch.eye(d_t)).T - teacher.head.bias[:, None]  # the teacher head's effective (V, d) weight
             if st.emb_up is not None:
                 E = teacher.embed(torch.arange(teacher.cfg.vocab_size)[None])[0]
@@ -378,7 +379,8 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
     st = make_student(teacher, num_experts=want, init=False, **s) if 'distill' in self.stages else teacher
     if self.table is not None:
         t = self.table
-        st.tok_emb = CodebookTable(st.cfg.vocab_size, st.tok_emb.embedding_dim, t['n_dense'], t['n_codebooks'], t['codebook_size'])
+        with torch.device(model_device(st)):
+            st.tok_emb = CodebookTable(st.cfg.vocab_size, st.tok_emb.embedding_dim, t['n_dense'], t['n_codebooks'], t['codebook_size'])
         with torch.no_grad(): st.tok_emb.codes.random_(0, t['codebook_size'])
     with torch.no_grad():  # untrained but not zero (zero biases would be stored as smaller sparse tensors): every weight drawn at random
         for p in st.parameters(): p.normal_(0, 0.02)
@@ -386,7 +388,7 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
         for m in _moes(st): prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes
     if 'quantize' in self.stages:
         quantize_(st, self.quant).eval()
-        with calibrating(st), torch.no_grad(): st(torch.zeros(1, st.cfg.n_seq, dtype=torch.long))
+        with calibrating(st), torch.no_grad(): st(torch.zeros(1, st.cfg.n_seq, dtype=torch.long, device=model_device(st)))
         quantize_(st, self.quant, 'convert')
         if self.table and self.table['bias_bits'] == 4: quantize_bias_(st, _counts(corpus.with_vocab(vocab)))
     return st.eval(), vocab
@@ -493,7 +495,7 @@ def compress_main(argv=None) -> dict:
             if (out / 'state.json').is_file() and not a.resume: raise PipelineError(f"'{out}' already holds a pipeline run: pass --resume or choose another --out")
             vocab = corpus.vocab
             cfg = ResNetBKConfig(vocab_size=len(vocab), **(dict(d_model=64, n_layers=4, n_seq=64) if syn else {}))
-            torch.manual_seed(0); teacher = ResNetBKLM(cfg).to(dev)
+            torch.manual_seed(0); teacher = new_model(cfg, dev)
             fit(teacher, corpus, epochs=a.teacher_epochs or TEACHER_EPOCHS, lr=5e-3 if syn else 3e-3, eval_split=None, progress=not a.no_progress)
             save_model(teacher, teacher_file, vocab, dict(data=a.data))
     corpus = corpus.with_vocab(vocab)
@@ -519,7 +521,7 @@ def pipeline_check(device: str | torch.device = 'cuda', seed: int = 0, steps: in
     import tempfile
     dev, syn = on_device(device), synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
     torch.manual_seed(seed)
-    teacher = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32)).to(dev)
+    teacher = new_model(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32), dev)
     fit(teacher, syn, max_steps=4 * steps, batch_size=16, lr=5e-3, eval_split=None, progress=False)
     pipe = CompressionPipeline(teacher.eval(), syn.vocab, target_compression=2, student=dict(n_layers=1, num_experts=2, tie_embeddings=True),
                                table=dict(n_dense=100, codebook_size=16), batch_size=16, calib_batches=2)

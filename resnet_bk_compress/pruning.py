@@ -46,8 +46,9 @@ def _moes(model: nn.Module) -> list[MoE]:
 def expert_stats(model: nn.Module, batches) -> list[ExpertStats]:
     "Per-layer expert statistics over token batches (model in eval mode; hooks removed afterwards; batches go to the model's device)."
     moes, dev = _moes(model), model_device(model)
-    acc = [dict(tokens=torch.zeros(m.num_experts, dtype=torch.long), gate=torch.zeros(m.num_experts, dtype=torch.float64),
-                sal=torch.zeros(m.num_experts, dtype=torch.float64), total=0) for m in moes]
+    cpu = dict(device='cpu')  # the statistics are summed on the CPU, wherever the model runs
+    acc = [dict(tokens=torch.zeros(m.num_experts, dtype=torch.long, **cpu), gate=torch.zeros(m.num_experts, dtype=torch.float64, **cpu),
+                sal=torch.zeros(m.num_experts, dtype=torch.float64, **cpu), total=0) for m in moes]
     def hook(i):
         def f(m, inp, out):
             xf = inp[0].detach().reshape(-1, inp[0].shape[-1])
@@ -99,7 +100,7 @@ def prune_moe_(moe: MoE, keep: list[int]) -> MoE:
     if len(keep) < moe.top_k:
         raise ValueError(f"cannot keep {len(keep)} experts in a layer with top_k={moe.top_k}: every token needs top_k experts; keep at least {moe.top_k}")
     if keep[0] < 0 or keep[-1] >= moe.num_experts: raise ValueError(f"expert indices {keep} out of range for {moe.num_experts} experts")
-    idx = torch.tensor(keep)
+    idx = torch.tensor(keep, device=moe.token_counts.device)  # where the layer lives
     if isinstance(moe, QuantizedMoELayer):
         for name, buf in list(moe.named_buffers(recurse=False)):
             if name.startswith(('w1_', 'w2_')): setattr(moe, name, buf[idx].clone())

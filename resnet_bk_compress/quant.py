@@ -196,7 +196,7 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
 def _sample(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     "At most n values of x (flattened), drawn without replacement."
     x = x.flatten()
-    return x if x.numel() <= n else x[torch.randperm(x.numel(), generator=generator)[:n]]
+    return x if x.numel() <= n else x[torch.randperm(x.numel(), generator=generator, device=generator.device)[:n]]
 
 class PercentileObserver(MinMaxObserver):
     "Clips at the `percentile` of the values (per tensor), averaged over batches."
@@ -231,7 +231,7 @@ class MSEObserver(MinMaxObserver):
         super().update(x)
         if isinstance(self.granularity, PerChannel):  # (C, values) keeping the channel axis
             x = x.movedim(self.granularity.axis, 0).reshape(x.shape[self.granularity.axis], -1)
-            s = x[:, torch.randperm(x.shape[1], generator=self.g)[:self.max_samples]]
+            s = x[:, torch.randperm(x.shape[1], generator=self.g, device=self.g.device)[:self.max_samples]]
             self.samples = s if self.samples is None else torch.cat([self.samples, s], 1)[:, -self.max_samples:]
         else:
             s = _sample(x, self.max_samples, self.g)
@@ -504,15 +504,15 @@ def quantize_(model: nn.Module, config: Int8Config = Int8Config(), step: str = '
     prepared, dev = getattr(model, 'quant_config', None), model_device(model)
     if step == 'prepare':
         if prepared is not None: raise ValueError("model is already quantized: prepare a fresh float model")
-        _swap(model, config.prepare_module)
+        with torch.device(dev): _swap(model, config.prepare_module)  # new layers are built where the ones they replace live
     elif step == 'convert':
         if prepared is None: raise ValueError("nothing to convert: run quantize_(model, config, 'prepare') and calibrate first")
         if prepared != config: raise ValueError(f"model was prepared with {prepared}: convert it with that config")
         if model.quant_step == 'convert': raise ValueError("model is already converted")
-        _swap(model, config.convert_module)
+        with torch.device(dev): _swap(model, config.convert_module)
     else: raise ValueError(f"step must be 'prepare' or 'convert', got {step!r}")
     model.quant_config, model.quant_step = config, step
-    return model.to(dev)  # new modules start on the CPU (observers, empty scales): they join the model's device
+    return model
 
 # %% ../nbs/01_quant.ipynb #053d13de
 def _describe_quant(model: nn.Module) -> dict | None:

@@ -30,7 +30,7 @@ def canonical_order(vocab: Vocab, counts: torch.Tensor,  # training-set count of
     if cuts != sorted(set(cuts)) or any(not 0 < c < V for c in cuts): raise ValueError(f"cuts must be increasing ranks in (0, {V}), got {cuts}")
     rank = sorted(range(V), key=lambda i: (-int(counts[i]), i))
     bands = [rank[a:b] for a, b in zip([0] + cuts, cuts + [V])]
-    return torch.tensor([i for band in bands for i in sorted(band, key=vocab.itos.__getitem__)])
+    return torch.tensor([i for band in bands for i in sorted(band, key=vocab.itos.__getitem__)], device=counts.device)
 
 # %% ../nbs/03a_tables.ipynb #c3a8ce99
 def permute_vocab_(model: ResNetBKLM, order: torch.Tensor) -> ResNetBKLM:
@@ -60,10 +60,10 @@ def kmeans(x: torch.Tensor,  # points (n, d)
            iters: int = 25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     "Weighted Lloyd iterations from a weighted k-means++ start: (centroids (k, d), assignment (n,))."
     x = x.detach().float(); n = x.shape[0]
-    w = torch.ones(n) if weights is None else weights.detach().float().clamp(min=0)
+    w = torch.ones(n, device=x.device) if weights is None else weights.detach().float().clamp(min=0).to(x.device)
     if k < 1 or n == 0: raise ValueError(f"k-means needs k >= 1 and at least one point (k={k}, n={n})")
-    if k >= n: return torch.cat([x, x[:1].expand(k - n, -1)]), torch.arange(n)
-    g = torch.Generator().manual_seed(seed)
+    if k >= n: return torch.cat([x, x[:1].expand(k - n, -1)]), torch.arange(n, device=x.device)
+    g = torch.Generator(x.device).manual_seed(seed)
     c = x[torch.multinomial(w + 1e-12, 1, generator=g)]
     d2 = torch.cdist(x, c).squeeze(1) ** 2
     for _ in range(1, k):  # k-means++: the next centre drawn in proportion to weight x squared distance
@@ -71,7 +71,7 @@ def kmeans(x: torch.Tensor,  # points (n, d)
         d2 = torch.minimum(d2, ((x - c[-1]) ** 2).sum(-1))
     for _ in range(iters):
         a = torch.cdist(x, c).argmin(1)
-        mass = torch.zeros(k).index_add_(0, a, w)
+        mass = torch.zeros(k, device=x.device).index_add_(0, a, w)
         s = torch.zeros_like(c).index_add_(0, a, x * w[:, None])
         c = torch.where(mass[:, None] > 0, s / mass.clamp(min=1e-12)[:, None], c)
     return c, torch.cdist(x, c).argmin(1)
@@ -141,7 +141,7 @@ def from_table(cls: CodebookTable, W: torch.Tensor,  # trained table (V, d)
                iters: int = 25, seed: int = 0) -> CodebookTable:
     "A codebook table initialized from W: rows of its own for the first n_dense words, k-means codebooks for the rest."
     V, d = W.shape
-    t = cls(V, d, n_dense, n_codebooks, codebook_size)
+    with torch.device(W.device): t = cls(V, d, n_dense, n_codebooks, codebook_size)  # built where the table it replaces lives
     rest, w = W.detach()[n_dense:], None if weights is None else weights[n_dense:]
     s = d // n_codebooks
     with torch.no_grad():
@@ -149,7 +149,7 @@ def from_table(cls: CodebookTable, W: torch.Tensor,  # trained table (V, d)
         for m in range(n_codebooks):
             c, a = kmeans(rest[:, m * s:(m + 1) * s], codebook_size, w, iters, seed + m)
             t.codebooks[m].copy_(c); t.codes[:, m] = a.to(t.codes.dtype)
-    return t.to(W.device)
+    return t
 
 # %% ../nbs/03a_tables.ipynb #c5dadb7d
 @patch

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, check_model, within, model_device
+from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, check_model, within, model_device, new_model
 from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batches_per_epoch, unigram_ppl,
                                      load_corpus, synthetic_corpus, encode_file, pack_words, unpack_words)
 
@@ -262,15 +262,15 @@ def encode_sparse(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "(packed bitmask of the nonzeros as uint8, the nonzero values) of t, flattened in row-major order."
     nz = (t != 0).flatten()
     bits = F.pad(nz, (0, -nz.numel() % 8)).reshape(-1, 8).to(torch.uint8)
-    return (bits << torch.arange(8, dtype=torch.uint8)).sum(-1, dtype=torch.uint8), t.flatten()[nz]
+    return (bits << torch.arange(8, dtype=torch.uint8, device=t.device)).sum(-1, dtype=torch.uint8), t.flatten()[nz]
 
 def decode_sparse(mask: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     "The dense tensor of `shape` whose nonzeros are `values` at the set bits of `mask`."
     n = math.prod(shape)
-    nz = ((mask[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1).flatten()[:n].bool()
+    nz = ((mask[:, None] >> torch.arange(8, dtype=torch.uint8, device=mask.device)) & 1).flatten()[:n].bool()
     if mask.numel() != -(-n // 8) or int(nz.sum()) != values.numel():
         raise ValueError(f"bitmask of {mask.numel()} bytes with {int(nz.sum())} bits set does not fit {values.numel()} values of shape {tuple(shape)}")
-    out = torch.zeros(n, dtype=values.dtype)
+    out = torch.zeros(n, dtype=values.dtype, device=values.device)
     out[nz] = values
     return out.reshape(shape)
 
@@ -424,11 +424,13 @@ def load_model(path: str | Path) -> tuple[ResNetBKLM, Vocab, dict]:
     header, tensors = read_model_file(path)
     try: cfg, vocab, meta = ResNetBKConfig.from_dict(json.loads(header['config'])), Vocab(json.loads(header['vocab'])), json.loads(header.get('meta', '{}'))
     except (KeyError, ValueError, TypeError) as e: raise ModelFileError(f"'{path}' has a malformed header: {e}") from None
-    model = ResNetBKLM(cfg)
-    for _, kind, rebuild, value in _structure(path, header):
-        try: rebuild(model, value)
-        except (ValueError, TypeError, KeyError) as e:  # a damaged entry: name the file and the entry
-            raise ModelFileError(f"'{path}': its {kind!r} entry {json.dumps(value)[:200]} does not fit its config ({e}): the file is corrupt") from None
+    with torch.device('cpu'):  # a file loads on the CPU, whatever the default device: the caller moves the model
+        model = ResNetBKLM(cfg)
+        for _, kind, rebuild, value in _structure(path, header):
+            try: rebuild(model, value)
+            except (ValueError, TypeError, KeyError) as e:  # a damaged entry: name the file and the entry
+                raise ModelFileError(f"'{path}': its {kind!r} entry {json.dumps(value)[:200]} does not fit its config ({e}): "
+                                     "the file is corrupt") from None
     try: model.load_state_dict(tensors)  # strict: missing, unexpected and mis-shaped tensors are all named
     except RuntimeError as e: raise ModelFileError(f"'{path}' does not match its config: {e}") from None
     return model.eval(), vocab, meta
@@ -468,7 +470,7 @@ def train_main(argv=None) -> dict:
                          num_experts=a.num_experts, top_k=a.top_k, dropout=a.dropout)
     rank, _ = init_distributed()  # under torchrun: one process per share of each batch
     torch.manual_seed(a.seed)
-    model = ResNetBKLM(cfg).to(on_device(a.device))
+    model = new_model(cfg, a.device)
     hist = fit(model, corpus, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, max_steps=a.max_steps, progress=not a.no_progress)
     metrics = dict(data=a.data, corpus=corpus.name, params=num_params(model), history=hist,
                    valid=evaluate(model, corpus.valid), test=evaluate(model, corpus.test),

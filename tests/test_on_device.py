@@ -72,21 +72,31 @@ def test_int4_timings_and_kernel_flag():
     assert all((x['kernel_ms'] is not None) == int4_moe.int4_kernel_available('cpu') for x in r)
     assert not int4_moe.int4_kernel_available('meta')
 
-def test_gpu_bench_runs_every_phase_quickly_on_the_cpu(tmp_path):
-    "bench/gpu.py --quick on the CPU: every phase but the notebooks' (which rewrites them) runs and lands in the JSON."
+def test_gpu_bench_runs_every_part_quickly_on_the_cpu(tmp_path):
+    "bench/gpu.py --quick on the CPU: every part in its own process, in order, each streamed and in the JSON; notebooks left as they are."
     import json, subprocess, sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    phases = 'checks,bk_core,training,distillation,int4,pipeline_wt2'
-    r = subprocess.run([sys.executable, str(root / 'bench' / 'gpu.py'), '--device', 'cpu', '--quick', '--only', phases, '--out', str(tmp_path / 'g.json')],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    nbs = {f: f.read_bytes() for f in (root / 'nbs').glob('0*.ipynb')}
+    gpu = lambda *a: subprocess.run([sys.executable, str(root / 'bench' / 'gpu.py'), '--device', 'cpu', '--quick', *a],
+                                    capture_output=True, text=True, timeout=900)
+    r = gpu('--out', str(tmp_path / 'g.json'))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     g = json.loads((tmp_path / 'g.json').read_text())
-    assert list(g['phases']) == phases.split(',') and g['quick']
+    assert list(g['phases']) == ['checks', 'notebooks', 'pipeline_wt2', 'bk_core', 'int4', 'distillation', 'training'] and g['quick']
     assert all('figures' in c for c in g['phases']['checks'].values()), g['phases']['checks']
+    nb = g['phases']['notebooks']
+    assert len(nb) == 8 and all(n['error'] is None and n['cells'] >= 1 for n in nb.values()), nb
+    assert all('no GPU here: skipped' in o for n in nb.values() for o in n['outputs'])  # the cells ran, and said why they did nothing
+    assert {f: f.read_bytes() for f in nbs} == nbs  # written back only after a GPU run
+    streamed = [line.split(':')[0] for line in r.stdout.splitlines() if line.startswith('== ')]
+    assert streamed[:2] == ['== checks', '== notebook'] and len(streamed) == 6 + 8 and not g['failed']
     p = g['phases']['pipeline_wt2']
     assert [s['name'] for s in p['stages']] == ['distill', 'prune', 'quantize'] and p['total_seconds'] >= p['teacher_seconds'] > 0
     est = g['t4_estimate']['teacher']
     assert est['scaled_by_bandwidth'] == pytest.approx(est['h200_seconds'] * 15) and est['likely'] >= est['h200_seconds']
+    short = gpu('--only', 'bk_core,int4', '--budget', '5', '--out', str(tmp_path / 's.json'))  # no time left: each part skipped, and said
+    s = json.loads((tmp_path / 's.json').read_text())
+    assert short.returncode != 0 and s['failed'] == ['bk_core', 'int4'] and 'skipped' in s['phases']['int4']['error']
     bad = subprocess.run([sys.executable, str(root / 'bench' / 'gpu.py'), '--only', 'fold'], capture_output=True, text=True)
     assert bad.returncode != 0 and 'unknown phases' in bad.stderr

@@ -82,6 +82,24 @@ def test_stages_subset_and_resume_after_the_last_stage(syn, teacher, tmp_path):
     again = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'r', resume=True, progress=False)  # nothing left to do
     assert again['compressed_bytes'] == rep['compressed_bytes'] and again['stages'] == rep['stages']
 
+def test_a_stage_that_raises_keeps_the_finished_stages_and_resume_continues(syn, teacher, run, tmp_path, monkeypatch):
+    "A crash in the quantize stage (as on the H200) loses nothing: the distill and prune files stay, and resume runs only what is left."
+    pipe0, rep0, _ = run
+    pipe = CompressionPipeline(teacher, syn.vocab, target_compression=5, max_ppl_increase=1., batch_size=16, calib_batches=4,
+                               student=dict(d_model=16, n_layers=1, num_experts=2, tie_embeddings=True))
+    def crash(self, *a, **kw): raise RuntimeError('Expected all tensors to be on the same device')
+    with monkeypatch.context() as m:
+        m.setattr(CompressionPipeline, '_stage_quantize', crash)
+        with pytest.raises(RuntimeError, match='same device'): pipe.run_pipeline(syn, max_steps=8, save_dir=tmp_path / 'r', progress=False)
+    state = json.loads((tmp_path / 'r' / 'state.json').read_text())
+    assert [s['name'] for s in state['stages']] == ['distill', 'prune']
+    kept = {f: (tmp_path / 'r' / f).stat().st_mtime_ns for f in ('stage1_distill.safetensors', 'stage2_prune.safetensors')}
+    with pytest.raises(PipelineError, match='resume'): pipe.run_pipeline(syn, max_steps=8, save_dir=tmp_path / 'r', progress=False)
+    rep = pipe.run_pipeline(syn, max_steps=8, save_dir=tmp_path / 'r', resume=True, progress=False)
+    assert [s['name'] for s in rep['stages']] == list(STAGES)
+    assert {f: (tmp_path / 'r' / f).stat().st_mtime_ns for f in kept} == kept  # not redone
+    assert rep['compressed_bytes'] == rep0['compressed_bytes'] and rep['compressed_ppl'] == pytest.approx(rep0['compressed_ppl'], rel=1e-6)
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, '-c', 'from resnet_bk_compress.pipeline import rbk_compress; rbk_compress()', *args],
                           capture_output=True, text=True, timeout=600, **kw)
