@@ -13,13 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, rel_error, within, model_device
 from .data import Corpus, windows_at
-from .train import fit, evaluate, head_operands, save_model, file_bytes
+from .train import (fit, evaluate, head_operands, save_model, file_bytes, head_shared_rows,
+                                    shared_row_scores)
 
 # %% auto #0
 __all__ = ['FEATURES', 'soft_loss', 'hard_loss', 'feature_loss', 'distill_loss', 'DenseTeacher', 'TopKTeacher',
-           'ChunkedDistillLoss', 'chunked_distill_loss', 'topk_soft_loss', 'capture', 'bk_modules', 'layer_map',
-           'make_student', 'TeacherTargets', 'DistillationObjective', 'check_distill_settings', 'DistillationTrainer',
-           'distill_cascade', 'distill_check']
+           'ChunkedDistillLoss', 'chunked_distill_loss', 'topk_soft_loss', 'shared_rows_distill_loss', 'capture',
+           'bk_modules', 'layer_map', 'make_student', 'TeacherTargets', 'DistillationObjective',
+           'check_distill_settings', 'DistillationTrainer', 'distill_cascade', 'distill_check']
 
 # %% ../nbs/05_distill.ipynb #3837a91c
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.) -> torch.Tensor:
@@ -145,6 +146,40 @@ def topk_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, k
     p_rest = 1 - lpk.exp().sum(-1)
     lq_rest = lq.scatter(1, idx, float('-inf')).logsumexp(-1)
     return ((lpk.exp() * (lpk - lq.gather(1, idx))).sum(-1) + p_rest * (p_rest.log() - lq_rest)).mean() * T * T
+
+# %% ../nbs/05_distill.ipynb #a6623c53
+def shared_rows_distill_loss(x: torch.Tensor,  # student head input (tokens, r)
+                             rows: torch.Tensor, group: torch.Tensor, bias: torch.Tensor,  # as `head_shared_rows` gives them
+                             targets: torch.Tensor,  # next tokens (tokens,)
+                             teacher: DenseTeacher | TopKTeacher | None,  # the teacher's side (None: hard loss only)
+                             T: float = 2., alpha: float = 0.5,
+                             chunk: int = 128):  # rows of a live teacher's (tokens, V) probabilities at a time
+    "`chunked_distill_loss` for a head whose V words share S rows: the same (loss, CE, KL), exactly, from (tokens, S) scores."
+    s1, off1 = shared_row_scores(x, rows, group, bias)
+    ce = (s1.logsumexp(-1) - s1.gather(1, group[targets, None])[:, 0] - off1[targets]).mean()
+    if not alpha: return ce, ce.detach(), torch.zeros((), device=x.device, dtype=x.dtype)
+    s, off = (s1, off1) if T == 1 else shared_row_scores(x, rows, group, bias, T)
+    lz = s.logsumexp(-1)
+    if isinstance(teacher, TopKTeacher):  # the k words, and all the others as one bucket holding the rest of the mass
+        idx, lp = teacher.logp(slice(None), T)
+        lq = s.gather(1, group[idx]) + off[idx] - lz[:, None]
+        p = lp.exp()
+        kl, p_rest = (p * (lp - lq)).sum(-1), torch.zeros_like(lz)
+        if idx.shape[1] < group.shape[0]:
+            p_rest, q_rest = (1 - p.sum(-1)).clamp(0, 1), (1 - lq.exp().sum(-1)).clamp(min=1e-30)
+            kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * q_rest.log()
+        # cached log-probabilities are rounded (float16), so their mass can miss 1 by a little: the gradient is taken, as the
+        # chunked loss takes it, for the teacher's distribution normalised (its value is left as it is)
+        kl = (kl + (1 - p.sum(-1) - p_rest).detach() * (lz - lz.detach())).mean()
+    else:  # a live teacher: sum_w p_w log q_w = sum_g P_g s_g + sum_w p_w o_w - log Z
+        n, ent = x.shape[0], 0.
+        p_rows, p_words = torch.zeros_like(s).detach(), torch.zeros_like(off).detach()
+        with torch.no_grad():
+            for i in range(0, n, chunk):  # the teacher's (chunk, V) log-probabilities, one chunk at a time
+                lp = teacher.logp(slice(i, i + chunk), T); p = lp.exp()
+                ent += (p * lp).sum(); p_rows[i:i + chunk].index_add_(1, group, p); p_words += p.sum(0)
+        kl = (ent - torch.where(p_rows > 0, p_rows * s, 0.).sum() - p_words @ off + lz.sum()) / n  # a row no word uses: -inf, no mass
+    return alpha * T * T * kl + (1 - alpha) * ce, ce.detach(), kl.detach()
 
 # %% ../nbs/05_distill.ipynb #b3e83b6d
 @contextlib.contextmanager
@@ -319,8 +354,13 @@ class DistillationObjective(nn.Module):
             with torch.no_grad(), capture(self._feature_modules(self.teacher, self.layers) if use_feats else []) as t_feats:
                 teacher = DenseTeacher(*head_operands(self.teacher.head, self.teacher.hidden(x.to(h.device)).flatten(0, 1)))
         else: teacher = None
-        hs, w, b = head_operands(self.student.head, h)
-        loss, ce, kl = chunked_distill_loss(hs.flatten(0, 1), w, b, y.flatten(), teacher if self.alpha else None, self.T, self.alpha, self.chunk)
+        teacher = teacher if self.alpha else None
+        if (shared := head_shared_rows(self.student.head, h)) is not None:  # a codebook table's head: S rows, not V
+            hs, rows, group, bias = shared
+            loss, ce, kl = shared_rows_distill_loss(hs.flatten(0, 1), rows, group, bias, y.flatten(), teacher, self.T, self.alpha, self.chunk)
+        else:
+            hs, w, b = head_operands(self.student.head, h)
+            loss, ce, kl = chunked_distill_loss(hs.flatten(0, 1), w, b, y.flatten(), teacher, self.T, self.alpha, self.chunk)
         logs = dict(loss=ce, kl=kl)
         if use_feats:
             proj = [None] * len(s_feats) if self.proj is None else [None] * (len(s_feats) - len(self.proj)) + list(self.proj)  # bk features first, then block outputs

@@ -327,6 +327,14 @@ class OutputHead(nn.Module):
         x, bias = self._input_and_bias(h)
         return x, self.weight, bias
 
+    def shared_rows(self, h: torch.Tensor):
+        "(input, rows (S, r), group (V,), bias) when the table's V words share S < V rows (a codebook table, 03a_tables), else None."
+        table = self._owner.tok_emb if self.tied else self.own
+        rows = table.shared_rows() if hasattr(table, 'shared_rows') else None
+        if rows is None: return None
+        x, bias = self._input_and_bias(h)
+        return x, *rows, bias
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x, bias = self._input_and_bias(h)
         table = self._owner.tok_emb if self.tied else self.own

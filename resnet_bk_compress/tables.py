@@ -243,6 +243,27 @@ class QuantizedCodebookTable(nn.Module):
 
     def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}, n_dense={self.n_dense}, M={self.n_codebooks}, K={self.codebook_size}"
 
+# %% ../nbs/03a_tables.ipynb #306b394d
+def _shared_rows(dense: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "(rows (n_dense + K, d), group (V,)) of a table with one code a word: the dense rows, then the codewords."
+    n = dense.shape[0]
+    group = torch.cat([torch.arange(n, device=codes.device), n + codes[:, 0].long()])
+    return torch.cat([dense, codebooks[0]]), group
+
+@patch
+def shared_rows(self: CodebookTable) -> tuple[torch.Tensor, torch.Tensor] | None:
+    "(rows, group) as the table uses them (fake-quantized while prepared) when each word has one fixed code, else None."
+    if self.n_codebooks != 1 or getattr(self, 'shadow', None) is not None: return None
+    dense, cb = self.parts()
+    return _shared_rows(dense, cb, self.codes)
+
+@patch
+def shared_rows(self: QuantizedCodebookTable) -> tuple[torch.Tensor, torch.Tensor] | None:
+    "(rows, group) as stored, dequantized; None with several codes a word."
+    if self.n_codebooks != 1: return None
+    dense = self.dense.table() if self.dense is not None else self._codebooks().new_zeros(0, self.embedding_dim)
+    return _shared_rows(dense, self._codebooks(), self._codes())
+
 # %% ../nbs/03a_tables.ipynb #f5094c47
 def _table_bits(config) -> tuple[int, int]:
     "(dense-row bits, group size) a quantization config gives a codebook table: its embedding_bits (default 8), its group size (default 128)."

@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/train.html.md"""
 
 # %% ../nbs/00b_train.ipynb #c93bac5a
 from __future__ import annotations
-import argparse, hashlib, importlib, json, lzma, math, os, pkgutil, shutil, sys, time
+import argparse, contextlib, hashlib, importlib, json, lzma, math, os, pkgutil, shutil, sys, time
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -20,8 +20,9 @@ from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batch
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'STRUCTURES', 'SMALL', 'BENCH_URL', 'ChunkedCrossEntropy',
-           'chunked_cross_entropy', 'head_operands', 'lm_loss', 'evaluate', 'warmup_cosine', 'LMObjective', 'dist_info',
-           'init_distributed', 'CheckpointError', 'fit', 'ModelFileError', 'file_bytes', 'atomic_write',
+           'chunked_cross_entropy', 'dense_head_loss', 'head_shared_rows', 'group_bias', 'shared_row_scores',
+           'shared_rows_cross_entropy', 'head_operands', 'lm_loss', 'evaluate', 'warmup_cosine', 'LMObjective',
+           'dist_info', 'init_distributed', 'CheckpointError', 'fit', 'ModelFileError', 'file_bytes', 'atomic_write',
            'encode_sparse', 'decode_sparse', 'model_digest', 'register_structure', 'save_model', 'read_model_file',
            'load_model', 'train_main', 'rbk_train', 'eval_main', 'rbk_eval', 'bench_result', 'fit_check']
 
@@ -70,6 +71,46 @@ def chunked_cross_entropy(h: torch.Tensor,  # hidden states (T, d)
     "Mean next-token cross-entropy (nats) without materialising the (T, V) logits."
     return ChunkedCrossEntropy.apply(h, weight, bias, targets, chunk, torch.is_grad_enabled())
 
+# %% ../nbs/00b_train.ipynb #dacdd287
+_SHARED_ROWS = [True]
+
+@contextlib.contextmanager
+def dense_head_loss():
+    "Inside the block every loss scores all V words, as if no head shared rows: the reference for tests and benchmarks."
+    _SHARED_ROWS.append(False)
+    try: yield
+    finally: _SHARED_ROWS.pop()
+
+def head_shared_rows(head: nn.Module, h: torch.Tensor):
+    "(input, rows (S, r), group (V,), bias (V,)) when the head's V words share S < V score rows; else None."
+    return head.shared_rows(h) if _SHARED_ROWS[-1] and hasattr(head, 'shared_rows') else None
+
+# %% ../nbs/00b_train.ipynb #2ad197f9
+def group_bias(bias: torch.Tensor,  # (V,) the words' biases
+               group: torch.Tensor,  # (V,) the row each word scores with, in [0, S)
+               n_rows: int,  # S
+               T: float = 1.):  # temperature
+    "(beta (S,), offset (V,)): beta_g = T log sum over g's words of exp(b_w / T), offset_w = b_w - beta_g(w); -inf for empty rows."
+    m = torch.full((n_rows,), float('-inf'), device=bias.device, dtype=bias.dtype)
+    m = m.scatter_reduce(0, group, bias.detach(), 'amax')  # a shift per row for a stable exp (its value cancels exactly)
+    empty = m == float('-inf')
+    m = m.masked_fill(empty, 0.)
+    s = torch.zeros(n_rows, device=bias.device, dtype=bias.dtype).index_add(0, group, ((bias - m[group]) / T).exp())
+    beta = m + T * s.masked_fill(empty, 1.).log()
+    return beta.masked_fill(empty, float('-inf')), bias - beta[group]
+
+def shared_row_scores(x: torch.Tensor, rows: torch.Tensor, group: torch.Tensor, bias: torch.Tensor, T: float = 1.):
+    "(s (n, S), offset (V,)): log q_T(w) = s[:, group[w]] + offset[w] - logsumexp(s), the softmax over V words at T."
+    beta, off = group_bias(bias, group, rows.shape[0], T)
+    return (x @ rows.t() + beta) / T, off / T
+
+def shared_rows_cross_entropy(x: torch.Tensor,  # head input (n, r)
+                              rows: torch.Tensor, group: torch.Tensor, bias: torch.Tensor,  # as `head_shared_rows` gives them
+                              targets: torch.Tensor):  # (n,)
+    "Mean cross-entropy of `targets` under a head whose words share rows: (n, S) work instead of (n, V)."
+    s, off = shared_row_scores(x, rows, group, bias)
+    return (s.logsumexp(-1) - s.gather(1, group[targets, None])[:, 0] - off[targets]).mean()
+
 # %% ../nbs/00b_train.ipynb #aee6f14f
 def head_operands(head: nn.Module, h: torch.Tensor):
     "(input, weight, bias) of the LM head as its forward uses them; quantized heads define `operands` to rewrite them."
@@ -79,7 +120,11 @@ def lm_loss(model: ResNetBKLM, x: torch.Tensor, y: torch.Tensor, chunk: int = 12
     "(mean cross-entropy over the batch's tokens, load-balancing loss) for inputs x and targets y, both (B, N), on the model's device."
     dev = model_device(model)
     x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # batches are made on the CPU; the model may live on a GPU
-    h, w, b = head_operands(model.head, model.hidden(x))
+    h = model.hidden(x)
+    if (shared := head_shared_rows(model.head, h)) is not None:  # a codebook table's head: S rows, not V
+        hs, rows, group, bias = shared
+        return shared_rows_cross_entropy(hs.reshape(-1, hs.shape[-1]), rows, group, bias, y.reshape(-1)), model.aux_loss
+    h, w, b = head_operands(model.head, h)
     ce = chunked_cross_entropy(h.reshape(-1, h.shape[-1]), w, b, y.reshape(-1), chunk)
     return ce, model.aux_loss
 
