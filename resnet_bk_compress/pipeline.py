@@ -20,7 +20,7 @@ from .quant import QuantConfig, quantize_, calibrating
 from .int4_moe import Int4MoEConfig
 from .tables import CodebookTable, canonical_order, permute_vocab_, permute_vocab, quantize_bias_
 from .pruning import expert_stats, prune_experts_, prune_moe_, _moes
-from .distill import make_student, DistillationTrainer, check_distill_settings
+from .distill import make_student, DistillationTrainer, DistillationObjective, check_distill_settings
 
 # %% auto #0
 __all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE',
@@ -121,7 +121,8 @@ class CompressionPipeline:
 
 # %% ../nbs/06_pipeline.ipynb #497f6ddf
 @patch
-def _steps(self: CompressionPipeline, corpus: Corpus, n_seq: int, epochs: float, max_steps: int | None) -> int:
+def _steps(self: CompressionPipeline, corpus: Corpus, n_seq: int, epochs: float | None, max_steps: int | None) -> int | None:
+    if epochs is None: return None  # sized by the time budget when the stage starts (distill)
     if epochs <= 0: return 0  # the stage still restructures (new student, fewer experts, integer weights), without training
     n = max(1, round(epochs * batches_per_epoch(len(corpus.train), n_seq, self.batch_size)))
     return min(n, max_steps) if max_steps else n
@@ -143,6 +144,7 @@ def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progre
     torch.manual_seed(0)
     student = self.make_student(model.cpu(), corpus).to(dev)  # built on the CPU (least squares, k-means), trained on the device
     tr = DistillationTrainer(model.to(dev), student, corpus, **self.distill)
+    if steps is None: steps = self._budget_steps(tr, corpus)  # --minutes: as many steps as the time left allows
     if steps: tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0))
     if hasattr(tr.student.tok_emb, 'freeze_codes_'): tr.student.tok_emb.freeze_codes_()  # learned codes: the stage file stores the assignment
     return tr.student
@@ -218,17 +220,22 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
                  max_steps: int | None = None,  # cap on the training steps of every stage (quick runs)
                  baseline: bool = False,  # also train the same-size scratch baseline (a measurement: not counted in the run's seconds)
                  progress: bool = True,
-                 device: str | torch.device | None = None) -> dict:  # where stages train and models are scored (None: the GPU if PyTorch sees one); files are the same
-
+                 device: str | torch.device | None = None,  # where stages train and models are scored (None: the GPU if PyTorch sees one); files are the same
+                 minutes: float | None = None,  # a time budget: distillation trains for what is left of it after the other stages (measured)
+                 spent_seconds: float = 0.) -> dict:  # of the budget, spent before this call (rbk-compress: the teacher's training)
     "Run the stages on `corpus`; returns the report (also written to save_dir/report.json)."
+    t_start = time.perf_counter()
     if len(corpus.vocab) != len(self.vocab) or corpus.vocab.itos != self.vocab.itos:
         raise PipelineError("the corpus vocabulary is not the model's: encode the corpus with the model's vocabulary")
+    if minutes is not None and not (minutes > 0 and 'distill' in self.stages):
+        raise InputError(f"minutes={minutes!r}: a time budget needs minutes > 0 and the distill stage (it sizes distillation)")
     dev = on_device(device)
     if self.auto and self.planned is None: self.plan(corpus)  # before anything is written: a target no student reaches is refused here
     out = Path(save_dir); state_path = out / 'state.json'
-    epochs = dict(distill=distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
+    epochs = dict(distill=None if minutes else distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
     settings = dict(stages=list(self.stages), student=self.student, table=self.table, keep_experts=self.keep_experts, quant=self.quant.to_dict(),
-                    distill=self.distill, epochs=epochs, max_steps=max_steps, lr=self.lr, qat_lr=self.qat_lr, batch_size=self.batch_size, corpus=corpus.name)
+                    distill=self.distill, epochs=epochs, max_steps=max_steps, lr=self.lr, qat_lr=self.qat_lr, batch_size=self.batch_size, corpus=corpus.name,
+                    minutes=minutes)
     if state_path.is_file():
         if not resume: raise PipelineError(f"'{out}' already holds a pipeline run: pass resume=True (--resume) to continue it, or choose another directory")
         state = json.loads(state_path.read_text())
@@ -245,14 +252,26 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
         state = dict(settings=settings, teacher=teacher, stages=[],
                      unigram_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)), teacher_bytes=self.teacher_bytes or teacher['plain_bytes'])
         atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
+    save_state = lambda: atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
+    if minutes and 'budget' not in state:  # the deadline, and what is kept for after distillation (3 scorings, calibration, files)
+        n_seq = self.teacher.cfg.n_seq
+        state['budget'] = dict(minutes=minutes, spent_before_s=spent_seconds, qat_steps=self._steps(corpus, n_seq, qat_epochs, max_steps),
+                               reserve_s=3 * state['teacher']['seconds'] + 30, started_s=time.perf_counter() - t_start)
+    self.budget = state.get('budget')
+    if self.budget is not None:  # seconds from now: a resumed run keeps the steps its distill stage decided on
+        self._deadline = time.perf_counter() + minutes * 60 - self.budget['spent_before_s'] - self.budget['started_s'] - sum(
+            st['seconds'] for st in state['stages'])
+        self._save_state = save_state
     done = len(state['stages'])
     model, vocab, _ = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))
     model, corpus = model.to(dev), corpus.with_vocab(vocab)  # the stage files' word order
     for i, name in enumerate(self.stages[done:], start=done + 1):
         t0 = time.perf_counter()
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
+        if steps is None and 'distill_steps' in (self.budget or {}): steps = self.budget['distill_steps']  # decided before a kill
         ckpt = out / f'stage{i}.ckpt'
         model = getattr(self, f'_stage_{name}')(model, corpus, steps, ckpt, progress)
+        if steps is None: steps = self.budget['distill_steps']
         path = save_compressed(model, out / f'stage{i}_{name}.safetensors', vocab, dict(stage=name, history=[s['name'] for s in state['stages']] + [name]))
         rec = dict(name=name, steps=steps, **_measure(model.eval(), corpus, path), seconds=time.perf_counter() - t0, peak_mb=_peak_mb())
         state['stages'].append(rec)
@@ -265,6 +284,36 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
         state['baseline'] = self.scratch_baseline(load_compressed(out / state['teacher']['file'])[0], corpus, secs, q, out, progress, dev)
         atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
     return self.report(state, out)
+
+# %% ../nbs/06_pipeline.ipynb #b71ecc46
+@patch
+def _seconds_per_step(self: CompressionPipeline, model, corpus,
+                      objective=None,  # model -> the objective to train it with (None: fit's own)
+                      lr: float = 3e-3, steps: int = 3) -> float:
+    "Wall seconds of one training step of a copy of `model` (after a warm-up step): what the time budget is sized with."
+    m = copy.deepcopy(model)
+    obj = None if objective is None else objective(m)
+    kw = dict(eval_split=None, progress=False, lr=lr, batch_size=self.batch_size, objective=obj, **({'offset': 0} if obj is not None else {}))
+    fit(m, corpus, max_steps=1, **kw)
+    t0 = time.perf_counter(); fit(m, corpus, max_steps=steps, **kw)
+    return (time.perf_counter() - t0) / steps
+
+@patch
+def _budget_steps(self: CompressionPipeline, tr, corpus: Corpus) -> int:
+    "Distillation steps that fill the time left before the budget's deadline, after what the later stages will take (measured)."
+    b, n_seq = self.budget, tr.student.cfg.n_seq
+    o = tr.objective
+    same = lambda m: DistillationObjective(m, o.teacher, o.alpha, o.T, o.beta, o.features, o.layers, o.targets, o.aux_coef, o.chunk)
+    b['distill_step_s'] = self._seconds_per_step(tr.student, corpus, same, self.lr)
+    q = copy.deepcopy(tr.student).eval()
+    if 'quantize' in self.stages:  # the QAT step, on a prepared and calibrated copy of the student
+        quantize_(q, self.quant)
+        with calibrating(q), torch.no_grad(): q(self._calib(corpus, n_seq)[0].to(model_device(q)))
+        b['qat_step_s'] = self._seconds_per_step(q.train(), corpus, None, self.qat_lr)
+    later = b['qat_steps'] * b.get('qat_step_s', 0.) + b['reserve_s']  # QAT, then scoring, calibration, conversion and files
+    b['distill_steps'] = max(1, int((self._deadline - time.perf_counter() - later) / b['distill_step_s']))
+    self._save_state()  # before training: a killed run resumes with the same schedule
+    return b['distill_steps']
 
 # %% ../nbs/06_pipeline.ipynb #6b66abca
 @patch
@@ -333,6 +382,11 @@ def report(self: CompressionPipeline, state: dict, out: Path) -> dict:
                compressed_file=str(out / last['file']), stages=state['stages'], teacher=t, settings=state['settings'],
                gain_kept=gain_kept(t['ppl'], last['ppl'], state['unigram_ppl']), parts=file_parts(out / last['file']),
                plan=None if self.planned is None else {k: v for k, v in self.planned.items() if k != 'tried'})
+    if (b := state.get('budget')) is not None:  # how the time budget was spent
+        used = b['spent_before_s'] + b['started_s'] + sum(s['seconds'] for s in state['stages'])
+        rep['budget'] = dict(b, used_s=used, stage_seconds={s['name']: s['seconds'] for s in state['stages']})
+        rep['verdict'].append(f"time budget {b['minutes']:g} min: {used / 60:.1f} min used ({b['spent_before_s'] / 60:.1f} before the run, "
+                              f"distillation {b.get('distill_steps', 0):,} steps at {b.get('distill_step_s', 0):.2f} s)")
     if 'baseline' in state:
         b = state['baseline']
         rep['baseline'] = dict(b, gain_kept=gain_kept(t['ppl'], b['ppl'], state['unigram_ppl']), beaten=last['ppl'] < b['ppl'])
@@ -460,6 +514,8 @@ def _compress_args(argv=None):
     p.add_argument('--resume', action='store_true', help='continue a killed run in --out')
     p.add_argument('--device', default=None, help="where to train and score: 'cpu', 'cuda', 'cuda:1' (default: the GPU if PyTorch sees one)")
     for k, v in RUN_EPOCHS.items(): p.add_argument(f"--{k.replace('_', '-')}", type=float, default=v, help='default: %(default)s')
+    p.add_argument('--minutes', type=float, default=None, help='a time budget for the whole job, teacher training included: '
+                   'distillation gets what the other stages leave (measured); --distillation-epochs is then ignored')
     p.add_argument('--max-steps', type=int, default=None, help='cap on the training steps of every stage')
     p.add_argument('--teacher-epochs', type=int, default=None, help=f'epochs of the teacher trained when --teacher is not given (default: {TEACHER_EPOCHS})')
     g = p.add_argument_group('student', "default: planned for --target (the teacher's width and depth with a codebook table, as the bytes allow); "
@@ -478,9 +534,11 @@ def compress_main(argv=None) -> dict:
     a = _compress_args(argv)
     syn, dev = a.data == 'synthetic', on_device(a.device)
     if a.teacher is not None and not Path(a.teacher).is_file(): raise FileNotFoundError(f"--teacher {a.teacher}: no such file")
-    for k in ('target', 'max_ppl_increase', 'distillation_epochs', 'pruning_epochs', 'qat_epochs'):
+    t_job = time.perf_counter()
+    for k in ('target', 'max_ppl_increase', 'distillation_epochs', 'pruning_epochs', 'qat_epochs', 'minutes'):
         v = getattr(a, k)
-        if v is not None and (v < 0 or (k == 'target' and v == 0)): raise InputError(f"--{k.replace('_', '-')} must be positive, got {v}")
+        if v is not None and (v < 0 or (k in ('target', 'minutes') and v == 0)):
+            raise InputError(f"--{k.replace('_', '-')} must be positive, got {v}")
     stages = tuple(s for s in a.stages.split(',') if s)
     if bad := [s for s in stages if s not in STAGES]: raise InputError(f"--stages: unknown stages {bad}: choose from {','.join(STAGES)}")
     corpus = synthetic_corpus() if syn else load_corpus(a.data)
@@ -506,7 +564,9 @@ def compress_main(argv=None) -> dict:
                                table=None if a.n_dense is None else dict(n_dense=a.n_dense), keep_experts=a.keep_experts,
                                teacher_bytes=file_bytes(teacher_file))
     epochs = {k: getattr(a, k) for k in RUN_EPOCHS}
-    return pipe.run_pipeline(corpus, save_dir=out, resume=a.resume, max_steps=a.max_steps, progress=not a.no_progress, device=dev, **epochs)
+    spent = time.perf_counter() - t_job if a.teacher is None and not a.resume else 0.  # a teacher trained here counts in --minutes
+    return pipe.run_pipeline(corpus, save_dir=out, resume=a.resume, max_steps=a.max_steps, progress=not a.no_progress, device=dev,
+                             minutes=a.minutes, spent_seconds=spent, **epochs)
 
 def rbk_compress(argv=None):
     "Console script: `rbk-compress [--data DIR] [--teacher FILE] [--out DIR] [--target X] [--stages ...] [--resume]`."

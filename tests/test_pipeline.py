@@ -8,6 +8,7 @@ from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.train import fit, save_model, ModelFileError, file_bytes
 from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, STAGES
+from resnet_bk_compress.model import InputError
 from conftest import sealed, fresh_process_logits, train_small
 
 @pytest.fixture(scope='module')
@@ -100,6 +101,25 @@ def test_a_stage_that_raises_keeps_the_finished_stages_and_resume_continues(syn,
     assert {f: (tmp_path / 'r' / f).stat().st_mtime_ns for f in kept} == kept  # not redone
     assert rep['compressed_bytes'] == rep0['compressed_bytes'] and rep['compressed_ppl'] == pytest.approx(rep0['compressed_ppl'], rel=1e-6)
 
+def test_a_time_budget_sizes_distillation(syn, teacher, tmp_path, monkeypatch):
+    "With minutes, distillation gets the budget's time left after the later stages, at the step speeds the run measures."
+    monkeypatch.setattr(CompressionPipeline, '_seconds_per_step', lambda self, m, c, objective=None, lr=0., steps=3:
+                        1. if objective is not None else 0.5)  # seconds a step of distillation, of QAT
+    pipe = CompressionPipeline(teacher, syn.vocab, target_compression=5, max_ppl_increase=1., batch_size=16, calib_batches=4,
+                               student=dict(d_model=16, n_layers=1, num_experts=2, tie_embeddings=True))
+    def crash(self, *a, **kw): raise RuntimeError('killed')
+    with monkeypatch.context() as m:  # killed after distilling: the decided schedule is in the run's state
+        m.setattr(CompressionPipeline, '_stage_prune', crash)
+        with pytest.raises(RuntimeError): pipe.run_pipeline(syn, save_dir=tmp_path / 'r', progress=False, minutes=2, spent_seconds=30)
+    b = json.loads((tmp_path / 'r' / 'state.json').read_text())['budget']
+    assert b['qat_steps'] > 0 and b['qat_step_s'] == 0.5 and b['distill_step_s'] == 1.
+    left = 120 - 30 - b['started_s'] - b['qat_steps'] * 0.5 - b['reserve_s']  # what distillation could have, give or take its own set-up
+    assert 1 < b['distill_steps'] <= left  # less the distill stage's own set-up (its student, the cached targets), timed as it runs
+    rep = pipe.run_pipeline(syn, save_dir=tmp_path / 'r', resume=True, progress=False, minutes=2, spent_seconds=0)
+    assert rep['stages'][0]['steps'] == b['distill_steps'] and rep['budget']['spent_before_s'] == 30  # the first call's
+    assert any(line.startswith('time budget 2 min') for line in rep['verdict'])
+    with pytest.raises(InputError, match='minutes > 0'): pipe.run_pipeline(syn, save_dir=tmp_path / 'x', minutes=0)
+
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, '-c', 'from resnet_bk_compress.pipeline import rbk_compress; rbk_compress()', *args],
                           capture_output=True, text=True, timeout=600, **kw)
@@ -135,6 +155,7 @@ def test_cli_bad_input_is_one_line(tmp_path):
     for args, msg in [(['--teacher', str(tmp_path / 'nope.safetensors')], 'no such file'),
                       (['--stages', 'distill,fold'], 'unknown stages'),
                       (['--target', '-3'], 'must be positive'),
+                      (['--minutes', '0'], '--minutes must be positive'),
                       (['--device', 'gpu0'], "unknown device 'gpu0'"),
                       *([] if torch.cuda.is_available() else [(['--device', 'cuda'], "pass device='cpu'")]),
                       (['--data', str(tmp_path)], '')]:
