@@ -99,10 +99,12 @@ def test_command_lines(tmp_path, syn):
     with meta_default():
         train_main(['--out', str(t), '--max-steps', '3', '--d-model', '16', '--n-layers', '2', '--n-seq', '32', '--no-progress'])
         eval_main([str(t), '--data', 'synthetic'])
-        rep = compress_main(['--teacher', str(t), '--out', str(tmp_path / 'c'), '--target', '4', '--max-steps', '2', '--no-progress'])
+        rep = compress_main(['--teacher', str(t), '--out', str(tmp_path / 'c'), '--target', '4', '--max-steps', '2', '--no-progress',
+                             '--minutes', '5'])  # the time budget's probes too
         text = generate_main([rep['compressed_file'], '--max-new-tokens', '5', '--seed', '0'])
         export_main([rep['compressed_file'], '--onnx', str(tmp_path / 'm.onnx')])
-    assert rep['stages'] and isinstance(text, str) and (tmp_path / 'm.onnx').stat().st_size > 1000
+    assert rep['stages'][0]['steps'] == 2 and rep['budget']['distill_step_s'] > 0 and isinstance(text, str)
+    assert (tmp_path / 'm.onnx').stat().st_size > 1000
     assert json.loads((tmp_path / 'c' / 'report.json').read_text())['compressed_bytes'] == rep['compressed_bytes']
 
 def test_distillation_with_a_live_teacher_and_the_explorer(teacher, syn):

@@ -113,7 +113,7 @@ def test_a_time_budget_sizes_distillation(syn, teacher, tmp_path, monkeypatch):
         with pytest.raises(RuntimeError): pipe.run_pipeline(syn, save_dir=tmp_path / 'r', progress=False, minutes=2, spent_seconds=30)
     b = json.loads((tmp_path / 'r' / 'state.json').read_text())['budget']
     assert b['qat_steps'] > 0 and b['qat_step_s'] == 0.5 and b['distill_step_s'] == 1.
-    left = 120 - 30 - b['started_s'] - b['qat_steps'] * 0.5 - b['reserve_s']  # what distillation could have, give or take its own set-up
+    left = (120 - 30 - b['started_s'] - b['qat_steps'] * 0.5 - b['reserve_s']) / 1.1  # what distillation could have, less a 10% margin
     assert 1 < b['distill_steps'] <= left  # less the distill stage's own set-up (its student, the cached targets), timed as it runs
     rep = pipe.run_pipeline(syn, save_dir=tmp_path / 'r', resume=True, progress=False, minutes=2, spent_seconds=0)
     assert rep['stages'][0]['steps'] == b['distill_steps'] and rep['budget']['spent_before_s'] == 30  # the first call's
