@@ -4,7 +4,7 @@ the same line makes a CPU tensor beside CUDA ones: the crash an H200 run hit in 
 Every path that trains, quantizes, prunes, plans, scores, generates or exports runs here under `meta`, and must give what it
 gives without it."""
 import copy, json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 import pytest
 import torch
 from resnet_bk_compress.data import synthetic_corpus, train_batches
@@ -45,14 +45,11 @@ def test_the_h200_crash_group_wise_qparams():
     assert all(torch.equal(a, b) for a, b in zip(ref, got))
 
 def _calibrated(m, syn, config, meta: bool):
-    with (meta_default() if meta else contextlib_null()):
+    with meta_default() if meta else nullcontext():
         quantize_(m, config)
         with calibrating(m), torch.no_grad():
             for x, _ in list(train_batches(syn.train, 32, 8))[:2]: m(x)
         return quantize_(m.eval(), config, 'convert')
-
-@contextmanager
-def contextlib_null(): yield
 
 @pytest.mark.parametrize('config', [Int8Config(), ComplexInt8Config(), Int4MoEConfig(group_size=16, embedding_bits=4),
                                     Int4MoEConfig(group_size=16, method='mse')], ids=['int8', 'complex', 'int4 gptq', 'int4 mse'])
