@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
+import pyppmd
 import torch
 from .model import InputError
 
@@ -178,7 +179,8 @@ def load_wikitext2(root: str | Path | None = None) -> Corpus:
 
 # %% ../nbs/00a_data.ipynb #264a9857
 _CODECS = {1: ('xz', lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
-           2: ('bz2', lambda b: bz2.compress(b, 9), bz2.decompress)}
+           2: ('bz2', lambda b: bz2.compress(b, 9), bz2.decompress),
+           3: ('ppmd', lambda b: pyppmd.compress(b, max_order=8, mem_size=16 << 20), lambda b: pyppmd.decompress(b, max_order=8, mem_size=16 << 20))}
 
 def front_code(words: list[str]) -> bytes:
     "Each word as (characters shared with the previous word, as one byte; the rest in UTF-8; a newline)."
@@ -204,7 +206,7 @@ def front_decode(data: bytes) -> list[str]:
 
 # %% ../nbs/00a_data.ipynb #59628593
 def pack_words(words: list[str]) -> bytes:
-    "A word list as bytes: front-coded, then compressed by xz or bzip2, whichever is smaller (its tag is the first byte)."
+    "A word list as bytes: front-coded, then compressed by PPMd (order 8), xz or bzip2, whichever is smaller (its tag is the first byte)."
     fc = front_code(words)
     return min((bytes([tag]) + enc(fc) for tag, (_, enc, _) in _CODECS.items()), key=len)
 
@@ -213,7 +215,7 @@ def unpack_words(blob: bytes) -> list[str]:
     if len(blob) < 2 or blob[0] not in _CODECS: raise ValueError(f"not a packed word list (codec tag {blob[:1]!r})")
     name, _, dec = _CODECS[blob[0]]
     try: return front_decode(dec(bytes(blob[1:])))
-    except (lzma.LZMAError, OSError, EOFError, ValueError, UnicodeDecodeError) as e:
+    except (lzma.LZMAError, pyppmd.PpmdError, OSError, EOFError, ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"the packed word list ({name}) is damaged: {e}") from None
 
 # %% ../nbs/00a_data.ipynb #459cb563

@@ -28,12 +28,13 @@ __all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCH
            'file_parts', 'gain_kept', 'plot_report', 'compress_main', 'rbk_compress', 'pipeline_check']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
-COMPRESSED_VERSION = 2  # 2: codebook tables, 4-bit biases, packed word lists; 1 (the words xz-compressed in frequency order) still loads
-READS = (1, 2)
+COMPRESSED_VERSION = 3  # 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
+READS = (1, 2, 3)
 
 def save_compressed(model: ResNetBKLM, path: str | Path, vocab, info: dict | None = None, meta: dict | None = None) -> Path:
-    "`save_model` as the pipeline writes its files: the word list packed, small tensors packed, and a `compressed` entry (version, run history)."
-    return save_model(model, path, vocab, meta, header={'compressed': {'version': COMPRESSED_VERSION, **(info or {})}}, compress_vocab=True, pack_small=True)
+    "`save_model` as the pipeline writes its files: word list and small tensors packed, byte tensors entropy-coded, a `compressed` entry."
+    return save_model(model, path, vocab, meta, header={'compressed': {'version': COMPRESSED_VERSION, **(info or {})}}, compress_vocab=True,
+                      pack_small=True, entropy_code=True)
 
 def compressed_info(path: str | Path) -> dict:
     "The `compressed` header entry of a file (its version and run history); clear errors for any other file."
@@ -172,6 +173,16 @@ def _stage_quantize(self: CompressionPipeline, model, corpus, steps, ckpt, progr
 # %% ../nbs/06_pipeline.ipynb #bde957f3
 def _counts(corpus: Corpus) -> torch.Tensor: return torch.bincount(corpus.train, minlength=len(corpus.vocab)).float()
 
+def _head_rows(teacher: ResNetBKLM) -> torch.Tensor:
+    "The teacher head's effective (V, d) weight: what a codebook table of the teacher's width is fitted to."
+    with torch.no_grad(), torch.device(model_device(teacher)):
+        return teacher.head(torch.eye(teacher.cfg.d_model)).T - teacher.head.bias[:, None]
+
+def _fits_teacher_rows(student: dict, st: ResNetBKLM, teacher: ResNetBKLM) -> bool:
+    "Whether the student's table is fitted to the teacher head's rows (same width, initialized from the teacher), not to its own."
+    d_t = teacher.cfg.d_model
+    return st.cfg.d_model == d_t and student.get('init', True) and (st.emb_up is None or st.cfg.embed_rank == d_t)
+
 @patch
 def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus) -> ResNetBKLM:
     "The distill stage's student: make_student(teacher, **student), the most salient experts at the teacher's width, a codebook table with `table`."
@@ -185,9 +196,9 @@ def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus)
         prune_experts_(st, stats, keep=want)
     if self.table is None: return st
     W = st.tok_emb.weight.detach()
-    if same and s.get('init', True) and (st.emb_up is None or st.cfg.embed_rank == d_t):
+    if _fits_teacher_rows(s, st, teacher):
+        W = _head_rows(teacher)
         with torch.no_grad(), torch.device(W.device):
-            W = teacher.head(torch.eye(d_t)).T - teacher.head.bias[:, None]  # the teacher head's effective (V, d) weight
             if st.emb_up is not None:
                 E = teacher.embed(torch.arange(teacher.cfg.vocab_size)[None])[0]
                 st.emb_up.weight.copy_(torch.linalg.lstsq(W, E).solution.T)  # W @ A ~ E: head rows mapped to the input side
@@ -433,12 +444,12 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
     s = dict(self.student)
     want = s.pop('num_experts', None) or teacher.cfg.num_experts
     st = make_student(teacher, num_experts=want, init=False, **s) if 'distill' in self.stages else teacher
-    if self.table is not None:
-        t = self.table
-        with torch.device(model_device(st)):
-            st.tok_emb = CodebookTable(st.cfg.vocab_size, st.tok_emb.embedding_dim, t['n_dense'], t['n_codebooks'], t['codebook_size'])
-        with torch.no_grad(): st.tok_emb.codes.random_(0, t['codebook_size'])
-    with torch.no_grad():  # untrained but not zero (zero biases would be stored as smaller sparse tensors): every weight drawn at random
+    if self.table is not None:  # the codes the run will store: its k-means is seeded, and the codes stay fixed in training
+        t, fitted = self.table, _fits_teacher_rows(s, st, teacher)
+        W = _head_rows(teacher) if fitted else torch.randn(st.cfg.vocab_size, st.tok_emb.embedding_dim, device=model_device(st))
+        st.tok_emb = CodebookTable.from_table(W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus.with_vocab(vocab)))
+    with torch.no_grad():  # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors); entropy-coded
+        # parts whose values training decides (INT4 weights, biases) then code at about their full size: the prediction errs on the large side
         for p in st.parameters(): p.normal_(0, 0.02)
     if 'prune' in self.stages:
         for m in _moes(st): prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes

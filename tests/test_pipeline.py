@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.train import fit, save_model, ModelFileError, file_bytes
-from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, STAGES
+from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, STAGES, COMPRESSED_VERSION
 from resnet_bk_compress.model import InputError
 from conftest import sealed, fresh_process_logits, train_small
 
@@ -46,7 +46,7 @@ def test_compressed_file_loads_in_a_fresh_process(run, tmp_path):
     x = torch.randint(0, len(vocab), (2, 32))
     with torch.no_grad(): here = model(x)
     assert torch.equal(fresh_process_logits('resnet_bk_compress.pipeline.load_compressed', rep['compressed_file'], x, tmp_path), here)
-    assert info['version'] == 2 and info['history'] == list(STAGES)
+    assert info['version'] == COMPRESSED_VERSION and info['history'] == list(STAGES)
     with safe_open(rep['compressed_file'], 'pt') as f:
         assert 'vocab@words' in f.keys() and {'quant', 'pruned', 'compressed'} <= set(f.metadata())
 

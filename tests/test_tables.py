@@ -6,7 +6,7 @@ from safetensors import safe_open
 from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words
 from resnet_bk_compress.train import file_bytes
 from resnet_bk_compress.tables import canonical_order, permute_vocab_, permute_vocab
-from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed
+from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, COMPRESSED_VERSION
 from conftest import sealed, fresh_process_logits, train_small
 
 @settings(max_examples=300, deadline=None)
@@ -53,7 +53,7 @@ def test_codebook_table_file_loads_in_a_fresh_process(table_run, syn, tmp_path):
     _, rep, _ = table_run
     model, vocab, info = load_compressed(rep['compressed_file'])
     assert type(model.tok_emb).__name__ == 'QuantizedCodebookTable' and type(model.head.bias).__name__ == 'QuantizedBias'
-    assert info['version'] == 2 and vocab.itos[100:] == sorted(vocab.itos[100:])  # the file's word order: bands, sorted inside
+    assert info['version'] == COMPRESSED_VERSION and vocab.itos[100:] == sorted(vocab.itos[100:])  # the file's word order: bands, sorted inside
     with safe_open(rep['compressed_file'], 'pt') as f:
         assert json.loads(f.metadata()['table']) == dict(n_dense=100, n_codebooks=1, codebook_size=64) and json.loads(f.metadata()['bias']) == dict(bits=4)
         assert f.get_slice('tok_emb.codes').get_dtype() == 'U8'
