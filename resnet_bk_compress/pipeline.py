@@ -23,7 +23,7 @@ from .pruning import expert_stats, prune_experts_, prune_moe_, _moes
 from .distill import make_student, DistillationTrainer, DistillationObjective, check_distill_settings
 
 # %% auto #0
-__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE',
+__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE', 'PLAN_MARGIN',
            'save_compressed', 'compressed_info', 'load_compressed', 'CompressionPipeline', 'PipelineError',
            'file_parts', 'gain_kept', 'plot_report', 'compress_main', 'rbk_compress', 'pipeline_check']
 
@@ -444,13 +444,14 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
     s = dict(self.student)
     want = s.pop('num_experts', None) or teacher.cfg.num_experts
     st = make_student(teacher, num_experts=want, init=False, **s) if 'distill' in self.stages else teacher
+    g = torch.Generator(model_device(st)).manual_seed(0)  # seeded draws: the same plan every time
     if self.table is not None:  # the codes the run will store: its k-means is seeded, and the codes stay fixed in training
         t, fitted = self.table, _fits_teacher_rows(s, st, teacher)
-        W = _head_rows(teacher) if fitted else torch.randn(st.cfg.vocab_size, st.tok_emb.embedding_dim, device=model_device(st))
+        W = _head_rows(teacher) if fitted else torch.randn(st.cfg.vocab_size, st.tok_emb.embedding_dim, generator=g, device=g.device)
         st.tok_emb = CodebookTable.from_table(W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus.with_vocab(vocab)))
-    with torch.no_grad():  # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors); entropy-coded
-        # parts whose values training decides (INT4 weights, biases) then code at about their full size: the prediction errs on the large side
-        for p in st.parameters(): p.normal_(0, 0.02)
+    with torch.no_grad():  # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors); the entropy-coded
+        # parts whose values training decides (INT4 weights, biases) then code about as trained ones do, within PLAN_MARGIN of the file
+        for p in st.parameters(): p.normal_(0, 0.02, generator=g)
     if 'prune' in self.stages:
         for m in _moes(st): prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes
     if 'quantize' in self.stages:
@@ -471,6 +472,7 @@ def predict_bytes(self: CompressionPipeline, corpus: Corpus) -> int:
 
 # %% ../nbs/06_pipeline.ipynb #d0994a03
 PLAN_DENSE = (250, 1250)  # the two dense-row counts the linear prediction is fitted on; the first is also the fewest a planned table gets
+PLAN_MARGIN = 0.005  # of the budget kept free: trained INT4 weights and biases entropy-code a few tenths of a percent off random ones
 
 @patch
 def _try(self: CompressionPipeline, corpus, tried: list, student: dict, table: dict | None, keep: int) -> int:
@@ -483,6 +485,7 @@ def _try(self: CompressionPipeline, corpus, tried: list, student: dict, table: d
 def plan(self: CompressionPipeline, corpus: Corpus) -> dict:
     "Choose the student, its table and the kept experts for the target; returns the plan (also in self.planned)."
     budget = self.teacher_file_bytes() / self.target_compression
+    room = budget * (1 - PLAN_MARGIN)  # what the predicted file may take
     tc, V, tried = self.teacher.cfg, self.teacher.cfg.vocab_size, []
     def done(b):
         self.planned = dict(budget=budget, predicted_bytes=b, student=self.student, table=self.table, keep_experts=self.keep_experts, tried=tried)
@@ -490,21 +493,21 @@ def plan(self: CompressionPipeline, corpus: Corpus) -> dict:
     tied = dict(tie_embeddings=True)
     K = 256 if V >= 8192 else 16  # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
     for keep in sorted({tc.num_experts, 1}, reverse=True):  # a plain tied INT4 table, all experts, then one
-        if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= budget: return done(b)
+        if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= room: return done(b)
     for d in (tc.d_model, tc.d_model // 2, tc.d_model // 4):  # the teacher's width first (its blocks initialize the student's), then narrower
         if d < 8: break
         for L in range(tc.n_layers, 0, -1):  # as deep as the bytes allow, with as many rows of their own as fit
             st = dict(tied, n_layers=L, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
             n0, n1 = min(PLAN_DENSE[0], V // 4), min(PLAN_DENSE[1], V // 2)  # (small vocabularies: a quarter and a half of the words)
             lo, hi = (self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1) for n in (n0, n1))
-            if lo > budget: continue
-            n = max(n0, min(V - 256, n0 + int((budget - lo) / max(1e-9, (hi - lo) / (n1 - n0)))) // 50 * 50)
-            while (b := self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1)) > budget and n > n0: n = max(n0, n - 50)
-            if b <= budget: return done(b)
+            if lo > room: continue
+            n = max(n0, min(V - 256, n0 + int((room - lo) / max(1e-9, (hi - lo) / (n1 - n0)))) // 50 * 50)
+            while (b := self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1)) > room and n > n0: n = max(n0, n - 50)
+            if b <= room: return done(b)
         st = dict(tied, n_layers=1, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
-        if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= budget: return done(b)  # one block, codes for every word
+        if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= room: return done(b)  # one block, codes for every word
     best = min(tried, key=lambda t: t['bytes'])
-    raise PipelineError(f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes): the smallest the planner found is {best['bytes']:,} bytes "
+    raise PipelineError(f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes, {room:,.0f} planned): the smallest the planner found is {best['bytes']:,} bytes "
                         f"({self.teacher_file_bytes() / best['bytes']:.1f}x; {best['student']}, table {best['table']}): lower the target")
 
 @patch
