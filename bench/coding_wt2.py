@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import ROOT
 from resnet_bk_compress.data import front_code, _CODECS
-from resnet_bk_compress.train import save_model, read_model_file, file_bytes
+from resnet_bk_compress.files import save_model, read_model_file, file_bytes
 from resnet_bk_compress.pipeline import load_compressed, save_compressed, file_parts, _PARTS
 
 def entropy_bytes(a: np.ndarray, k: int) -> float:

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT
 from resnet_bk_compress.data import load_wikitext2, unigram_ppl
 from resnet_bk_compress.model import num_params
-from resnet_bk_compress.train import fit, evaluate, save_model, file_bytes
+from resnet_bk_compress.files import save_model, file_bytes
+from resnet_bk_compress.train import fit, evaluate
 from resnet_bk_compress.distill import make_student, DistillationObjective, TeacherTargets, distill_loss, distill_cascade
 
 STUDENT = dict(d_model=16, n_layers=2, num_experts=2, tie_embeddings=True)  # the final size of every lesson run

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2
-from resnet_bk_compress.train import file_bytes
+from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.pipeline import CompressionPipeline
 
 if __name__ == '__main__':

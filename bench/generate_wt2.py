@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2
-from resnet_bk_compress.train import load_model, file_bytes
+from resnet_bk_compress.files import load_model, file_bytes
 from resnet_bk_compress.generate import generate_ids, position_nll
 
 def best_of(fn, repeats=3) -> float:

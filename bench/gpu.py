@@ -16,7 +16,8 @@ import torch
 from resnet_bk_compress.model import (ResNetBKConfig, ResNetBKLM, InputError, causal_resolvent, causal_resolvent_loop, on_device, time_ms,
                                       num_params)
 from resnet_bk_compress.data import synthetic_corpus, load_wikitext2
-from resnet_bk_compress.train import fit, evaluate, file_bytes, save_model
+from resnet_bk_compress.files import file_bytes, save_model
+from resnet_bk_compress.train import fit, evaluate
 from resnet_bk_compress.distill import DistillationTrainer, make_student
 from resnet_bk_compress import model, train, quant, complex_quant, int4_moe, pruning, distill, pipeline
 

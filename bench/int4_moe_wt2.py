@@ -11,7 +11,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import CACHE, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, eval_windows
-from resnet_bk_compress.train import evaluate, file_bytes, fit, save_model
+from resnet_bk_compress.files import file_bytes, save_model
+from resnet_bk_compress.train import evaluate, fit
 from resnet_bk_compress.quant import calibrating, quantize_
 from resnet_bk_compress.int4_moe import METHODS, Int4MoEConfig, expert_bytes
 

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file, load_file
 from resnet_bk_compress.data import load_wikitext2, eval_windows, pack_words
 from resnet_bk_compress.model import ResNetBKLM
-from resnet_bk_compress.train import file_bytes, load_model, save_model
+from resnet_bk_compress.files import file_bytes, load_model, save_model
 from resnet_bk_compress.quant import Int8Config, quantize_
 from resnet_bk_compress.int4_moe import Int4MoEConfig
 

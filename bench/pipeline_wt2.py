@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2
-from resnet_bk_compress.train import evaluate, file_bytes, bench_result
+from resnet_bk_compress.files import file_bytes
+from resnet_bk_compress.train import evaluate, bench_result
 from resnet_bk_compress.pipeline import CompressionPipeline, load_compressed, RUN_EPOCHS
 
 def tokens_per_s(model, ids, repeats=2) -> float:

@@ -10,7 +10,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import CACHE, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches
-from resnet_bk_compress.train import evaluate, file_bytes, fit, save_model
+from resnet_bk_compress.files import file_bytes, save_model
+from resnet_bk_compress.train import evaluate, fit
 from resnet_bk_compress.pruning import expert_stats, prune_experts_, MagnitudePruner, RANKINGS
 
 ROOT = Path(__file__).resolve().parents[1]

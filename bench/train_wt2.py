@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from resnet_bk_compress.data import load_wikitext2, unigram_ppl
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, num_params
-from resnet_bk_compress.train import evaluate, file_bytes, fit, load_model, save_model
+from resnet_bk_compress.files import file_bytes, load_model, save_model
+from resnet_bk_compress.train import evaluate, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / '.cache' / 'teacher' / 'wt2_reference.safetensors'

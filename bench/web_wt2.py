@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import ROOT
-from resnet_bk_compress.train import load_model, file_bytes
+from resnet_bk_compress.files import load_model, file_bytes
 from resnet_bk_compress.export import export_onnx
 from resnet_bk_compress.generate import generate_ids, prompt_ids
 

@@ -64,7 +64,7 @@ def rans_decode(data: bytes, freqs: list[int], n: int) -> bytes:
     return bytes(out)
 
 # %% ../nbs/00c_coding.ipynb #1c843796
-MIN_SAVING = 0.05  # code a tensor only when this share of its bytes is saved
+MIN_SAVING = 0.10  # code a tensor only when this share of its bytes is saved
 
 def _nibbles(a: np.ndarray) -> np.ndarray: return np.stack([a & 15, a >> 4], 1).reshape(-1)  # low nibble first
 

@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, rel_error, within, model_device
 from .data import Corpus, windows_at
-from .train import (fit, evaluate, head_operands, save_model, file_bytes, head_shared_rows,
-                                    shared_row_scores)
+from .files import save_model, file_bytes
+from .train import fit, evaluate, head_operands, head_shared_rows, shared_row_scores
 
 # %% auto #0
 __all__ = ['FEATURES', 'soft_loss', 'hard_loss', 'feature_loss', 'distill_loss', 'DenseTeacher', 'TopKTeacher',
@@ -409,7 +409,7 @@ class DistillationTrainer:
     def evaluate(self, split: str = 'test') -> dict: return evaluate(self.student, self.corpus.split(split))
 
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
-        "Write the student as a model file (`train.load_model` reads it)."
+        "Write the student as a model file (`files.load_model` reads it)."
         return save_model(self.student, path, self.corpus.vocab, dict(distilled_from=self.teacher.cfg.to_dict(), **(meta or {})))
 
 # %% ../nbs/05_distill.ipynb #4b473b5b

@@ -12,7 +12,8 @@ import torch
 from fastcore.basics import patch
 from .model import ResNetBKLM, embedding_table, model_device
 from .data import Corpus, train_batches, windows_at
-from .train import evaluate, save_model, file_bytes
+from .files import save_model, file_bytes
+from .train import evaluate
 from .quant import quantize_, calibrating, sqnr
 from .int4_moe import Int4MoEConfig, QuantizedMoELayer
 from .pruning import expert_stats, prune_experts_, _moes

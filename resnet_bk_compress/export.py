@@ -17,7 +17,8 @@ from .quant import Int8Linear, Int8Embedding, QuantizedBKCore, PerTensor, qrange
 from .complex_quant import PerChannelQuantizedBKCore
 from .int4_moe import QuantizedLinear, QuantizedEmbedding, QuantizedMoELayer
 from .tables import CodebookTable, QuantizedCodebookTable, QuantizedBias
-from .train import load_model, file_bytes, atomic_write, _cli
+from .files import load_model, file_bytes, atomic_write
+from .train import _cli
 
 # %% auto #0
 __all__ = ['OPSET', 'IR_VERSION', 'Graph', 'weight', 'fake_quant', 'activation_quant', 'linear', 'layer_norm', 'table', 'scores',

@@ -12,7 +12,8 @@ import torch
 from fastcore.basics import patch
 from .model import BKCore, ResNetBKLM, InputError
 from .data import Vocab, tokenize
-from .train import load_model, _cli
+from .files import load_model
+from .train import _cli
 
 # %% auto #0
 __all__ = ['PAST_N_SEQ', 'DecoderState', 'decode_step', 'incremental_logits', 'check_sampling', 'sample_next', 'generate_ids',

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from .model import MoE, on_device, rel_error, time_ms, within, moved_share
-from .train import file_bytes
+from .files import file_bytes
 from .quant import (PerGroup, Calibratable, Int8Config, QATLinear, Int8Linear, FakeQuantizer, group_view, copy_float_,
                                       qrange, qparams_from_min_max, quantize_tensor, dequantize_tensor, _check_finite, _plain_type)
 

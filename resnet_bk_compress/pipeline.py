@@ -7,6 +7,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/pipeline.html.md"""
 # %% ../nbs/06_pipeline.ipynb #6f3c227a
 from __future__ import annotations
 import argparse, copy, inspect, json, math, resource, sys, time
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 from fastcore.basics import patch
@@ -14,8 +15,8 @@ from safetensors import safe_open
 from .model import (ResNetBKConfig, ResNetBKLM, OutputHead, InputError, num_params, on_device, within, model_device, moved_share,
                     new_model)
 from .data import Corpus, synthetic_corpus, load_corpus, unigram_ppl, train_batches, batches_per_epoch
-from .train import (fit, evaluate, save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError,
-                                      _cli)
+from .files import save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError
+from .train import fit, evaluate, _cli
 from .quant import QuantConfig, quantize_, calibrating
 from .int4_moe import Int4MoEConfig
 from .tables import CodebookTable, canonical_order, permute_vocab_, permute_vocab, quantize_bias_
@@ -23,9 +24,9 @@ from .pruning import expert_stats, prune_experts_, prune_moe_, _moes
 from .distill import make_student, DistillationTrainer, DistillationObjective, check_distill_settings
 
 # %% auto #0
-__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE', 'PLAN_MARGIN',
+__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE',
            'save_compressed', 'compressed_info', 'load_compressed', 'CompressionPipeline', 'PipelineError',
-           'file_parts', 'gain_kept', 'plot_report', 'compress_main', 'rbk_compress', 'pipeline_check']
+           'file_parts', 'gain_kept', 'plot_report', 'Plan', 'compress_main', 'rbk_compress', 'pipeline_check']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
 COMPRESSED_VERSION = 3  # 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
@@ -241,7 +242,7 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
     if minutes is not None and not (minutes > 0 and 'distill' in self.stages):
         raise InputError(f"minutes={minutes!r}: a time budget needs minutes > 0 and the distill stage (it sizes distillation)")
     dev = on_device(device)
-    if self.auto and self.planned is None: self.plan(corpus)  # before anything is written: a target no student reaches is refused here
+    if self.auto and self.planned is None: self.use_plan(self.plan(corpus))  # before anything is written: a target no student reaches is refused here
     out = Path(save_dir); state_path = out / 'state.json'
     epochs = dict(distill=None if minutes else distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
     settings = dict(stages=list(self.stages), student=self.student, table=self.table, keep_experts=self.keep_experts, quant=self.quant.to_dict(),
@@ -394,7 +395,7 @@ def report(self: CompressionPipeline, state: dict, out: Path) -> dict:
                seconds=sum(s['seconds'] for s in [t] + state['stages']), peak_mb=max(s['peak_mb'] for s in [t] + state['stages']),
                compressed_file=str(out / last['file']), stages=state['stages'], teacher=t, settings=state['settings'],
                gain_kept=gain_kept(t['ppl'], last['ppl'], state['unigram_ppl']), parts=file_parts(out / last['file']),
-               plan=None if self.planned is None else {k: v for k, v in self.planned.items() if k != 'tried'})
+               plan=None if self.planned is None else self.planned.to_dict())
     if (b := state.get('budget')) is not None:  # how the time budget was spent
         used = b['spent_before_s'] + b['started_s'] + sum(s['seconds'] for s in state['stages'])
         rep['budget'] = dict(b, used_s=used, stage_seconds={s['name']: s['seconds'] for s in state['stages']})
@@ -449,8 +450,7 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
         t, fitted = self.table, _fits_teacher_rows(s, st, teacher)
         W = _head_rows(teacher) if fitted else torch.randn(st.cfg.vocab_size, st.tok_emb.embedding_dim, generator=g, device=g.device)
         st.tok_emb = CodebookTable.from_table(W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus.with_vocab(vocab)))
-    with torch.no_grad():  # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors); the entropy-coded
-        # parts whose values training decides (INT4 weights, biases) then code about as trained ones do, within PLAN_MARGIN of the file
+    with torch.no_grad():  # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors)
         for p in st.parameters(): p.normal_(0, 0.02, generator=g)
     if 'prune' in self.stages:
         for m in _moes(st): prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes
@@ -459,6 +459,10 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
         with calibrating(st), torch.no_grad(): st(torch.zeros(1, st.cfg.n_seq, dtype=torch.long, device=model_device(st)))
         quantize_(st, self.quant, 'convert')
         if self.table and self.table['bias_bits'] == 4: quantize_bias_(st, _counts(corpus.with_vocab(vocab)))
+        with torch.no_grad():  # integer weights and biases as uniform codes: what training makes them is not known yet, so they are
+            for name, b in st.named_buffers():  # predicted at their full width (coding.MIN_SAVING: trained INT4 weights are stored so)
+                if name.endswith(('qdata', 'bias.codes')) and b.dtype in (torch.uint8, torch.int8):
+                    b.random_(*((0, 256) if b.dtype == torch.uint8 else (-128, 128)), generator=g)
     return st.eval(), vocab
 
 @patch
@@ -472,51 +476,70 @@ def predict_bytes(self: CompressionPipeline, corpus: Corpus) -> int:
 
 # %% ../nbs/06_pipeline.ipynb #d0994a03
 PLAN_DENSE = (250, 1250)  # the two dense-row counts the linear prediction is fitted on; the first is also the fewest a planned table gets
-PLAN_MARGIN = 0.005  # of the budget kept free: trained INT4 weights and biases entropy-code a few tenths of a percent off random ones
+
+@dataclass(frozen=True)
+class Plan:
+    "What `plan` chose for a target: the student (`make_student` arguments), its codebook table, the experts kept, its file."
+    student: dict
+    table: dict | None
+    keep_experts: int
+    predicted_bytes: int  # the file of this structure, written and measured before training
+    budget: float  # teacher bytes / target compression
+    tried: tuple = ()  # every candidate written on the way, in order: dict(student, table, keep_experts, bytes)
+
+    def to_dict(self) -> dict:
+        "The plan as the report shows it (without the candidates tried)."
+        return dict(budget=self.budget, predicted_bytes=self.predicted_bytes, student=self.student, table=self.table,
+                    keep_experts=self.keep_experts)
 
 @patch
 def _try(self: CompressionPipeline, corpus, tried: list, student: dict, table: dict | None, keep: int) -> int:
-    self.student, self.table, self.keep_experts = student, None if table is None else {**TABLE_DEFAULTS, **table}, keep
-    b = self.predict_bytes(corpus)
-    tried.append(dict(student=student, table=table, keep_experts=keep, bytes=b))
+    "Bytes of the file a candidate would write, appended to `tried` (a copy of the pipeline is changed, not this one)."
+    cand = copy.copy(self)
+    cand.student, cand.table, cand.keep_experts = student, None if table is None else {**TABLE_DEFAULTS, **table}, keep
+    b = cand.predict_bytes(corpus)
+    tried.append(dict(student=student, table=cand.table, keep_experts=keep, bytes=b))
     return b
 
 @patch
-def plan(self: CompressionPipeline, corpus: Corpus) -> dict:
-    "Choose the student, its table and the kept experts for the target; returns the plan (also in self.planned)."
+def use_plan(self: CompressionPipeline, plan: Plan):
+    "Run `plan`: its student, table and kept experts replace the pipeline's."
+    self.planned, self.student, self.table, self.keep_experts = plan, plan.student, plan.table, plan.keep_experts
+
+@patch
+def plan(self: CompressionPipeline, corpus: Corpus) -> Plan:
+    "Choose the student, its table and the kept experts for the target (the pipeline is not changed: `use_plan` runs it)."
     budget = self.teacher_file_bytes() / self.target_compression
-    room = budget * (1 - PLAN_MARGIN)  # what the predicted file may take
     tc, V, tried = self.teacher.cfg, self.teacher.cfg.vocab_size, []
-    def done(b):
-        self.planned = dict(budget=budget, predicted_bytes=b, student=self.student, table=self.table, keep_experts=self.keep_experts, tried=tried)
-        return self.planned
+    def done(b):  # the candidate just tried fits
+        last = tried[-1]
+        return Plan(last['student'], last['table'], last['keep_experts'], b, budget, tuple(tried))
     tied = dict(tie_embeddings=True)
     K = 256 if V >= 8192 else 16  # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
     for keep in sorted({tc.num_experts, 1}, reverse=True):  # a plain tied INT4 table, all experts, then one
-        if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= room: return done(b)
+        if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= budget: return done(b)
     for d in (tc.d_model, tc.d_model // 2, tc.d_model // 4):  # the teacher's width first (its blocks initialize the student's), then narrower
         if d < 8: break
         for L in range(tc.n_layers, 0, -1):  # as deep as the bytes allow, with as many rows of their own as fit
             st = dict(tied, n_layers=L, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
             n0, n1 = min(PLAN_DENSE[0], V // 4), min(PLAN_DENSE[1], V // 2)  # (small vocabularies: a quarter and a half of the words)
             lo, hi = (self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1) for n in (n0, n1))
-            if lo > room: continue
-            n = max(n0, min(V - 256, n0 + int((room - lo) / max(1e-9, (hi - lo) / (n1 - n0)))) // 50 * 50)
-            while (b := self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1)) > room and n > n0: n = max(n0, n - 50)
-            if b <= room: return done(b)
+            if lo > budget: continue
+            n = max(n0, min(V - 256, n0 + int((budget - lo) / max(1e-9, (hi - lo) / (n1 - n0)))) // 50 * 50)
+            while (b := self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1)) > budget and n > n0: n = max(n0, n - 50)
+            if b <= budget: return done(b)
         st = dict(tied, n_layers=1, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
-        if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= room: return done(b)  # one block, codes for every word
+        if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= budget: return done(b)  # one block, codes for every word
     best = min(tried, key=lambda t: t['bytes'])
-    raise PipelineError(f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes, {room:,.0f} planned): the smallest the planner found is {best['bytes']:,} bytes "
+    raise PipelineError(f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes): the smallest the planner found is {best['bytes']:,} bytes "
                         f"({self.teacher_file_bytes() / best['bytes']:.1f}x; {best['student']}, table {best['table']}): lower the target")
 
 @patch
 def teacher_file_bytes(self: CompressionPipeline) -> int:
     "Bytes of the teacher's file: as given, else those of the teacher written by save_model."
-    if self.teacher_bytes is None:
-        import tempfile
-        with tempfile.TemporaryDirectory() as d: self.teacher_bytes = file_bytes(save_model(self.teacher, Path(d) / 't.safetensors', self.vocab))
-    return self.teacher_bytes
+    if self.teacher_bytes is not None: return self.teacher_bytes
+    import tempfile
+    with tempfile.TemporaryDirectory() as d: return file_bytes(save_model(self.teacher, Path(d) / 't.safetensors', self.vocab))
 
 # %% ../nbs/06_pipeline.ipynb #22d29520
 def _compress_args(argv=None):

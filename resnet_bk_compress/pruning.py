@@ -14,7 +14,8 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 from .model import MoE, ResNetBKLM, check_model, on_device, rel_error, within, model_device
 from .data import train_batches
-from .train import register_structure, evaluate, fit, atomic_write
+from .files import register_structure, atomic_write
+from .train import evaluate, fit
 from .quant import Int8Linear
 from .int4_moe import QuantizedMoELayer
 
@@ -145,7 +146,7 @@ def _rebuild_pruned(model: nn.Module, spec: dict):
     for m, k in zip(moes, kept):
         prune_moe_(m, range(len(k))); m.kept = list(k)
 
-register_structure('pruned', _describe_pruned, _rebuild_pruned, order=30, module='resnet_bk_compress.pruning')
+register_structure('pruned', _describe_pruned, _rebuild_pruned, order=30)
 
 # %% ../nbs/04_pruning.ipynb #0835cff0
 class ProgressivePruningScheduler:

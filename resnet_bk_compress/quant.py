@@ -14,14 +14,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 from .model import BKCore, OutputHead, InputError, check_model, on_device, rel_error, within, model_device
-from .train import register_structure, lm_loss
+from .files import register_structure
+from .train import lm_loss
 
 # %% auto #0
-__all__ = ['OBSERVERS', 'PerTensor', 'PerChannel', 'PerGroup', 'qrange', 'group_view', 'min_max', 'qparams_from_min_max',
-           'choose_qparams', 'quantize_tensor', 'dequantize_tensor', 'fake_quantize', 'sqnr', 'MinMaxObserver',
-           'MovingAverageMinMaxObserver', 'PercentileObserver', 'MSEObserver', 'Calibratable', 'Quantizer',
-           'FakeQuantizer', 'calibrating', 'QuantizedBKCore', 'QuantConfig', 'Int8Config', 'copy_float_', 'QATLinear',
-           'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_', 'qat_check']
+__all__ = ['OBSERVERS', 'QUANT_KINDS', 'PerTensor', 'PerChannel', 'PerGroup', 'qrange', 'group_view', 'min_max',
+           'qparams_from_min_max', 'choose_qparams', 'quantize_tensor', 'dequantize_tensor', 'fake_quantize', 'sqnr',
+           'MinMaxObserver', 'MovingAverageMinMaxObserver', 'PercentileObserver', 'MSEObserver', 'Calibratable',
+           'Quantizer', 'FakeQuantizer', 'calibrating', 'QuantizedBKCore', 'QuantConfig', 'Int8Config', 'copy_float_',
+           'QATLinear', 'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_', 'qat_check']
 
 # %% ../nbs/01_quant.ipynb #b5ab06be
 @dataclass(frozen=True)
@@ -349,6 +350,9 @@ def _from_json(v):
         return _GRANULARITIES[v['granularity']](**{k: x for k, x in v.items() if k != 'granularity'})
     return v
 
+QUANT_KINDS = {'int8': 'resnet_bk_compress.quant', 'int8_complex': 'resnet_bk_compress.complex_quant',
+               'int4_moe': 'resnet_bk_compress.int4_moe'}  # every kind of QuantConfig a file can name, and the module that defines it
+
 class QuantConfig:
     "Base of the quantization configs: JSON round trip and a registry of kinds, so that a file names its config."
     _kinds: dict = {}
@@ -364,11 +368,9 @@ class QuantConfig:
 
     @staticmethod
     def from_dict(d: dict) -> QuantConfig:
-        "The config of kind d['kind'] with d's fields (the library's modules are imported to find a kind not loaded yet)."
+        "The config of kind d['kind'] with d's fields (its module, named by QUANT_KINDS, is imported if it is not yet)."
         kind = d.get('kind')
-        if kind not in QuantConfig._kinds:
-            import pkgutil, resnet_bk_compress
-            for m in pkgutil.iter_modules(resnet_bk_compress.__path__): importlib.import_module(f'resnet_bk_compress.{m.name}')
+        if kind not in QuantConfig._kinds and kind in QUANT_KINDS: importlib.import_module(QUANT_KINDS[kind])
         if kind not in QuantConfig._kinds:
             raise ValueError(f"unknown quantization kind {kind!r} (known: {sorted(QuantConfig._kinds)}): the file was written by a newer version or another library")
         return QuantConfig._kinds[kind](**{k: _from_json(v) for k, v in d.items() if k not in ('kind', 'module')})
@@ -527,7 +529,7 @@ def _rebuild_quant(model: nn.Module, spec: dict):
     config = QuantConfig.from_dict(spec)
     quantize_(model, config, 'prepare'); quantize_(model, config, 'convert')
 
-register_structure('quant', _describe_quant, _rebuild_quant, order=20, module='resnet_bk_compress.quant')
+register_structure('quant', _describe_quant, _rebuild_quant, order=20)
 
 # %% ../nbs/01_quant.ipynb #4e2cfe9b
 def qat_check(device: str | torch.device = 'cuda', seed: int = 0, config: Int8Config | None = None) -> dict:

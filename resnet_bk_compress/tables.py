@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .model import ResNetBKLM, OutputHead
 from .data import Vocab
-from .train import register_structure
+from .files import register_structure
 from .int4_moe import GroupWiseQuantizer, QuantizedEmbedding, pack_int4, unpack_int4
 
 # %% auto #0
@@ -345,5 +345,5 @@ def _legacy(header: dict) -> dict:  # format version 1 files held the table and 
 def _legacy_table(h: dict): return {k: v for k, v in _legacy(h).items() if k in _SPEC_KEYS} or None
 def _legacy_bias(h: dict): return {'bits': 4} if _legacy(h).get('bias_bits') == 4 else None
 
-register_structure('table', table_spec, _rebuild_table, order=10, module='resnet_bk_compress.tables', legacy=_legacy_table)
-register_structure('bias', _describe_bias, _rebuild_bias, order=40, module='resnet_bk_compress.tables', legacy=_legacy_bias)
+register_structure('table', table_spec, _rebuild_table, order=10, legacy=_legacy_table)
+register_structure('bias', _describe_bias, _rebuild_bias, order=40, legacy=_legacy_bias)

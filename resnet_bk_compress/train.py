@@ -1,4 +1,4 @@
-"""A training loop that is fast on a CPU, perplexity over whole splits, model files whose bytes are what they are, and the `rbk-train` / `rbk-eval` command line.
+"""A training loop that is fast on a CPU, perplexity over whole splits, checkpoints a killed run resumes from, and the `rbk-train` / `rbk-eval` command line. Models are written and read by `00d_files`.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/train.html.md"""
 
@@ -6,26 +6,21 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/train.html.md"""
 
 # %% ../nbs/00b_train.ipynb #c93bac5a
 from __future__ import annotations
-import argparse, contextlib, hashlib, importlib, json, lzma, math, os, pkgutil, shutil, sys, time
+import argparse, contextlib, json, math, os, sys, time
 from pathlib import Path
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
-from .coding import code_bytes, decode_bytes
 from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, check_model, within, model_device, new_model
 from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batches_per_epoch, unigram_ppl,
-                                     load_corpus, synthetic_corpus, encode_file, pack_words, unpack_words)
+                                     load_corpus, synthetic_corpus, encode_file)
+from .files import save_model, load_model, file_bytes, atomic_write
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'STRUCTURES', 'SMALL', 'BENCH_URL', 'ChunkedCrossEntropy',
-           'chunked_cross_entropy', 'dense_head_loss', 'head_shared_rows', 'group_bias', 'shared_row_scores',
-           'shared_rows_cross_entropy', 'head_operands', 'lm_loss', 'evaluate', 'warmup_cosine', 'LMObjective',
-           'dist_info', 'init_distributed', 'CheckpointError', 'fit', 'ModelFileError', 'file_bytes', 'atomic_write',
-           'encode_sparse', 'decode_sparse', 'model_digest', 'register_structure', 'save_model', 'read_model_file',
-           'load_model', 'train_main', 'rbk_train', 'eval_main', 'rbk_eval', 'bench_result', 'fit_check']
+__all__ = ['BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'dense_head_loss', 'head_shared_rows', 'group_bias',
+           'shared_row_scores', 'shared_rows_cross_entropy', 'head_operands', 'lm_loss', 'evaluate', 'warmup_cosine',
+           'LMObjective', 'dist_info', 'init_distributed', 'CheckpointError', 'fit', 'train_main', 'rbk_train',
+           'eval_main', 'rbk_eval', 'bench_result', 'fit_check']
 
 # %% ../nbs/00b_train.ipynb #d1addedc
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -263,236 +258,6 @@ def fit(model: ResNetBKLM,
         save()
     bar.close()
     return st['history']
-
-# %% ../nbs/00b_train.ipynb #42bdb9d8
-FORMAT, FORMAT_VERSION = 'resnet_bk_compress.model', 3  # 2: a checksum and a 'structure' entry; 3: entropy-coded tensors ('coded')
-READS_FORMATS = ('1', '2', '3')  # a file without coded tensors is written as version 2, which older versions of the library read
-
-class ModelFileError(InputError):
-    "A model file that cannot be read: names the file and the problem."
-
-def file_bytes(path: str | Path) -> int:
-    "Size of a file in bytes, as `os.path.getsize` measures it."
-    return os.path.getsize(path)
-
-def _alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass  # another user's process
-    return True
-
-def atomic_write(path: str | Path, write) -> Path:
-    "Call `write(tmp_path)`, then rename the temporary file over `path`: a crash at any moment leaves the old file or the new one, whole."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f'.{path.name}.tmp-*'):  # left by a writer that was killed: removed once its process is gone
-        pid = stale.name.rsplit('-', 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)): shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    work = path.with_name(f'.{path.name}.tmp-{os.getpid()}')  # a private folder: a writer's own temporaries (safetensors makes one) go with it
-    work.mkdir(exist_ok=True)
-    try:
-        tmp = work / path.name
-        write(tmp)
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())
-        os.replace(tmp, path)
-        if hasattr(os, 'O_DIRECTORY'):  # make the rename itself durable (POSIX)
-            fd = os.open(path.parent, os.O_DIRECTORY)
-            try: os.fsync(fd)
-            finally: os.close(fd)
-    finally: shutil.rmtree(work, ignore_errors=True)
-    return path
-
-# %% ../nbs/00b_train.ipynb #e56a56ba
-_SPARSE_OVERHEAD = 200  # bytes of safetensors index for the extra tensor of a sparse entry (a generous estimate)
-
-def encode_sparse(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    "(packed bitmask of the nonzeros as uint8, the nonzero values) of t, flattened in row-major order."
-    nz = (t != 0).flatten()
-    bits = F.pad(nz, (0, -nz.numel() % 8)).reshape(-1, 8).to(torch.uint8)
-    return (bits << torch.arange(8, dtype=torch.uint8, device=t.device)).sum(-1, dtype=torch.uint8), t.flatten()[nz]
-
-def decode_sparse(mask: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    "The dense tensor of `shape` whose nonzeros are `values` at the set bits of `mask`."
-    n = math.prod(shape)
-    nz = ((mask[:, None] >> torch.arange(8, dtype=torch.uint8, device=mask.device)) & 1).flatten()[:n].bool()
-    if mask.numel() != -(-n // 8) or int(nz.sum()) != values.numel():
-        raise ValueError(f"bitmask of {mask.numel()} bytes with {int(nz.sum())} bits set does not fit {values.numel()} values of shape {tuple(shape)}")
-    out = torch.zeros(n, dtype=values.dtype, device=values.device)
-    out[nz] = values
-    return out.reshape(shape)
-
-def _sparse_pays(t: torch.Tensor) -> bool:
-    n, nnz = t.numel(), int((t != 0).sum())
-    return -(-n // 8) + nnz * t.element_size() + _SPARSE_OVERHEAD < n * t.element_size()
-
-# %% ../nbs/00b_train.ipynb #976c5cd5
-def model_digest(header: dict, tensors: dict) -> str:
-    "SHA-256 of a model file's contents as stored: the header entries (but 'checksum') and each tensor's name, dtype, shape and bytes."
-    h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != 'checksum'}, sort_keys=True).encode())
-    for k in sorted(tensors):
-        t = tensors[k].detach().cpu().contiguous()
-        h.update(f'\0{k}\0{t.dtype}\0{list(t.shape)}\0'.encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-# %% ../nbs/00b_train.ipynb #089b23fc
-def _effective_state(model: nn.Module) -> dict:
-    "state_dict with every parametrized tensor (a pruning mask, say) replaced by the value the module computes from it."
-    sd = model.state_dict()
-    for name, m in model.named_modules():
-        if hasattr(m, 'parametrizations'):
-            pre = f'{name}.' if name else ''
-            for t in list(m.parametrizations.keys()):
-                for k in [k for k in sd if k.startswith(f'{pre}parametrizations.{t}.')]: del sd[k]
-                sd[pre + t] = getattr(m, t).detach()
-    return sd
-
-# %% ../nbs/00b_train.ipynb #cec37846
-STRUCTURES: dict = {}  # kind -> (describe, rebuild, order, module, legacy): the layers later modules add, filled as they are imported
-
-def register_structure(kind: str,  # its header entry
-                       describe,  # describe(model) -> JSON-ready value, None when the model has no such layer; raises InputError when it cannot be saved as it is
-                       rebuild,  # rebuild(model, value): give a freshly built float model that structure (before its tensors are loaded)
-                       order: int,  # rebuilds run in increasing order
-                       module: str,  # the module that registers it, imported by load_model in a fresh process
-                       legacy=None):  # legacy(header) -> value or None, for files of format version 1 (no 'structure' entry)
-    "Teach `save_model` and `load_model` a kind of layer; the module that defines the layer calls this when it is imported."
-    if not module.startswith('resnet_bk_compress.'): raise ValueError(f"module {module!r} is not part of resnet_bk_compress")
-    # by name: the functions are looked up in `module` when used, so that copies defined by running a notebook's cells never stand in for the library's
-    STRUCTURES[kind] = (describe.__name__, rebuild.__name__, order, module, legacy.__name__ if legacy else None)
-
-def _kind(kind: str) -> tuple:
-    "(describe, rebuild, order, legacy) of a registered kind, from its module."
-    describe, rebuild, order, module, legacy = STRUCTURES[kind]
-    m = importlib.import_module(module)
-    return getattr(m, describe), getattr(m, rebuild), order, getattr(m, legacy) if legacy else (lambda h: json.loads(h[kind]) if kind in h else None)
-
-# %% ../nbs/00b_train.ipynb #19a2806c
-SMALL = 256  # elements: tensors this small are packed together by save_model(pack_small=True)
-_RESERVED = ('format', 'format_version', 'config', 'complex', 'sparse', 'small', 'coded', 'vocab', 'vocab_codec', 'meta', 'structure', 'checksum')
-
-def save_model(model: ResNetBKLM, path: str | Path, vocab: Vocab, meta: dict | None = None,
-               header: dict | None = None,  # extra header entries (JSON-ready), e.g. the pipeline's `compressed` entry
-               compress_vocab: bool = False,  # store the vocabulary packed (data.pack_words, a uint8 tensor) instead of as JSON in the header
-               pack_small: bool = False,  # store tensors of at most SMALL elements in one tensor per dtype (the index costs ~90 bytes a tensor)
-               entropy_code: bool = False,  # store byte tensors rANS-coded where that saves 5% (coding.code_bytes)
-               ) -> Path:
-    "Write any model the library builds (float, quantized, pruned, with codebook tables...), its vocabulary and `meta` to one safetensors file, atomically."
-    if len(vocab) != model.cfg.vocab_size:
-        raise InputError(f"vocabulary has {len(vocab)} types but the model has vocab_size={model.cfg.vocab_size}")
-    if compress_vocab and any('\n' in w for w in vocab.itos): raise InputError("a word contains a newline: a compressed vocabulary is stored one word per line")
-    structure = {}  # every registered kind describes the model (or refuses it) before anything is written
-    for kind in sorted(STRUCTURES, key=lambda k: STRUCTURES[k][2]):
-        if (v := _kind(kind)[0](model)) is not None: structure[kind] = (STRUCTURES[kind][3], v)
-    if clash := set(header or {}) & {*structure, *_RESERVED}: raise ValueError(f"header entries {sorted(clash)} are written by save_model itself")
-    tensors = {k: v.detach().contiguous().cpu() for k, v in _effective_state(model).items()}
-    complex_keys = [k for k, v in tensors.items() if v.is_complex()]
-    for k in complex_keys: tensors[k] = torch.view_as_real(tensors[k]).contiguous()  # safetensors has no complex dtype
-    sparse = {k: list(v.shape) for k, v in tensors.items() if v.dim() and _sparse_pays(v)}
-    for k in sparse: tensors[k + '@mask'], tensors[k + '@values'] = encode_sparse(tensors.pop(k))
-    packed = {}
-    if pack_small:
-        for k in [k for k, v in tensors.items() if v.numel() <= SMALL]:
-            v = tensors.pop(k); dt = str(v.dtype).removeprefix('torch.')
-            packed.setdefault(dt, []).append([k, list(v.shape)]); tensors.setdefault(f'@small.{dt}', []).append(v.flatten())
-        for dt in packed: tensors[f'@small.{dt}'] = torch.cat(tensors[f'@small.{dt}'])
-    if compress_vocab: tensors['vocab@words'] = torch.frombuffer(bytearray(pack_words(vocab.itos)), dtype=torch.uint8)
-    coded = {}  # name -> [dtype, shape, alphabet]
-    for k in [k for k, v in tensors.items() if entropy_code and v.dtype in (torch.uint8, torch.int8) and v.numel() > SMALL and k != 'vocab@words']:
-        if (c := code_bytes(tensors[k].numpy().tobytes())) is not None:
-            v = tensors.pop(k); coded[k] = [str(v.dtype).removeprefix('torch.'), list(v.shape), c[0]]
-            tensors[k + '@rans'] = torch.frombuffer(bytearray(c[1]), dtype=torch.uint8)
-    header = {'format': FORMAT, 'format_version': str(FORMAT_VERSION if coded else 2), 'config': json.dumps(model.cfg.to_dict()),
-              'complex': json.dumps(complex_keys), 'sparse': json.dumps(sparse), **({'small': json.dumps(packed, separators=(',', ':'))} if packed else {}),
-              **({'coded': json.dumps(coded, separators=(',', ':'))} if coded else {}),
-              **({'vocab_codec': '"words"'} if compress_vocab else {'vocab': json.dumps(vocab.itos, ensure_ascii=False)}), 'meta': json.dumps(meta or {}),
-              'structure': json.dumps([[k, m] for k, (m, _) in structure.items()]), **{k: json.dumps(v) for k, (_, v) in structure.items()},
-              **{k: json.dumps(v) for k, v in (header or {}).items()}}
-    header['checksum'] = model_digest(header, tensors)
-    return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
-
-def read_model_file(path: str | Path) -> tuple[dict, dict]:
-    "(header, tensors) of a model file, with clear errors for missing, truncated, foreign or newer files."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"model file '{path}' does not exist")
-    try:
-        with safe_open(str(path), framework='pt') as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:  # what safetensors raises for damaged index entries varies
-        raise ModelFileError(f"'{path}' is not a readable safetensors file ({e}): it is truncated, corrupt or not a model file") from None
-    if header.get('format') != FORMAT:
-        raise ModelFileError(f"'{path}' is a safetensors file but not a resnet_bk_compress model (format tag {header.get('format')!r})")
-    if header.get('format_version') not in READS_FORMATS:
-        raise ModelFileError(f"'{path}' has format version {header.get('format_version')!r}; this library reads versions {', '.join(READS_FORMATS)}: "
-                             f"upgrade resnet_bk_compress to read it")
-    if header['format_version'] != '1' and header.get('checksum') != model_digest(header, tensors):
-        raise ModelFileError(f"'{path}' does not match its checksum: the file is corrupt (a changed or lost byte); use another copy")
-    try:
-        for k, (dt, shape, alphabet) in json.loads(header.get('coded', '{}')).items():  # entropy-coded byte tensors, decoded first
-            if dt not in ('uint8', 'int8'): raise ValueError(f"{k!r} is coded as {dt!r}, not a byte dtype")
-            raw = decode_bytes(tensors.pop(k + '@rans').numpy().tobytes(), alphabet, math.prod(shape))
-            tensors[k] = torch.frombuffer(bytearray(raw), dtype=getattr(torch, dt)).reshape(shape)
-    except (KeyError, ValueError, TypeError) as e: raise ModelFileError(f"'{path}': an entropy-coded tensor cannot be decoded ({e!r}): the file is corrupt") from None
-    try:
-        for dt, entries in json.loads(header.get('small', '{}')).items():  # pack_small: unpack in the order they were packed
-            flat, i = tensors.pop(f'@small.{dt}'), 0
-            for k, shape in entries:
-                n = math.prod(shape); tensors[k] = flat[i:i + n].reshape(shape).clone(); i += n
-            if i != flat.numel(): raise ValueError(f"{flat.numel() - i} values left over")
-    except (KeyError, ValueError, TypeError, RuntimeError) as e: raise ModelFileError(f"'{path}': the packed small tensors cannot be read ({e!r}): the file is corrupt") from None
-    if 'vocab_codec' in header:  # '"words"': data.pack_words; '"xz"': one word per line, xz (files written before pack_words)
-        try:
-            codec = json.loads(header['vocab_codec'])
-            blob = tensors.pop({'words': 'vocab@words', 'xz': 'vocab@xz'}[codec]).numpy().tobytes()
-            header['vocab'] = json.dumps(unpack_words(blob) if codec == 'words' else lzma.decompress(blob).decode().split('\n'))
-        except (KeyError, ValueError, lzma.LZMAError, UnicodeDecodeError) as e: raise ModelFileError(f"'{path}': the compressed vocabulary cannot be read ({e!r}): the file is corrupt") from None
-    for k, shape in json.loads(header.get('sparse', '{}')).items():
-        try: tensors[k] = decode_sparse(tensors.pop(k + '@mask'), tensors.pop(k + '@values'), shape)
-        except (KeyError, ValueError) as e: raise ModelFileError(f"'{path}': sparse tensor {k!r} cannot be decoded ({e}): the file is corrupt") from None
-    for k in json.loads(header.get('complex', '[]')):
-        if k not in tensors or tensors[k].shape[-1:] != (2,):
-            raise ModelFileError(f"'{path}': complex tensor {k!r} is missing or not stored as (..., 2) real pairs: the file is corrupt")
-        tensors[k] = torch.view_as_complex(tensors[k])
-    return header, tensors
-
-def _entry(path, header: dict, kind: str):
-    try: return json.loads(header[kind])
-    except (KeyError, json.JSONDecodeError) as e: raise ModelFileError(f"'{path}': its {kind!r} entry is missing or not JSON ({e!r}): the file is corrupt") from None
-
-def _structure(path, header: dict) -> list:
-    "[(order, kind, rebuild, value)] of a file: its 'structure' entry (version 2), or the kinds whose entries a version 1 file has."
-    try:
-        if 'structure' in header:
-            kinds = json.loads(header['structure'])
-            for kind, module in kinds:
-                if not (isinstance(module, str) and module.startswith('resnet_bk_compress.') and module.replace('.', '').replace('_', '').isalnum()):
-                    raise ValueError(f"module {module!r} is not part of resnet_bk_compress")
-                importlib.import_module(module)  # registers the kind
-        else:  # version 1: no list of kinds; every module of the package is imported, and each reads its own entry if it is there
-            import resnet_bk_compress
-            for m in pkgutil.iter_modules(resnet_bk_compress.__path__): importlib.import_module(f'resnet_bk_compress.{m.name}')
-            values = {k: v for k in STRUCTURES if (v := _kind(k)[3](header)) is not None}
-    except (ValueError, TypeError, KeyError, ImportError) as e: raise ModelFileError(f"'{path}' has a malformed 'structure' entry ({e!r}): the file is corrupt") from None
-    if 'structure' in header: values = {kind: _entry(path, header, kind) for kind, _ in kinds}
-    if unknown := set(values) - set(STRUCTURES):
-        raise ModelFileError(f"'{path}' holds layers of kinds {sorted(unknown)} that this version of resnet_bk_compress cannot build: upgrade it")
-    return sorted((STRUCTURES[k][2], k, _kind(k)[1], v) for k, v in values.items())
-
-def load_model(path: str | Path) -> tuple[ResNetBKLM, Vocab, dict]:
-    "(model in eval mode, vocabulary, metadata) from any file written by `save_model`, rebuilt in the structure it was saved in."
-    header, tensors = read_model_file(path)
-    try: cfg, vocab, meta = ResNetBKConfig.from_dict(json.loads(header['config'])), Vocab(json.loads(header['vocab'])), json.loads(header.get('meta', '{}'))
-    except (KeyError, ValueError, TypeError) as e: raise ModelFileError(f"'{path}' has a malformed header: {e}") from None
-    with torch.device('cpu'):  # a file loads on the CPU, whatever the default device: the caller moves the model
-        model = ResNetBKLM(cfg)
-        for _, kind, rebuild, value in _structure(path, header):
-            try: rebuild(model, value)
-            except (ValueError, TypeError, KeyError) as e:  # a damaged entry: name the file and the entry
-                raise ModelFileError(f"'{path}': its {kind!r} entry {json.dumps(value)[:200]} does not fit its config ({e}): "
-                                     "the file is corrupt") from None
-    try: model.load_state_dict(tensors)  # strict: missing, unexpected and mis-shaped tensors are all named
-    except RuntimeError as e: raise ModelFileError(f"'{path}' does not match its config: {e}") from None
-    return model.eval(), vocab, meta
 
 # %% ../nbs/00b_train.ipynb #9a6408c2
 def _load_data(spec: str) -> Corpus:

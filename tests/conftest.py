@@ -26,7 +26,7 @@ def fresh_process_logits(loader: str, path, x: torch.Tensor, tmp_path, check: st
 
 def sealed(header: dict, tensors: dict) -> dict:
     "A header a test has edited, with its checksum recomputed over `tensors`: the file passes the integrity check and reaches the check under test."
-    from resnet_bk_compress.train import model_digest
+    from resnet_bk_compress.files import model_digest
     h = {k: v for k, v in header.items() if k != 'checksum'}
     return {**h, 'checksum': model_digest(h, tensors)}
 
@@ -63,7 +63,7 @@ def pruned_small(corpus, m, keep=2):
 def every_kind(corpus) -> dict:
     "name -> (model, save function): one of every kind of model the library builds."
     import copy
-    from resnet_bk_compress.train import save_model
+    from resnet_bk_compress.files import save_model
     from resnet_bk_compress.quant import Int8Config
     from resnet_bk_compress.complex_quant import ComplexInt8Config
     from resnet_bk_compress.int4_moe import Int4MoEConfig

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from resnet_bk_compress.coding import PROB_BITS, normalized_freqs, rans_encode, rans_decode, code_bytes, decode_bytes
 from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words, front_code, _CODECS
-from resnet_bk_compress.train import save_model, load_model, read_model_file, ModelFileError
+from resnet_bk_compress.files import save_model, load_model, read_model_file, ModelFileError
 from resnet_bk_compress.int4_moe import Int4MoEConfig
 from resnet_bk_compress.tables import CodebookTable, quantize_bias_
 from resnet_bk_compress.pipeline import save_compressed

@@ -5,7 +5,8 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 from resnet_bk_compress.model import BKCore, ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.data import synthetic_corpus, train_batches
-from resnet_bk_compress.train import save_model, load_model, read_model_file, evaluate
+from resnet_bk_compress.files import save_model, load_model, read_model_file
+from resnet_bk_compress.train import evaluate
 from resnet_bk_compress.quant import (PerTensor, PerChannel, calibrating, quantize_, Int8Config,
                                       QuantConfig, qrange)
 from resnet_bk_compress.complex_quant import ComplexQuantizer, PerChannelQuantizedBKCore, ComplexInt8Config, SCHEMES
@@ -121,7 +122,7 @@ def test_model_flow_convert_save_load_in_fresh_process(small, scheme, tmp_path):
     with torch.no_grad(): real = q(x)
     assert torch.allclose(real, fake, atol=1e-4)
     f = save_model(q, tmp_path / 'q.safetensors', syn.vocab)
-    got = fresh_process_logits('resnet_bk_compress.train.load_model', f, x, tmp_path,
+    got = fresh_process_logits('resnet_bk_compress.files.load_model', f, x, tmp_path,
                                check="assert 'resnet_bk_compress.complex_quant' in sys.modules; ")
     assert torch.equal(got, real)
     # the same weights at other addresses: the batched GEMM may sum in another order (float32 noise, ~1e-6 measured)

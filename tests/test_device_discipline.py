@@ -9,7 +9,8 @@ import pytest
 import torch
 from resnet_bk_compress.data import synthetic_corpus, train_batches
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
-from resnet_bk_compress.train import evaluate, fit, save_model, load_model
+from resnet_bk_compress.files import save_model, load_model
+from resnet_bk_compress.train import evaluate, fit
 from resnet_bk_compress.quant import Int8Config, quantize_, calibrating
 from resnet_bk_compress.complex_quant import ComplexInt8Config
 from resnet_bk_compress.int4_moe import GroupWiseQuantizer, Int4MoEConfig

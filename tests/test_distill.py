@@ -3,7 +3,8 @@ import pytest
 import torch
 from resnet_bk_compress.data import synthetic_corpus, windows_at
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, num_params
-from resnet_bk_compress.train import load_model, CheckpointError
+from resnet_bk_compress.files import load_model
+from resnet_bk_compress.train import CheckpointError
 from resnet_bk_compress.distill import (soft_loss, hard_loss, distill_loss, chunked_distill_loss, DenseTeacher, TopKTeacher,
                                         layer_map, make_student, TeacherTargets, DistillationObjective, DistillationTrainer,
                                         distill_cascade)

@@ -3,7 +3,7 @@ import subprocess, sys
 import pytest
 import torch
 from resnet_bk_compress.data import synthetic_corpus
-from resnet_bk_compress.train import load_model, save_model
+from resnet_bk_compress.files import load_model, save_model
 from resnet_bk_compress.quant import PerChannel
 from resnet_bk_compress.complex_quant import ComplexInt8Config
 from resnet_bk_compress.generate import incremental_logits, generate, generate_ids, position_nll

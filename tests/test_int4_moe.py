@@ -5,7 +5,8 @@ import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 from resnet_bk_compress.model import MoE, ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.data import synthetic_corpus, train_batches
-from resnet_bk_compress.train import fit, evaluate, save_model, load_model
+from resnet_bk_compress.files import save_model, load_model
+from resnet_bk_compress.train import fit, evaluate
 from resnet_bk_compress.quant import quantize_, calibrating, sqnr, QuantConfig, Int8Linear, qrange
 from resnet_bk_compress.int4_moe import (GroupWiseQuantizer, pack_int4, unpack_int4, QuantizedLinear, QuantizedMoELayer, QATMoE,
                                          GroupQATLinear, Int4MoEConfig, expert_bytes, compression_ratio, int4_kernel_available)
@@ -151,7 +152,7 @@ def test_qat_trains_converts_and_loads_in_fresh_process(tmp_path):
     assert torch.allclose(real, fake, atol=5e-3)
     with pytest.raises(ValueError, match='already converted'): quantize_(lm, cfg, 'convert')
     f = save_model(lm, tmp_path / 'q.safetensors', syn.vocab)
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.train.load_model', f, x, tmp_path), real)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.files.load_model', f, x, tmp_path), real)
 
 def test_compression_ratio_is_measured_on_files(tmp_path):
     torch.manual_seed(0)

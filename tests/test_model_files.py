@@ -8,7 +8,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, InputError
 from resnet_bk_compress.data import synthetic_corpus
-from resnet_bk_compress.train import save_model, load_model, read_model_file, model_digest, ModelFileError, _cli
+from resnet_bk_compress.files import save_model, load_model, read_model_file, model_digest, ModelFileError
+from resnet_bk_compress.train import _cli
 from resnet_bk_compress.quant import Int8Config, Int8Embedding
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedEmbedding
 from resnet_bk_compress.pipeline import CompressionPipeline
@@ -29,7 +30,7 @@ def files(syn, tmp_path_factory):
 def test_every_kind_loads_in_a_fresh_process_with_identical_logits(files, tmp_path):
     out, x = files
     torch.save(x, tmp_path / 'x.pt')
-    code = ("import sys, torch; from resnet_bk_compress.train import load_model\n"  # nothing but the one loader is imported
+    code = ("import sys, torch; from resnet_bk_compress.files import load_model\n"  # nothing but the one loader is imported
             "x = torch.load(sys.argv[1]); torch.save([load_model(f)[0](x).detach() for f in sys.argv[3:]], sys.argv[2])")
     paths = [str(f) for f, _ in out.values()]
     subprocess.run([sys.executable, '-c', code, str(tmp_path / 'x.pt'), str(tmp_path / 'y.pt'), *paths], check=True, timeout=300)
@@ -97,7 +98,7 @@ WRITER = """
 import sys, torch
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.data import Vocab
-from resnet_bk_compress.train import save_model
+from resnet_bk_compress.files import save_model
 torch.manual_seed(1)
 m = ResNetBKLM(ResNetBKConfig(vocab_size=30_000, d_model=64, n_layers=1))
 vocab = Vocab([f'w{i}' for i in range(29_998)])
@@ -168,3 +169,22 @@ def test_quantizing_a_pruned_model_keeps_its_original_expert_indices(syn):
     kept = [b.moe.kept for b in m.blocks]
     q = quantized_small(syn, m, Int4MoEConfig(group_size=16))
     assert [b.moe.kept for b in q.blocks] == kept  # the file records these, not 0..n-1
+
+def test_loading_imports_only_the_modules_files_kinds_names(files, tmp_path):
+    "A file of any version loads with no module imported but those KINDS names for its layers (and what they import)."
+    from resnet_bk_compress.files import KINDS, register_structure
+    out, _ = files
+    def to_v1(h):
+        h['format_version'] = '1'; del h['checksum']; kinds = [k for k, _ in json.loads(h.pop('structure'))]
+        if 'bias' in kinds: h['table'] = json.dumps({**json.loads(h['table']), 'bias_bits': 4}); del h['bias']
+    v1 = _rewrite(out['codebook table, 4-bit biases, compressed'][0], tmp_path / 'v1.safetensors', to_v1)
+    for f in (out['pruned int4'][0], v1):
+        code = ("import sys; from resnet_bk_compress.files import load_model; load_model(sys.argv[1]); "
+                "print(sorted(m for m in sys.modules if m.startswith('resnet_bk_compress.')))")
+        loaded = json.loads(subprocess.run([sys.executable, '-c', code, str(f)], capture_output=True, text=True, check=True,
+                                           timeout=300).stdout.replace("'", '"'))
+        assert set(loaded) <= {'resnet_bk_compress.' + m for m in ('files', 'coding', 'model', 'data', 'quant', 'int4_moe', 'tables',
+                                                                   'pruning', 'train')}, loaded
+        assert not {'resnet_bk_compress.pipeline', 'resnet_bk_compress.export', 'resnet_bk_compress.generate'} & set(loaded), loaded
+    with pytest.raises(ValueError, match='not in files.KINDS'): register_structure('tiles', len, len, order=50)
+    assert set(KINDS.values()) == {'resnet_bk_compress.tables', 'resnet_bk_compress.quant', 'resnet_bk_compress.pruning'}

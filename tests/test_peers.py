@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 from conftest import train_small
 from resnet_bk_compress.data import synthetic_corpus, pack_words
-from resnet_bk_compress.train import evaluate, file_bytes, save_model
+from resnet_bk_compress.files import file_bytes, save_model
+from resnet_bk_compress.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / 'bench'))

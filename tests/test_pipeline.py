@@ -6,7 +6,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
-from resnet_bk_compress.train import fit, save_model, ModelFileError, file_bytes
+from resnet_bk_compress.files import save_model, ModelFileError, file_bytes
+from resnet_bk_compress.train import fit
 from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, STAGES, COMPRESSED_VERSION
 from resnet_bk_compress.model import InputError
 from conftest import sealed, fresh_process_logits, train_small
@@ -170,7 +171,8 @@ def test_cli_bad_input_is_one_line(tmp_path):
 def test_rbk_eval_reads_every_file_the_library_writes(run, syn, teacher, tmp_path):
     "rbk-eval scores plain, quantized and compressed files exactly as the model loaded from them scores in Python."
     import copy
-    from resnet_bk_compress.train import eval_main, evaluate, load_model
+    from resnet_bk_compress.files import load_model
+    from resnet_bk_compress.train import eval_main, evaluate
     from resnet_bk_compress.data import encode_file, train_batches
     from resnet_bk_compress.quant import Int8Config, quantize_, calibrating
     _, rep, d = run

@@ -5,7 +5,8 @@ import torch
 import torch.nn as nn
 from resnet_bk_compress.model import MoE, ResNetBKConfig, ResNetBKLM
 from resnet_bk_compress.data import synthetic_corpus, train_batches
-from resnet_bk_compress.train import fit, evaluate, save_model, load_model, file_bytes, read_model_file, ModelFileError, _effective_state
+from resnet_bk_compress.files import save_model, load_model, file_bytes, read_model_file, ModelFileError, _effective_state
+from resnet_bk_compress.train import fit, evaluate
 from resnet_bk_compress.quant import quantize_, calibrating, Int8Config
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedMoELayer
 from resnet_bk_compress.pruning import (expert_stats, prune_experts_, prune_moe_, MagnitudePruner,
@@ -44,7 +45,7 @@ def test_pruned_experts_are_gone_and_the_file_shrinks(trained, tmp_path):
     assert file_bytes(a) - file_bytes(b) >= 5 * per_expert  # 3 + 4 experts gone, less header
     x = syn.test[:32][None]
     m.eval()
-    with torch.no_grad(): assert torch.equal(fresh_process_logits('resnet_bk_compress.train.load_model', b, x, tmp_path), m(x))
+    with torch.no_grad(): assert torch.equal(fresh_process_logits('resnet_bk_compress.files.load_model', b, x, tmp_path), m(x))
     assert load_model(b)[0].blocks[1].moe.kept == kept[1]  # save_model wrote the kept experts: the one loader rebuilds them
 
 def test_never_below_top_k_and_bad_input(trained):

@@ -92,7 +92,8 @@ def test_observer_argument_checks():
 import torch.nn as nn
 from resnet_bk_compress.data import synthetic_corpus, train_batches
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, BKCore, InputError
-from resnet_bk_compress.train import evaluate, fit, lm_loss, save_model, load_model, file_bytes, ModelFileError
+from resnet_bk_compress.files import save_model, load_model, file_bytes, ModelFileError
+from resnet_bk_compress.train import evaluate, fit, lm_loss
 from resnet_bk_compress.quant import (FakeQuantizer, calibrating, QuantizedBKCore, Int8Config, quantize_, QATLinear, QATEmbedding,
                                       Int8Linear, Int8Embedding)
 
@@ -178,7 +179,7 @@ def test_file_bytes_shrink_and_fresh_process_loads_same_logits(tmp_path, syn):
     assert file_bytes(q) < file_bytes(fp32) / 2  # width 16: the header (vocabulary, tensor index) weighs more here
     x = syn.test[None, :32]
     with torch.no_grad(): ref = m(x)
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.train.load_model', q, x, tmp_path), ref)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.files.load_model', q, x, tmp_path), ref)
 
 def test_reference_config_int8_bytes(tmp_path):
     "Reference width 64 at a 30K vocabulary: quantized tensors shrink 3.76x (64 codes + a 4-byte scale per row), the file 3.4x."

@@ -4,9 +4,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 from safetensors import safe_open
 from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words
-from resnet_bk_compress.train import file_bytes
+from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.tables import canonical_order, permute_vocab_, permute_vocab
-from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, COMPRESSED_VERSION
+from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, COMPRESSED_VERSION, Plan
 from conftest import sealed, fresh_process_logits, train_small
 
 @settings(max_examples=300, deadline=None)
@@ -81,9 +81,13 @@ def test_resume_with_a_table_reaches_the_same_file(table_run, syn, teacher, tmp_
 
 def test_planner_predicts_the_file_and_refuses_what_no_student_reaches(syn, teacher, tmp_path):
     pipe = CompressionPipeline(teacher, syn.vocab, target_compression=25, batch_size=16, calib_batches=4)
+    before = copy.copy(pipe.__dict__)
+    plan = pipe.plan(syn)  # a value: the pipeline is unchanged until a run uses it
+    assert isinstance(plan, Plan) and pipe.__dict__ == before and plan.tried[-1]['bytes'] == plan.predicted_bytes <= plan.budget
     rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'run', progress=False)
-    assert pipe.planned['table'] is not None and rep['compression_ratio'] >= 25
-    assert abs(rep['compressed_bytes'] / pipe.planned['predicted_bytes'] - 1) < 0.01
+    assert pipe.planned == plan and (pipe.student, pipe.table) == (plan.student, plan.table) and rep['plan'] == plan.to_dict()
+    assert pipe.planned.table is not None and rep['compression_ratio'] >= 25
+    assert abs(rep['compressed_bytes'] / pipe.planned.predicted_bytes - 1) < 0.01
     hopeless = CompressionPipeline(teacher, syn.vocab, target_compression=10_000)
     with pytest.raises(PipelineError, match=r'no student reaches 10000x .*the smallest the planner found is'):
         hopeless.run_pipeline(syn, save_dir=tmp_path / 'never', progress=False)
@@ -99,7 +103,7 @@ def test_table_settings_are_checked_before_a_run(syn, teacher):
 
 def test_damaged_table_entries_are_refused_with_the_file_named(table_run, tmp_path):
     from safetensors.torch import save_file
-    from resnet_bk_compress.train import ModelFileError
+    from resnet_bk_compress.files import ModelFileError
     _, rep, _ = table_run
     with safe_open(rep['compressed_file'], 'pt') as f: header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     for bad in ('{"n_dense": 100', '{"n_dense": "x", "n_codebooks": 1, "codebook_size": 64}', '{"n_dense": 100}', '{"n_dense": 100000, "n_codebooks": 1, "codebook_size": 64}'):

@@ -3,7 +3,8 @@ import pytest
 import torch
 from resnet_bk_compress.data import synthetic_corpus, train_batches
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
-from resnet_bk_compress.train import fit, evaluate, save_model
+from resnet_bk_compress.files import save_model
+from resnet_bk_compress.train import fit, evaluate
 from resnet_bk_compress.quant import Int8Config, quantize_, calibrating
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedEmbedding
 from conftest import fresh_process_logits
@@ -29,4 +30,4 @@ def test_tied_head_quantized_round_trip(config, rank, tmp_path):
     assert evaluate(m, syn.test)['ppl'] < 1.1 * fp
     p = save_model(m, tmp_path / 'q.safetensors', syn.vocab)
     x = syn.test[:32][None]
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.train.load_model', p, x, tmp_path), stored)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.files.load_model', p, x, tmp_path), stored)

@@ -8,8 +8,8 @@ from safetensors.torch import save_file
 from conftest import sealed
 from resnet_bk_compress.data import synthetic_corpus, unigram_ppl
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
-from resnet_bk_compress.train import (chunked_cross_entropy, evaluate, fit, save_model, load_model, read_model_file, file_bytes,
-                                      atomic_write, ModelFileError, lm_loss)
+from resnet_bk_compress.files import save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError
+from resnet_bk_compress.train import chunked_cross_entropy, evaluate, fit, lm_loss
 
 @pytest.fixture(scope='module')
 def syn(): return synthetic_corpus(vocab_size=200, n_train=20_000, n_eval=3_000, locality=200)
