@@ -81,7 +81,8 @@ def code_bytes(data: bytes) -> tuple[int, bytes] | None:
     for k, sym in ((256, a), (16, _nibbles(a))):
         counts = np.bincount(sym, minlength=k)
         freqs = normalized_freqs(counts)
-        if best is None or _cost(counts, freqs) < best[0]: best = (_cost(counts, freqs), k, sym, freqs)
+        cost = _cost(counts, freqs)
+        if best is None or cost < best[0]: best = (cost, k, sym, freqs)
     cost, k, sym, freqs = best
     if cost > (1 - MIN_SAVING) * a.size: return None
     blob = np.asarray(freqs, dtype='<u2').tobytes() + rans_encode(sym.tolist(), freqs)
