@@ -1,4 +1,4 @@
-"""The parts of a compressed model are not uniform bytes: a word's code, a 4-bit bias, an INT4 weight. An exact static rANS coder stores each part in about its entropy.
+"""An exact static rANS coder: a compressed model's codes and 4-bit biases stored in about their entropy.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/coding.html.md"""
 
@@ -15,18 +15,24 @@ __all__ = ['PROB_BITS', 'MIN_SAVING', 'normalized_freqs', 'rans_encode', 'rans_d
 PROB_BITS = 14  # frequencies sum to 2^14: a rarest symbol costs at most 14 bits
 _M, _L = 1 << PROB_BITS, 1 << 23  # the coder's state stays in [2^23, 2^31)
 
+
 def normalized_freqs(counts) -> list[int]:
     "Integer frequencies summing to 2^PROB_BITS, about proportional to `counts`; a symbol that occurs gets at least 1."
     counts = [int(c) for c in counts]
     n, seen = sum(counts), sum(c > 0 for c in counts)
-    if n == 0 or seen > _M: raise ValueError(f"cannot give {seen} symbols (of {n} counted) frequencies summing to {_M}")
+    if n == 0 or seen > _M:
+        raise ValueError(f"cannot give {seen} symbols (of {n} counted) frequencies summing to {_M}")
     f = [max(1, c * _M // n) if c else 0 for c in counts]
     order = sorted(range(len(f)), key=lambda s: -counts[s])
     d, i = _M - sum(f), 0
     while d:  # the rounding error goes to (or comes from) the most frequent symbols in turn, never below 1
         s = order[i % seen]
-        if d > 0: f[s] += 1; d -= 1
-        elif f[s] > 1: f[s] -= 1; d += 1
+        if d > 0:
+            f[s] += 1
+            d -= 1
+        elif f[s] > 1:
+            f[s] -= 1
+            d += 1
         i += 1
     return f
 
@@ -34,65 +40,88 @@ def normalized_freqs(counts) -> list[int]:
 def rans_encode(symbols, freqs: list[int]) -> bytes:
     "The symbols (ints indexing `freqs`) coded with their static frequencies: 4 bytes of final state, then the stream."
     cum = [0]
-    for f in freqs: cum.append(cum[-1] + f)
-    if cum[-1] != _M: raise ValueError(f"frequencies sum to {cum[-1]}, not 2^PROB_BITS = {_M}: use normalized_freqs")
+    for f in freqs:
+        cum.append(cum[-1] + f)
+    if cum[-1] != _M:
+        raise ValueError(f"frequencies sum to {cum[-1]}, not 2^PROB_BITS = {_M}: use normalized_freqs")
     x, out, step = _L, bytearray(), (_L >> PROB_BITS) << 8
     for s in reversed(symbols):
         f = freqs[s]
-        if not f: raise ValueError(f"symbol {s} has frequency 0: count every symbol the message holds")
-        while x >= step * f: out.append(x & 255); x >>= 8  # keep x below 2^31 after the step
+        if not f:
+            raise ValueError(f"symbol {s} has frequency 0: count every symbol the message holds")
+        while x >= step * f:
+            out.append(x & 255)
+            x >>= 8  # keep x below 2^31 after the step
         x = (x // f << PROB_BITS) + x % f + cum[s]
     out.reverse()
     return x.to_bytes(4, 'little') + bytes(out)
 
 # %% ../nbs/00c_coding.ipynb #1673419b
 def rans_decode(data: bytes, freqs: list[int], n: int) -> bytes:
-    "The `n` symbols (< 256) `rans_encode` coded into `data`; a stream that does not end exactly in the initial state is damaged."
+    """The `n` symbols (< 256) `rans_encode` coded into `data`; a stream that does not end exactly in the initial state
+    is damaged."""
     cum, slot = [0], bytearray()
-    for s, f in enumerate(freqs): cum.append(cum[-1] + f); slot += bytes([s]) * f
-    if len(slot) != _M: raise ValueError(f"frequencies sum to {len(slot)}, not 2^PROB_BITS = {_M}")
-    if len(data) < 4: raise ValueError(f"a coded stream has at least 4 bytes, got {len(data)}: it is damaged")
+    for s, f in enumerate(freqs):
+        cum.append(cum[-1] + f)
+        slot += bytes([s]) * f
+    if len(slot) != _M:
+        raise ValueError(f"frequencies sum to {len(slot)}, not 2^PROB_BITS = {_M}")
+    if len(data) < 4:
+        raise ValueError(f"a coded stream has at least 4 bytes, got {len(data)}: it is damaged")
     x, pos, out, mask = int.from_bytes(data[:4], 'little'), 4, bytearray(n), _M - 1
     try:
         for i in range(n):
             s = slot[x & mask]
             x = freqs[s] * (x >> PROB_BITS) + (x & mask) - cum[s]
-            while x < _L: x = (x << 8) | data[pos]; pos += 1
+            while x < _L:
+                x = (x << 8) | data[pos]
+                pos += 1
             out[i] = s
-    except IndexError: raise ValueError("the coded stream ends too early: it is damaged") from None
-    if x != _L or pos != len(data): raise ValueError("the coded stream does not end in the coder's initial state: it is damaged")
+    except IndexError:
+        raise ValueError("the coded stream ends too early: it is damaged") from None
+    if x != _L or pos != len(data):
+        raise ValueError("the coded stream does not end in the coder's initial state: it is damaged")
     return bytes(out)
 
 # %% ../nbs/00c_coding.ipynb #1c843796
 MIN_SAVING = 0.10  # code a tensor only when this share of its bytes is saved
 
-def _nibbles(a: np.ndarray) -> np.ndarray: return np.stack([a & 15, a >> 4], 1).reshape(-1)  # low nibble first
+
+def _nibbles(a: np.ndarray) -> np.ndarray:
+    return np.stack([a & 15, a >> 4], 1).reshape(-1)  # low nibble first
+
 
 def _cost(counts: np.ndarray, freqs: list[int]) -> float:
     "Bytes of a message with these symbol counts coded with these frequencies, its table and state included."
     c, f = counts[counts > 0], np.asarray(freqs)[counts > 0]
     return float((c * (PROB_BITS - np.log2(f))).sum() / 8) + 4 + 2 * len(freqs)
 
+
 def code_bytes(data: bytes) -> tuple[int, bytes] | None:
-    "(alphabet, coded blob) of a byte string, alphabet 256 (bytes) or 16 (nibbles); None when coding saves under MIN_SAVING."
+    """(alphabet, coded blob) of a byte string, alphabet 256 (bytes) or 16 (nibbles); None when coding saves under
+    MIN_SAVING."""
     a = np.frombuffer(bytes(data), dtype=np.uint8)
-    if a.size == 0: return None
+    if a.size == 0:
+        return None
     best = None
     for k, sym in ((256, a), (16, _nibbles(a))):
         counts = np.bincount(sym, minlength=k)
         freqs = normalized_freqs(counts)
         cost = _cost(counts, freqs)
-        if best is None or cost < best[0]: best = (cost, k, sym, freqs)
+        if best is None or cost < best[0]:
+            best = (cost, k, sym, freqs)
     cost, k, sym, freqs = best
-    if cost > (1 - MIN_SAVING) * a.size: return None
+    if cost > (1 - MIN_SAVING) * a.size:
+        return None
     blob = np.asarray(freqs, dtype='<u2').tobytes() + rans_encode(sym.tolist(), freqs)
     return (k, blob) if len(blob) <= (1 - MIN_SAVING) * a.size else None
 
 # %% ../nbs/00c_coding.ipynb #ded1ad59
 def decode_bytes(blob: bytes, alphabet: int, n: int) -> bytes:
     "The `n` bytes `code_bytes` coded into `blob` with `alphabet` (256 or 16)."
-    if alphabet not in (16, 256): raise ValueError(f"alphabet must be 16 or 256, got {alphabet!r}")
+    if alphabet not in (16, 256):
+        raise ValueError(f"alphabet must be 16 or 256, got {alphabet!r}")
     blob = bytes(blob)
-    freqs = np.frombuffer(blob[:2 * alphabet], dtype='<u2').tolist()
-    sym = np.frombuffer(rans_decode(blob[2 * alphabet:], freqs, n * (2 if alphabet == 16 else 1)), dtype=np.uint8)
+    freqs = np.frombuffer(blob[: 2 * alphabet], dtype='<u2').tolist()
+    sym = np.frombuffer(rans_decode(blob[2 * alphabet :], freqs, n * (2 if alphabet == 16 else 1)), dtype=np.uint8)
     return (sym if alphabet == 256 else sym[0::2] | (sym[1::2] << 4)).tobytes()

@@ -1,4 +1,4 @@
-"""Quantizing complex tensors: where the BK-Core's G lives, real and imaginary parts on their own grids per position, joint and polar alternatives measured, a straight-through gradient for complex values, and `PerChannelQuantizedBKCore` inside the INT8 flow.
+"""Quantizing the BK-Core's complex tensors: real and imaginary grids per position, the alternatives measured.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/complex_quant.html.md"""
 
@@ -13,8 +13,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .model import BKCore, causal_resolvent, on_device, rel_error, within
-from .quant import (OBSERVERS, PerTensor, PerChannel, Quantizer, FakeQuantizer, Int8Config,
-                                      quantize_tensor, dequantize_tensor, fake_quantize, sqnr, _check_finite)
+from resnet_bk_compress.quant import (
+    OBSERVERS,
+    PerTensor,
+    PerChannel,
+    Quantizer,
+    FakeQuantizer,
+    Int8Config,
+    quantize_tensor,
+    dequantize_tensor,
+    fake_quantize,
+    sqnr,
+    _check_finite,
+)
 
 # %% auto #0
 __all__ = ['SCHEMES', 'ComplexQuantizer', 'PerChannelQuantizedBKCore', 'ComplexInt8Config', 'complex_check']
@@ -22,39 +33,56 @@ __all__ = ['SCHEMES', 'ComplexQuantizer', 'PerChannelQuantizedBKCore', 'ComplexI
 # %% ../nbs/02_complex_quant.ipynb #78d377b1
 SCHEMES = ('separate', 'joint', 'polar')
 
+
 class ComplexQuantizer(Quantizer):
-    "Complex tensor -> two integer components (real/imaginary or modulus/phase), each with its own scales, per tensor or per channel."
-    def __init__(self, bits: int = 8,  # code width of each component
-                 granularity=PerChannel(-1),  # PerTensor() or PerChannel(axis); the default is one scale per position of (batch, positions)
-                 scheme: str = 'separate',  # 'separate' (Re, Im), 'joint' (Re, Im on one grid from |x|) or 'polar' (|x|, phase)
-                 symmetric: bool | None = None,  # grids centred on 0; only 'separate' offers the choice (default: asymmetric)
-                 observer: str = 'min_max'):  # calibration rule: a name of OBSERVERS
+    """Complex tensor -> two integer components (real/imaginary or modulus/phase), each with its own scales, per tensor
+    or per channel."""
+
+    def __init__(
+        self,
+        bits: int = 8,  # code width of each component
+        granularity=PerChannel(
+            -1
+        ),  # PerTensor() or PerChannel(axis); the default is one scale per position of (batch, positions)
+        scheme: str = 'separate',  # 'separate' (Re, Im), 'joint' (Re, Im on one grid from |x|) or 'polar' (|x|, phase)
+        symmetric: bool | None = None,  # grids centred on 0; only 'separate' offers the choice (default: asymmetric)
+        observer: str = 'min_max',
+    ):  # calibration rule: a name of OBSERVERS
         super().__init__()
-        if scheme not in SCHEMES: raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
         if not isinstance(granularity, (PerTensor, PerChannel)):
             raise ValueError(f"granularity must be PerTensor() or PerChannel(axis), got {granularity!r}")
-        if observer not in OBSERVERS: raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
+        if observer not in OBSERVERS:
+            raise ValueError(f"observer must be one of {sorted(OBSERVERS)}, got {observer!r}")
         fixed = {'joint': True, 'polar': False}.get(scheme)
         if fixed is not None and symmetric not in (None, fixed):
-            raise ValueError(f"scheme {scheme!r} is always {'symmetric' if fixed else 'asymmetric'}: leave symmetric=None")
+            raise ValueError(
+                f"scheme {scheme!r} is always {'symmetric' if fixed else 'asymmetric'}: leave symmetric=None"
+            )
         self.bits, self.granularity, self.scheme, self.observer_name = bits, granularity, scheme, observer
         self.symmetric = fixed if fixed is not None else bool(symmetric)
         make = lambda: OBSERVERS[observer](bits=bits, symmetric=self.symmetric, granularity=granularity)
         self.observers = nn.ModuleList([make()] if scheme == 'joint' else [make(), make()])
 
-    def extra_repr(self): return f"bits={self.bits}, granularity={self.granularity}, scheme={self.scheme!r}, symmetric={self.symmetric}"
+    def extra_repr(self):
+        return f"bits={self.bits}, granularity={self.granularity}, scheme={self.scheme!r}, symmetric={self.symmetric}"
 
 # %% ../nbs/02_complex_quant.ipynb #f8895f2f
 def _check_complex(x: torch.Tensor, what: str = 'ComplexQuantizer'):
     if not torch.is_tensor(x) or not x.is_complex():
-        raise TypeError(f"{what} expects a complex tensor, got {getattr(x, 'dtype', type(x).__name__)}: "
-                        f"build one with torch.complex(re, im) or torch.view_as_complex, or use FakeQuantizer for real tensors")
+        raise TypeError(
+            f"{what} expects a complex tensor, got {getattr(x, 'dtype', type(x).__name__)}: "
+            f"build one with torch.complex(re, im) or torch.view_as_complex, or use FakeQuantizer for real tensors"
+        )
     _check_finite(torch.view_as_real(x), 'complex tensor')
+
 
 @patch
 def components(self: ComplexQuantizer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "The two real tensors that get codes: (Re x, Im x), or (|x|, angle x) for 'polar'."
     return (x.abs(), x.angle()) if self.scheme == 'polar' else (x.real, x.imag)
+
 
 @patch
 def combine(self: ComplexQuantizer, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -67,15 +95,19 @@ def observe(self: ComplexQuantizer, x: torch.Tensor):
     _check_complex(x)
     if isinstance(self.granularity, PerChannel) and not -x.dim() <= self.granularity.axis < x.dim():
         raise ValueError(f"channel axis {self.granularity.axis} does not exist in a tensor of shape {tuple(x.shape)}")
-    if self.scheme == 'joint': self.observers[0](x.detach().abs())
+    if self.scheme == 'joint':
+        self.observers[0](x.detach().abs())
     else:
-        for o, c in zip(self.observers, self.components(x.detach())): o(c)
+        for o, c in zip(self.observers, self.components(x.detach())):
+            o(c)
+
 
 @patch
 def freeze(self: ComplexQuantizer):
     "Fix both components' scales and zero points from the observers' statistics."
     qp = [o.qparams() for o in self.observers] * (2 if self.scheme == 'joint' else 1)
     self.scale, self.zero_point = torch.stack([s for s, _ in qp]), torch.stack([z for _, z in qp])
+
 
 @patch
 def _qparams_for(self: ComplexQuantizer, x: torch.Tensor):
@@ -86,7 +118,10 @@ def _qparams_for(self: ComplexQuantizer, x: torch.Tensor):
     if isinstance(self.granularity, PerChannel):
         axis = self.granularity.axis % x.dim() + 1  # +1: the leading component axis
         n, have = x.shape[axis - 1], s.shape[axis]
-        if n > have: raise ValueError(f"tensor has {n} channels along axis {self.granularity.axis} but the quantizer was calibrated on {have}")
+        if n > have:
+            raise ValueError(
+                f"tensor has {n} channels along axis {self.granularity.axis} but the quantizer was calibrated on {have}"
+            )
         s, z = s.narrow(axis, 0, n), z.narrow(axis, 0, n)
     return s, z
 
@@ -97,7 +132,10 @@ def quantize(self: ComplexQuantizer, x: torch.Tensor) -> tuple[torch.Tensor, tor
     _check_complex(x)
     s, z = self._qparams_for(x)
     a, b = self.components(x.detach())
-    return tuple(quantize_tensor(c, s[i], z[i], self.bits, self.symmetric, self.granularity) for i, c in enumerate((a, b)))
+    return tuple(
+        quantize_tensor(c, s[i], z[i], self.bits, self.symmetric, self.granularity) for i, c in enumerate((a, b))
+    )
+
 
 @patch
 def dequantize(self: ComplexQuantizer, qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
@@ -105,74 +143,113 @@ def dequantize(self: ComplexQuantizer, qa: torch.Tensor, qb: torch.Tensor) -> to
     s, z = self._qparams_for(qa)
     return self.combine(*(dequantize_tensor(q, s[i], z[i], self.granularity) for i, q in enumerate((qa, qb))))
 
+
 @patch
 def fake_quantize(self: ComplexQuantizer, x: torch.Tensor) -> torch.Tensor:
     "dequantize(quantize(x)) as one differentiable step (straight-through gradient for each component)."
     _check_complex(x)
     s, z = self._qparams_for(x)
     a, b = self.components(x)
-    return self.combine(*(fake_quantize(c.contiguous(), s[i], z[i], self.bits, self.symmetric, self.granularity) for i, c in enumerate((a, b))))
+    return self.combine(
+        *(
+            fake_quantize(c.contiguous(), s[i], z[i], self.bits, self.symmetric, self.granularity)
+            for i, c in enumerate((a, b))
+        )
+    )
 
 # %% ../nbs/02_complex_quant.ipynb #bc26e985
 class PerChannelQuantizedBKCore(BKCore):
-    "BK-Core whose potential v is fake-quantized per tensor and whose complex G is quantized by a ComplexQuantizer (per position by default)."
-    def __init__(self, core: BKCore,  # the float core (its causal flag, z, clamp and dtype are kept)
-                 bits: int = 8,  # code width of G's components
-                 granularity=PerChannel(-1),  # G is (batch, positions): PerChannel(-1) is one scale per position
-                 scheme: str = 'separate',  # see ComplexQuantizer
-                 symmetric: bool | None = None,  # see ComplexQuantizer
-                 observer: str = 'min_max'):  # calibration rule for v and G (a name of OBSERVERS)
+    """BK-Core whose potential v is fake-quantized per tensor and whose complex G is quantized by a ComplexQuantizer
+    (per position by default)."""
+
+    def __init__(
+        self,
+        core: BKCore,  # the float core (its causal flag, z, clamp and dtype are kept)
+        bits: int = 8,  # code width of G's components
+        granularity=PerChannel(-1),  # G is (batch, positions): PerChannel(-1) is one scale per position
+        scheme: str = 'separate',  # see ComplexQuantizer
+        symmetric: bool | None = None,  # see ComplexQuantizer
+        observer: str = 'min_max',
+    ):  # calibration rule for v and G (a name of OBSERVERS)
         super().__init__(core.causal, core.z, core.feature_clamp, core.dtype)
         self.v_q = FakeQuantizer(OBSERVERS[observer]())
         self.g_q = ComplexQuantizer(bits, granularity, scheme, symmetric, observer)
 
-    def pre(self, v: torch.Tensor) -> torch.Tensor: return self.v_q(v)
+    def pre(self, v: torch.Tensor) -> torch.Tensor:
+        return self.v_q(v)
 
     def post(self, G: torch.Tensor, dtype=torch.float32, offset: int = 0) -> torch.Tensor:
-        if offset and isinstance(self.g_q.granularity, PerChannel) and self.g_q.granularity.axis in (-1, 1):  # a grid per position
-            return self.features(self.g_q(F.pad(G, (offset, 0)))[:, offset:], dtype)  # the padding only fills the earlier positions' places
+        if (
+            offset and isinstance(self.g_q.granularity, PerChannel) and self.g_q.granularity.axis in (-1, 1)
+        ):  # a grid per position
+            return self.features(
+                self.g_q(F.pad(G, (offset, 0)))[:, offset:], dtype
+            )  # the padding only fills the earlier positions' places
         return self.features(self.g_q(G), dtype)
 
 # %% ../nbs/02_complex_quant.ipynb #e200319e
 @dataclass
 class ComplexInt8Config(Int8Config, kind='int8_complex'):
-    "Int8Config whose BK-Cores quantize G as a complex tensor (PerChannelQuantizedBKCore) instead of its two features per tensor."
+    """Int8Config whose BK-Cores quantize G as a complex tensor (PerChannelQuantizedBKCore) instead of its two features
+    per tensor."""
+
     bk_bits: int = 8  # code width of G's components
-    bk_granularity: PerTensor | PerChannel = PerTensor()  # per tensor: measured better than per position on held-out text
+    bk_granularity: PerTensor | PerChannel = (
+        PerTensor()
+    )  # per tensor: measured better than per position on held-out text
     bk_scheme: str = 'separate'  # 'separate', 'joint' or 'polar'
     bk_symmetric: bool | None = None  # None: the scheme's default (asymmetric for 'separate')
     bk_observer: str = 'min_max'  # calibration rule for the BK-Core's v and G
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.bk_core: raise ValueError("ComplexInt8Config quantizes the BK-Core: leave bk_core=True (or use Int8Config)")
-        ComplexQuantizer(self.bk_bits, self.bk_granularity, self.bk_scheme, self.bk_symmetric, self.bk_observer)  # validates
+        if not self.bk_core:
+            raise ValueError("ComplexInt8Config quantizes the BK-Core: leave bk_core=True (or use Int8Config)")
+        ComplexQuantizer(
+            self.bk_bits, self.bk_granularity, self.bk_scheme, self.bk_symmetric, self.bk_observer
+        )  # validates
 
     def make_bk_core(self, core: BKCore) -> nn.Module:
-        return PerChannelQuantizedBKCore(core, self.bk_bits, self.bk_granularity, self.bk_scheme, self.bk_symmetric, self.bk_observer)
+        return PerChannelQuantizedBKCore(
+            core, self.bk_bits, self.bk_granularity, self.bk_scheme, self.bk_symmetric, self.bk_observer
+        )
 
 # %% ../nbs/02_complex_quant.ipynb #cb9938df
 def _explicit64(q: ComplexQuantizer, x: torch.Tensor) -> torch.Tensor:
     "x quantized to integer codes and dequantized in float64: the reference route of the device check."
     s, z = q._qparams_for(x)
-    return q.combine(*(dequantize_tensor(c, s[i], z[i], q.granularity, torch.float64) for i, c in enumerate(q.quantize(x))))
+    return q.combine(
+        *(dequantize_tensor(c, s[i], z[i], q.granularity, torch.float64) for i, c in enumerate(q.quantize(x)))
+    )
+
 
 def complex_check(device: str | torch.device = 'cuda', bits: int = 8, seed: int = 0) -> dict:
-    "ComplexQuantizer on `device` against the CPU, per scheme and granularity: codes, SQNR, fake = dequantize(quantize), gradient."
+    """ComplexQuantizer on `device` against the CPU, per scheme and granularity: codes, SQNR, fake =
+    dequantize(quantize), gradient."""
     dev, g, out = on_device(device), torch.Generator().manual_seed(seed), {}
-    G = causal_resolvent(torch.randn(8, 1024, generator=g) - 2); G64 = G.to(torch.complex128)
+    G = causal_resolvent(torch.randn(8, 1024, generator=g) - 2)
+    G64 = G.to(torch.complex128)
     w = torch.randn(*G.shape, 2, generator=g)
     for scheme in SCHEMES:
         for gran in (PerTensor(), PerChannel(-1)):
-            q = ComplexQuantizer(bits, gran, scheme); q.observe(G); q.freeze()
+            q = ComplexQuantizer(bits, gran, scheme)
+            q.observe(G)
+            q.freeze()
             qd = copy.deepcopy(q).to(dev)
             Gd, Gc = G.clone().to(dev).requires_grad_(), G.clone().requires_grad_()
             fqd, fqc = qd.fake_quantize(Gd), q.fake_quantize(Gc)
-            (torch.view_as_real(fqd) * w.to(dev)).sum().backward(); (torch.view_as_real(fqc) * w).sum().backward()
+            (torch.view_as_real(fqd) * w.to(dev)).sum().backward()
+            (torch.view_as_real(fqc) * w).sum().backward()
             step = torch.stack([(a.cpu().int() - b.int()).abs() for a, b in zip(qd.quantize(Gd), q.quantize(G))])
-            codes = 1. if step.max() > 1 else (step > 0).float().mean().item()
+            codes = 1.0 if step.max() > 1 else (step > 0).float().mean().item()
             name = f"{scheme} {'per tensor' if isinstance(gran, PerTensor) else 'per position'}"
-            out[name] = within({'codes': (codes, 1e-3), 'SQNR dB': (abs(sqnr(G64, fqd.cpu()) - sqnr(G64, _explicit64(q, G64))), 0.01),
-                                'fake = dequantize(quantize)': (rel_error(fqd, qd.dequantize(*qd.quantize(Gd))), 1e-6),
-                                'gradient': (rel_error(Gd.grad, Gc.grad), 1e-6)}, f"{dev}, {name}")
+            out[name] = within(
+                {
+                    'codes': (codes, 1e-3),
+                    'SQNR dB': (abs(sqnr(G64, fqd.cpu()) - sqnr(G64, _explicit64(q, G64))), 0.01),
+                    'fake = dequantize(quantize)': (rel_error(fqd, qd.dequantize(*qd.quantize(Gd))), 1e-6),
+                    'gradient': (rel_error(Gd.grad, Gc.grad), 1e-6),
+                },
+                f"{dev}, {name}",
+            )
     return out

@@ -1,4 +1,4 @@
-"""WikiText-2 and any text corpus as token ids, a vocabulary, language-model batches whose targets are the inputs shifted by one, and a synthetic corpus whose best possible perplexity is known.
+"""WikiText-2 and any text as token ids, a vocabulary, shifted LM batches, and a synthetic corpus of known perplexity.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/data.html.md"""
 
@@ -25,22 +25,32 @@ __all__ = ['SPLITS', 'WIKITEXT2_VOCAB', 'read_bytes', 'read_text', 'decode_text'
 def read_bytes(path: str | Path) -> bytes:
     "Bytes of a file, decompressed when it ends in `.xz`, with clear errors."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"text file '{path}' does not exist")
-    try: return lzma.open(path, 'rb').read() if path.suffix == '.xz' else path.read_bytes()
+    if not path.is_file():
+        raise FileNotFoundError(f"text file '{path}' does not exist")
+    try:
+        return lzma.open(path, 'rb').read() if path.suffix == '.xz' else path.read_bytes()
     except lzma.LZMAError as e:
-        raise InputError(f"'{path}' is not a valid xz archive ({e}): re-download it or pass the uncompressed file") from None
+        raise InputError(
+            f"'{path}' is not a valid xz archive ({e}): re-download it or pass the uncompressed file"
+        ) from None
+
 
 def read_text(path: str | Path) -> str:
     "Text of a `.txt`/`.tokens` file or an `.xz` archive of one, decoded as UTF-8."
     return decode_text(read_bytes(path), path)
 
+
 def decode_text(data: bytes, path) -> str:
     "Decode UTF-8 bytes, naming the file and the byte offset when they are not text."
-    try: text = data.decode('utf-8')
+    try:
+        text = data.decode('utf-8')
     except UnicodeDecodeError as e:
-        raise InputError(f"'{path}' is not UTF-8 text: undecodable byte {data[e.start:e.start + 1]!r} at offset {e.start}; "
-                         f"convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
-    if not text.strip(): raise InputError(f"'{path}' is empty: a split needs at least one word")
+        raise InputError(
+            f"'{path}' is not UTF-8 text: undecodable byte {data[e.start : e.start + 1]!r} at offset {e.start}; "
+            f"convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+        ) from None
+    if not text.strip():
+        raise InputError(f"'{path}' is empty: a split needs at least one word")
     return text
 
 # %% ../nbs/00a_data.ipynb #a99dc221
@@ -48,21 +58,29 @@ def tokenize(text: str | list[str], eos: str = '<eos>') -> list[str]:
     "Word-level tokens: each line's whitespace-separated words followed by `eos` (empty lines give `eos` alone)."
     if isinstance(text, str):  # lines end at '\n' only, as in the reference word-level pipeline
         lines = text.split('\n')
-        if lines[-1] == '': lines.pop()
-    else: lines = text
+        if lines[-1] == '':
+            lines.pop()
+    else:
+        lines = text
     out = []
-    for line in lines: out.extend(line.split()); out.append(eos)
+    for line in lines:
+        out.extend(line.split())
+        out.append(eos)
     return out
 
 # %% ../nbs/00a_data.ipynb #40f5b667
 class Vocab:
     "Word <-> id mapping; unknown words map to `<unk>`."
+
     unk, eos = '<unk>', '<eos>'
+
     def __init__(self, itos: list[str]):
-        if len(set(itos)) != len(itos): raise ValueError("vocabulary has duplicate entries")
+        if len(set(itos)) != len(itos):
+            raise ValueError("vocabulary has duplicate entries")
         self.itos = list(itos)
         for s in (self.eos, self.unk):
-            if s not in self.itos: self.itos.append(s)
+            if s not in self.itos:
+                self.itos.append(s)
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.unk_id, self.eos_id = self.stoi[self.unk], self.stoi[self.eos]
 
@@ -71,13 +89,18 @@ class Vocab:
         "Vocabulary of `tokens`, most frequent first."
         return cls([w for w, _ in Counter(tokens).most_common()])
 
-    def __len__(self): return len(self.itos)
-    def __repr__(self): return f"Vocab({len(self)} types: {self.itos[:5]}...)"
+    def __len__(self):
+        return len(self.itos)
+
+    def __repr__(self):
+        return f"Vocab({len(self)} types: {self.itos[:5]}...)"
 
     def encode(self, tokens: list[str]) -> torch.Tensor:
         "Token ids (int64) of `tokens`, unknown words as `<unk>`."
         get, unk = self.stoi.get, self.unk_id
-        return torch.tensor([get(w, unk) for w in tokens], dtype=torch.long, device='cpu')  # streams live on the CPU; batches move
+        return torch.tensor(
+            [get(w, unk) for w in tokens], dtype=torch.long, device='cpu'
+        )  # streams live on the CPU; batches move
 
     def decode(self, ids) -> list[str]:
         return [self.itos[i] for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
@@ -85,9 +108,11 @@ class Vocab:
 # %% ../nbs/00a_data.ipynb #12b2d739
 SPLITS = ('train', 'valid', 'test')
 
+
 @dataclass
 class Corpus:
     "A vocabulary and the train/valid/test token streams (1-D int64 tensors)."
+
     vocab: Vocab
     train: torch.Tensor
     valid: torch.Tensor
@@ -96,51 +121,75 @@ class Corpus:
     meta: dict = field(default_factory=dict)
 
     def split(self, name: str) -> torch.Tensor:
-        if name not in SPLITS: raise ValueError(f"unknown split {name!r}: use one of {SPLITS}")
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}: use one of {SPLITS}")
         return getattr(self, name)
 
     def with_vocab(self, vocab: Vocab) -> Corpus:
-        "The same text under another vocabulary (a model file's, whose word order may differ): words it lacks become `<unk>`."
-        if vocab.itos == self.vocab.itos: return self
+        """The same text under another vocabulary (a model file's, whose word order may differ): words it lacks become
+        `<unk>`."""
+        if vocab.itos == self.vocab.itos:
+            return self
         enc = lambda ids: vocab.encode(self.vocab.decode(ids))
         return Corpus(vocab, enc(self.train), enc(self.valid), enc(self.test), self.name, self.meta)
 
     def __repr__(self):
-        return f"Corpus({self.name!r}: vocab {len(self.vocab):,}, " + ', '.join(f"{s} {len(self.split(s)):,}" for s in SPLITS) + ')'
+        return (
+            f"Corpus({self.name!r}: vocab {len(self.vocab):,}, "
+            + ', '.join(f"{s} {len(self.split(s)):,}" for s in SPLITS)
+            + ')'
+        )
 
 # %% ../nbs/00a_data.ipynb #174a040f
 _SUFFIXES = ('.txt', '.tokens', '.txt.xz', '.tokens.xz')
+
 
 def find_split(root: str | Path, split: str) -> Path:
     "The file of `split` in `root`: `{split}` or `wiki.{split}` with a .txt/.tokens(.xz) suffix."
     root = Path(root)
     names = [f'{p}{split}{s}' for p in ('', 'wiki.') for s in _SUFFIXES]
     for n in names:
-        if (root / n).is_file(): return root / n
-    raise FileNotFoundError(f"no '{split}' split in '{root}': expected one of {', '.join(names[:4])} (or 'wiki.{split}.tokens')")
+        if (root / n).is_file():
+            return root / n
+    raise FileNotFoundError(
+        f"no '{split}' split in '{root}': expected one of {', '.join(names[:4])} (or 'wiki.{split}.tokens')"
+    )
+
 
 def _sha256_sums(root: Path) -> dict:
     f = root / 'SHA256SUMS'
-    if not f.is_file(): return {}
+    if not f.is_file():
+        return {}
     return {name.strip(): h for h, name in (l.split(None, 1) for l in f.read_text().splitlines() if l.strip())}
 
-def load_corpus(root: str | Path,  # directory holding train/valid/test files
-                name: str | None = None,  # name shown in reports (default: the directory name)
-                ) -> Corpus:
+
+def load_corpus(
+    root: str | Path,  # directory holding train/valid/test files
+    name: str | None = None,  # name shown in reports (default: the directory name)
+) -> Corpus:
     "Read train/valid/test from `root`, verify SHA256SUMS when present, build the vocabulary from train."
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"corpus directory '{root}' does not exist: pass a folder holding train/valid/test (.txt, .tokens or .xz)")
+        raise FileNotFoundError(
+            f"corpus directory '{root}' does not exist: pass a folder holding train/valid/test (.txt, .tokens or .xz)"
+        )
     paths = {s: find_split(root, s) for s in SPLITS}
     sums, texts = _sha256_sums(root), {}
     for s, p in paths.items():
         raw = read_bytes(p)
         key = p.name[:-3] if p.suffix == '.xz' else p.name
         if key in sums and hashlib.sha256(raw).hexdigest() != sums[key]:
-            raise InputError(f"'{p}' does not match its checksum in {root / 'SHA256SUMS'}: the file is corrupt or modified; fetch it again")
+            raise InputError(
+                f"'{p}' does not match its checksum in {root / 'SHA256SUMS'}: the file is corrupt or modified; fetch "
+                "it again"
+            )
         texts[s] = decode_text(raw, p)
-    return corpus_from_texts(texts, name or root.name, verified=bool(sums) and all(
-        (p.name[:-3] if p.suffix == '.xz' else p.name) in sums for p in paths.values()))
+    return corpus_from_texts(
+        texts,
+        name or root.name,
+        verified=bool(sums) and all((p.name[:-3] if p.suffix == '.xz' else p.name) in sums for p in paths.values()),
+    )
+
 
 def corpus_from_texts(texts: dict, name: str, **meta) -> Corpus:
     "A `Corpus` from the raw text (or list of lines) of each split; the vocabulary comes from train."
@@ -153,46 +202,74 @@ def corpus_from_texts(texts: dict, name: str, **meta) -> Corpus:
 # %% ../nbs/00a_data.ipynb #3f24706f
 WIKITEXT2_VOCAB = 33278
 
+
 def default_wikitext2_dir() -> Path | None:
     "`$RBK_WIKITEXT2`, else a `shared/data/wikitext-2` folder in the working directory or one of its parents."
-    if os.environ.get('RBK_WIKITEXT2'): return Path(os.environ['RBK_WIKITEXT2'])
+    if os.environ.get('RBK_WIKITEXT2'):
+        return Path(os.environ['RBK_WIKITEXT2'])
     for p in [Path.cwd(), *Path.cwd().parents][:5]:
-        if (p / 'shared' / 'data' / 'wikitext-2').is_dir(): return p / 'shared' / 'data' / 'wikitext-2'
+        if (p / 'shared' / 'data' / 'wikitext-2').is_dir():
+            return p / 'shared' / 'data' / 'wikitext-2'
     return None
 
+
 def _hf_wikitext2_texts() -> dict:
-    try: from datasets import load_dataset
+    try:
+        from datasets import load_dataset
     except ImportError:
-        raise FileNotFoundError("no WikiText-2 directory given or found, and the `datasets` package is not installed: "
-                                "pass --data DIR, set RBK_WIKITEXT2, or `pip install datasets` (online)") from None
+        raise FileNotFoundError(
+            "no WikiText-2 directory given or found, and the `datasets` package is not installed: "
+            "pass --data DIR, set RBK_WIKITEXT2, or `pip install datasets` (online)"
+        ) from None
     hf = {'train': 'train', 'valid': 'validation', 'test': 'test'}
     return {s: load_dataset('wikitext', 'wikitext-2-v1', split=hf[s])['text'] for s in SPLITS}
+
 
 def load_wikitext2(root: str | Path | None = None) -> Corpus:
     "WikiText-2 (word level, 33,278 types) from `root`, the project's copy, or the Hugging Face hub."
     root = root or default_wikitext2_dir()
-    c = load_corpus(root, 'wikitext-2') if root is not None else corpus_from_texts(_hf_wikitext2_texts(), 'wikitext-2', verified=False, source='huggingface')
+    c = (
+        load_corpus(root, 'wikitext-2')
+        if root is not None
+        else corpus_from_texts(_hf_wikitext2_texts(), 'wikitext-2', verified=False, source='huggingface')
+    )
     if len(c.vocab) != WIKITEXT2_VOCAB:
-        raise InputError(f"WikiText-2 vocabulary has {len(c.vocab):,} types, expected {WIKITEXT2_VOCAB:,}: "
-                         f"this is not the tokenized WikiText-2 (v1) benchmark; use load_corpus for other text")
+        raise InputError(
+            f"WikiText-2 vocabulary has {len(c.vocab):,} types, expected {WIKITEXT2_VOCAB:,}: "
+            f"this is not the tokenized WikiText-2 (v1) benchmark; use load_corpus for other text"
+        )
     return c
 
 # %% ../nbs/00a_data.ipynb #264a9857
-_CODECS = {1: ('xz', lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
-           2: ('bz2', lambda b: bz2.compress(b, 9), bz2.decompress),
-           3: ('ppmd', lambda b: pyppmd.compress(b, max_order=8, mem_size=16 << 20), lambda b: pyppmd.decompress(b, max_order=8, mem_size=16 << 20))}
+_CODECS = {
+    1: ('xz', lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+    2: ('bz2', lambda b: bz2.compress(b, 9), bz2.decompress),
+    3: (
+        'ppmd',
+        lambda b: pyppmd.compress(b, max_order=8, mem_size=16 << 20),
+        lambda b: pyppmd.decompress(b, max_order=8, mem_size=16 << 20),
+    ),
+}
+
 
 def front_code(words: list[str]) -> bytes:
     "Each word as (characters shared with the previous word, as one byte; the rest in UTF-8; a newline)."
     out, prev = [], ''
     for w in words:
-        if '\n' in w: raise ValueError(f"word {w!r} contains a newline: a word list stores one word per line")
+        if '\n' in w:
+            raise ValueError(f"word {w!r} contains a newline: a word list stores one word per line")
         n, m = 0, min(len(w), len(prev), 255)
-        while n < m and w[n] == prev[n]: n += 1
-        try: out.append(bytes([n]) + w[n:].encode() + b'\n')
-        except UnicodeEncodeError: raise ValueError(f"word {w!r} is not valid unicode text (a lone surrogate): it cannot be stored in UTF-8") from None
+        while n < m and w[n] == prev[n]:
+            n += 1
+        try:
+            out.append(bytes([n]) + w[n:].encode() + b'\n')
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"word {w!r} is not valid unicode text (a lone surrogate): it cannot be stored in UTF-8"
+            ) from None
         prev = w
     return b''.join(out)
+
 
 def front_decode(data: bytes) -> list[str]:
     "Inverse of `front_code`."
@@ -200,21 +277,28 @@ def front_decode(data: bytes) -> list[str]:
     while i < len(data):
         j = data.index(b'\n', i + 1)  # ValueError when the last word is cut off
         n = data[i]
-        if n > len(prev): raise ValueError(f"word {len(words)} shares {n} characters with a previous word of {len(prev)}")
-        prev = prev[:n] + data[i + 1:j].decode(); words.append(prev); i = j + 1
+        if n > len(prev):
+            raise ValueError(f"word {len(words)} shares {n} characters with a previous word of {len(prev)}")
+        prev = prev[:n] + data[i + 1 : j].decode()
+        words.append(prev)
+        i = j + 1
     return words
 
 # %% ../nbs/00a_data.ipynb #59628593
 def pack_words(words: list[str]) -> bytes:
-    "A word list as bytes: front-coded, then compressed by PPMd (order 8), xz or bzip2, whichever is smaller (its tag is the first byte)."
+    """A word list as bytes: front-coded, then compressed by PPMd (order 8), xz or bzip2, whichever is smaller (its tag
+    is the first byte)."""
     fc = front_code(words)
     return min((bytes([tag]) + enc(fc) for tag, (_, enc, _) in _CODECS.items()), key=len)
 
+
 def unpack_words(blob: bytes) -> list[str]:
     "Inverse of `pack_words`; a damaged blob is a ValueError that says so."
-    if len(blob) < 2 or blob[0] not in _CODECS: raise ValueError(f"not a packed word list (codec tag {blob[:1]!r})")
+    if len(blob) < 2 or blob[0] not in _CODECS:
+        raise ValueError(f"not a packed word list (codec tag {blob[:1]!r})")
     name, _, dec = _CODECS[blob[0]]
-    try: return front_decode(dec(bytes(blob[1:])))
+    try:
+        return front_decode(dec(bytes(blob[1:])))
     except (lzma.LZMAError, pyppmd.PpmdError, OSError, EOFError, ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"the packed word list ({name}) is damaged: {e}") from None
 
@@ -224,85 +308,117 @@ def zipf_probs(n: int, s: float) -> np.ndarray:
     p = np.arange(1, n + 1, dtype=np.float64) ** -s
     return p / p.sum()
 
-def synthetic_corpus(vocab_size: int = 2000,  # number of words (plus <eos> and <unk>, never drawn)
-                     n_train: int = 200_000,  # tokens in the train split
-                     n_eval: int = 20_000,  # tokens in each of valid and test
-                     zipf_s: float = 1.3,  # Zipf exponent of the rank distribution
-                     n_contexts: int = 16,  # context classes: words of a class predict the same distribution
-                     locality: int = 500,  # how far a class's preference order departs from the global one
-                     seed: int = 0,  # the corpus is a function of the seed
-                     ) -> Corpus:
+
+def synthetic_corpus(
+    vocab_size: int = 2000,  # number of words (plus <eos> and <unk>, never drawn)
+    n_train: int = 200_000,  # tokens in the train split
+    n_eval: int = 20_000,  # tokens in each of valid and test
+    zipf_s: float = 1.3,  # Zipf exponent of the rank distribution
+    n_contexts: int = 16,  # context classes: words of a class predict the same distribution
+    locality: int = 500,  # how far a class's preference order departs from the global one
+    seed: int = 0,  # the corpus is a function of the seed
+) -> Corpus:
     "Seeded Zipf-Markov corpus whose entropy rate (meta['entropy_rate'], nats/token) and best perplexity are exact."
     if vocab_size < 2 or n_contexts < 1 or min(n_train, n_eval) < 2:
         raise ValueError("synthetic_corpus needs vocab_size >= 2, n_contexts >= 1 and at least 2 tokens per split")
     rng = np.random.default_rng(seed)
     p = zipf_probs(vocab_size, zipf_s)
     cls = rng.integers(0, n_contexts, vocab_size).tolist()
-    perms = np.argsort(np.arange(vocab_size)[None] + rng.uniform(0, locality, (n_contexts, vocab_size)), axis=1).tolist()
+    perms = np.argsort(
+        np.arange(vocab_size)[None] + rng.uniform(0, locality, (n_contexts, vocab_size)), axis=1
+    ).tolist()
     n = n_train + 2 * n_eval
     ranks = rng.choice(vocab_size, size=n, p=p).tolist()
     toks, x = [0] * n, 0
     for t in range(n):
-        x = perms[cls[x]][ranks[t]]; toks[t] = x
+        x = perms[cls[x]][ranks[t]]
+        toks[t] = x
     ids = torch.tensor(toks, dtype=torch.long, device='cpu')
     h = float(-(p * np.log(p)).sum())
     vocab = Vocab([f'w{i}' for i in range(vocab_size)])
-    meta = dict(entropy_rate=h, best_ppl=math.exp(h), zipf_s=zipf_s, n_contexts=n_contexts, locality=locality, seed=seed, oov={s: 0 for s in SPLITS})
-    return Corpus(vocab, ids[:n_train], ids[n_train:n_train + n_eval], ids[n_train + n_eval:], f'synthetic-{seed}', meta)
+    meta = dict(
+        entropy_rate=h,
+        best_ppl=math.exp(h),
+        zipf_s=zipf_s,
+        n_contexts=n_contexts,
+        locality=locality,
+        seed=seed,
+        oov={s: 0 for s in SPLITS},
+    )
+    return Corpus(
+        vocab, ids[:n_train], ids[n_train : n_train + n_eval], ids[n_train + n_eval :], f'synthetic-{seed}', meta
+    )
 
 # %% ../nbs/00a_data.ipynb #0ce8cc56
-def eval_windows(ids: torch.Tensor,  # 1-D token stream
-                 n_seq: int,  # window length
-                 batch_size: int = 32):  # windows per batch
+def eval_windows(
+    ids: torch.Tensor,  # 1-D token stream
+    n_seq: int,  # window length
+    batch_size: int = 32,
+):  # windows per batch
     "Yield (x, y) batches that cover every prediction of the stream exactly once; y = next token of x."
-    if ids.dim() != 1 or len(ids) < 2: raise ValueError(f"need a 1-D stream of at least 2 tokens, got shape {tuple(ids.shape)}")
+    if ids.dim() != 1 or len(ids) < 2:
+        raise ValueError(f"need a 1-D stream of at least 2 tokens, got shape {tuple(ids.shape)}")
     x, y = ids[:-1], ids[1:]
     n_full = len(x) // n_seq
-    xf, yf = x[:n_full * n_seq].view(n_full, n_seq), y[:n_full * n_seq].view(n_full, n_seq)
-    for i in range(0, n_full, batch_size): yield xf[i:i + batch_size], yf[i:i + batch_size]
-    if len(x) > n_full * n_seq: yield x[n_full * n_seq:][None], y[n_full * n_seq:][None]
+    xf, yf = x[: n_full * n_seq].view(n_full, n_seq), y[: n_full * n_seq].view(n_full, n_seq)
+    for i in range(0, n_full, batch_size):
+        yield xf[i : i + batch_size], yf[i : i + batch_size]
+    if len(x) > n_full * n_seq:
+        yield x[n_full * n_seq :][None], y[n_full * n_seq :][None]
 
 # %% ../nbs/00a_data.ipynb #219842e2
-def window_starts(n_tokens: int,  # length of the stream
-                  n_seq: int,  # window length
-                  seed: int = 0,  # with `epoch`, fixes the offset and the order
-                  epoch: int = 0,
-                  offset: int | None = None):  # fixed offset of the first window (None: random per epoch)
+def window_starts(
+    n_tokens: int,  # length of the stream
+    n_seq: int,  # window length
+    seed: int = 0,  # with `epoch`, fixes the offset and the order
+    epoch: int = 0,
+    offset: int | None = None,
+):  # fixed offset of the first window (None: random per epoch)
     "Shuffled start positions of the non-overlapping training windows of `n_seq + 1` tokens."
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     rnd = int(torch.randint(0, n_seq, (1,), generator=g, device=g.device)) if n_tokens > 2 * (n_seq + 1) else 0
     off = rnd if offset is None else offset
-    if not 0 <= off < n_seq: raise ValueError(f"offset must be in [0, n_seq={n_seq}), got {off}")
+    if not 0 <= off < n_seq:
+        raise ValueError(f"offset must be in [0, n_seq={n_seq}), got {off}")
     n_win = (n_tokens - off - 1) // n_seq
-    if n_win < 1: raise InputError(f"a stream of {n_tokens} tokens is too short for one window of {n_seq + 1}")
+    if n_win < 1:
+        raise InputError(f"a stream of {n_tokens} tokens is too short for one window of {n_seq + 1}")
     return off + torch.randperm(n_win, generator=g, device=g.device) * n_seq
+
 
 def windows_at(ids: torch.Tensor, starts: torch.Tensor, n_seq: int) -> tuple[torch.Tensor, torch.Tensor]:
     "(x, y) of the windows starting at `starts`: x = ids[s:s+n_seq], y = ids[s+1:s+n_seq+1]."
     w = ids[starts[:, None] + torch.arange(n_seq + 1, device=starts.device)]
     return w[:, :-1], w[:, 1:]
 
-def train_batches(ids: torch.Tensor,  # 1-D token stream
-                  n_seq: int,  # window length
-                  batch_size: int,  # windows per batch
-                  seed: int = 0,  # with `epoch`, fixes the offset and the order
-                  epoch: int = 0,
-                  offset: int | None = None):  # fixed offset (None: random per epoch)
+
+def train_batches(
+    ids: torch.Tensor,  # 1-D token stream
+    n_seq: int,  # window length
+    batch_size: int,  # windows per batch
+    seed: int = 0,  # with `epoch`, fixes the offset and the order
+    epoch: int = 0,
+    offset: int | None = None,
+):  # fixed offset (None: random per epoch)
     "Yield shuffled (x, y) training batches of shape (batch_size, n_seq), y[b, t] the token after x[b, t]."
     starts = window_starts(len(ids), n_seq, seed, epoch, offset)
-    for i in range(0, len(starts), batch_size): yield windows_at(ids, starts[i:i + batch_size], n_seq)
+    for i in range(0, len(starts), batch_size):
+        yield windows_at(ids, starts[i : i + batch_size], n_seq)
+
 
 def batches_per_epoch(n_tokens: int, n_seq: int, batch_size: int) -> int:
     "Number of batches `train_batches` yields at most for a stream of `n_tokens`."
     return math.ceil(((n_tokens - 1) // n_seq) / batch_size)
 
 # %% ../nbs/00a_data.ipynb #a45b8cb8
-def unigram_ppl(train_ids: torch.Tensor,  # ids the unigram counts come from
-                eval_ids: torch.Tensor,  # ids it is scored on
-                vocab_size: int,  # number of types
-                smoothing: float = 1.,  # pseudo-count added to every type (0: maximum likelihood)
-                ) -> float:
-    "Perplexity of the (add-`smoothing`) train unigram on `eval_ids`, counting the same predictions as `eval_windows` (tokens 1..T-1)."
+def unigram_ppl(
+    train_ids: torch.Tensor,  # ids the unigram counts come from
+    eval_ids: torch.Tensor,  # ids it is scored on
+    vocab_size: int,  # number of types
+    smoothing: float = 1.0,  # pseudo-count added to every type (0: maximum likelihood)
+) -> float:
+    """Perplexity of the (add-`smoothing`) train unigram on `eval_ids`, counting the same predictions as `eval_windows`
+    (tokens 1..T-1)."""
     counts = torch.bincount(train_ids, minlength=vocab_size).double() + smoothing
     logp = counts.log() - counts.sum().log()
     return math.exp(-logp[eval_ids[1:]].mean().item())

@@ -1,4 +1,4 @@
-"""Soft, hard and feature targets; a trainer whose teacher is frozen and whose hooks leave nothing behind; students built from the teacher; teacher-assistant cascades; teacher targets cached as top-k so that distilling costs about what training costs; and several processes under torchrun.
+"""Soft, hard and feature targets, students built from the teacher, cached top-k targets, several processes.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/distill.html.md"""
 
@@ -11,7 +11,16 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, rel_error, within, model_device
+from resnet_bk_compress.model import (
+    ResNetBKConfig,
+    ResNetBKLM,
+    InputError,
+    num_params,
+    on_device,
+    rel_error,
+    within,
+    model_device,
+)
 from .data import Corpus, windows_at
 from .files import save_model, file_bytes
 from .train import fit, evaluate, head_operands, head_shared_rows, shared_row_scores
@@ -23,48 +32,81 @@ __all__ = ['FEATURES', 'soft_loss', 'hard_loss', 'feature_loss', 'distill_loss',
            'check_distill_settings', 'DistillationTrainer', 'distill_cascade', 'distill_check']
 
 # %% ../nbs/05_distill.ipynb #3837a91c
-def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.) -> torch.Tensor:
+def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.0) -> torch.Tensor:
     "T^2 KL(p_T || q_T), mean over tokens (Hinton et al. 2015, 'Distilling the Knowledge in a Neural Network')."
     s, t = student_logits.flatten(0, -2), teacher_logits.flatten(0, -2)
     return F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), log_target=True, reduction='batchmean') * T * T
+
 
 def hard_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     "Cross-entropy with the observed next tokens, mean over tokens."
     return F.cross_entropy(student_logits.flatten(0, -2), targets.flatten())
 
-def feature_loss(student_feats: list, teacher_feats: list, projections: list | None = None) -> torch.Tensor:
-    "Mean squared error between paired features, averaged over pairs; `projections[i]` maps student feature i first (FitNets, Romero et al. 2015)."
-    if len(student_feats) != len(teacher_feats) or not student_feats:
-        raise ValueError(f"need as many student as teacher features (at least one), got {len(student_feats)} and {len(teacher_feats)}")
-    projections = projections or [None] * len(student_feats)
-    return sum(F.mse_loss(s if p is None else p(s), t.to(s.dtype)) for s, t, p in zip(student_feats, teacher_feats, projections)) / len(student_feats)
 
-def distill_loss(student_logits, teacher_logits, targets, alpha: float = 0.5, T: float = 2., beta: float = 0.,
-                 student_feats=(), teacher_feats=(), projections=None) -> torch.Tensor:
-    "alpha * soft + (1 - alpha) * hard + beta * features, on full logits (the reference the fast version is tested against)."
+def feature_loss(student_feats: list, teacher_feats: list, projections: list | None = None) -> torch.Tensor:
+    """Mean squared error between paired features, averaged over pairs; `projections[i]` maps student feature i first
+    (FitNets, Romero et al. 2015)."""
+    if len(student_feats) != len(teacher_feats) or not student_feats:
+        raise ValueError(
+            f"need as many student as teacher features (at least one), got {len(student_feats)} and "
+            f"{len(teacher_feats)}"
+        )
+    projections = projections or [None] * len(student_feats)
+    return sum(
+        F.mse_loss(s if p is None else p(s), t.to(s.dtype))
+        for s, t, p in zip(student_feats, teacher_feats, projections)
+    ) / len(student_feats)
+
+
+def distill_loss(
+    student_logits,
+    teacher_logits,
+    targets,
+    alpha: float = 0.5,
+    T: float = 2.0,
+    beta: float = 0.0,
+    student_feats=(),
+    teacher_feats=(),
+    projections=None,
+) -> torch.Tensor:
+    """alpha * soft + (1 - alpha) * hard + beta * features, on full logits (the reference the fast version is tested
+    against)."""
     loss = alpha * soft_loss(student_logits, teacher_logits, T) + (1 - alpha) * hard_loss(student_logits, targets)
     return loss + beta * feature_loss(list(student_feats), list(teacher_feats), projections) if beta else loss
 
 # %% ../nbs/05_distill.ipynb #ad2c313c
 class DenseTeacher:
-    "The teacher's side of the soft loss: its hidden states (T, d_t) and head (weight (V, d_t), bias (V,)); logits are computed per chunk."
-    def __init__(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor): self.h, self.weight, self.bias = h, weight, bias
+    """The teacher's side of the soft loss: its hidden states (T, d_t) and head (weight (V, d_t), bias (V,)); logits are
+    computed per chunk."""
+
+    def __init__(self, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+        self.h, self.weight, self.bias = h, weight, bias
+
     def logp(self, rows: slice, T: float) -> torch.Tensor:
         "Log-probabilities at temperature T of the given rows (dense, (n, V))."
         return torch.addmm(self.bias, self.h[rows], self.weight.t()).div_(T).log_softmax(-1)
 
+
 class TopKTeacher:
-    "The teacher's side of the soft loss as its top-k words per position: `index` (T, k) and their log-probabilities `logp` (T, k) at temperature T."
+    """The teacher's side of the soft loss as its top-k words per position: `index` (T, k) and their log-probabilities
+    `logp` (T, k) at temperature T."""
+
     def __init__(self, index: torch.Tensor, logp: torch.Tensor):
-        if index.shape != logp.shape or index.dim() != 2: raise ValueError(f"index and logp must both be (tokens, k), got {tuple(index.shape)} and {tuple(logp.shape)}")
+        if index.shape != logp.shape or index.dim() != 2:
+            raise ValueError(
+                f"index and logp must both be (tokens, k), got {tuple(index.shape)} and {tuple(logp.shape)}"
+            )
         self.index, self.logp_k = index.long(), logp.float()
+
     def logp(self, rows: slice, T: float):
         "(index (n, k), their log-probabilities (n, k)) of the given rows; the rest of the mass is 1 - their sum."
         return self.index[rows], self.logp_k[rows]
 
 # %% ../nbs/05_distill.ipynb #9b7b4920
 class ChunkedDistillLoss(torch.autograd.Function):
-    "alpha * T^2 KL(p_T || q_T) + (1 - alpha) * CE for student head operands, in row chunks; also returns the mean CE and KL."
+    """alpha * T^2 KL(p_T || q_T) + (1 - alpha) * CE for student head operands, in row chunks; also returns the mean CE
+    and KL."""
+
     @staticmethod
     def forward(ctx, h, weight, bias, targets, teacher, T, alpha, chunk, grad_enabled):
         n_tok = h.shape[0]
@@ -72,13 +114,15 @@ class ChunkedDistillLoss(torch.autograd.Function):
         gh = torch.empty_like(h) if need_h else None
         gw = torch.zeros_like(weight) if need_w else None
         gb = torch.zeros_like(bias) if need_b else None
-        ce_sum = torch.zeros((), dtype=torch.float64, device=h.device); kl_sum = torch.zeros_like(ce_sum)
+        ce_sum = torch.zeros((), dtype=torch.float64, device=h.device)
+        kl_sum = torch.zeros_like(ce_sum)
         V, c = weight.shape[0], min(chunk, n_tok)
         zbuf, gbuf = h.new_empty(c, V), h.new_empty(c, V)  # shifted logits, then the gradient; reused by every chunk
         for i in range(0, n_tok, chunk):
             rows = slice(i, i + chunk)
             hc, tc = h[rows], targets[rows]
-            n = hc.shape[0]; r = torch.arange(n, device=h.device)
+            n = hc.shape[0]
+            r = torch.arange(n, device=h.device)
             z = torch.addmm(bias, hc, weight.t(), out=zbuf[:n])
             z.sub_(z.amax(-1, keepdim=True))  # shifted logits: softmax(z) = exp(z) / sum exp(z)
             g = torch.exp(z, out=gbuf[:n])
@@ -89,29 +133,37 @@ class ChunkedDistillLoss(torch.autograd.Function):
             if alpha:  # d (T^2 KL) / d logits = T (q_T - teacher's side), q_T = softmax(z / T)
                 tp = teacher.logp(rows, T)
                 zT = z.div_(T) if T != 1 else z
-                if isinstance(tp, tuple):  # top-k: the k words, and all others as one bucket holding the rest of the mass
+                if isinstance(
+                    tp, tuple
+                ):  # top-k: the k words, and all others as one bucket holding the rest of the mass
                     idx, lp = tp
                     zk = zT.gather(1, idx)
-                    eT = zT.exp_(); sT = eT.sum(-1)
+                    eT = zT.exp_()
+                    sT = eT.sum(-1)
                     lq = zk - sT.log()[:, None]  # student log q_T of the k words
                     p, qk = lp.exp(), lq.exp()
                     if idx.shape[1] < V:  # the bucket: P_rest, Q_rest; its words get q_j (1 - P_rest / Q_rest)
                         p_rest, q_rest = (1 - p.sum(-1)).clamp_(0, 1), (1 - qk.sum(-1)).clamp_(min=1e-30)
                         ratio = p_rest / q_rest
                         kl_sum += (torch.xlogy(p_rest, p_rest) - p_rest * q_rest.log()).double().sum()
-                    else: ratio = torch.zeros(n, device=h.device)
+                    else:
+                        ratio = torch.zeros(n, device=h.device)
                     kl_sum += (p * (lp - lq)).double().sum()
                     g.addcmul_(eT, (alpha * T * (1 - ratio) / sT)[:, None])
                     g.scatter_add_(1, idx, (qk * ratio[:, None] - p).mul_(alpha * T))
                 else:  # dense: kl = sum_j p_j (log p_j - z_T,j) + log sum_j exp z_T,j
                     p = tp.exp()
                     d = tp.sub_(zT)
-                    eT = zT.exp_(); sT = eT.sum(-1)
+                    eT = zT.exp_()
+                    sT = eT.sum(-1)
                     kl_sum += ((p * d).sum(-1) + sT.log()).double().sum()
                     g.addcmul_(eT, (alpha * T / sT)[:, None]).add_(p, alpha=-alpha * T)
-            if need_h: torch.mm(g, weight, out=gh[rows])
-            if need_w: gw.addmm_(g.t(), hc)
-            if need_b: gb += g.sum(0)
+            if need_h:
+                torch.mm(g, weight, out=gh[rows])
+            if need_w:
+                gw.addmm_(g.t(), hc)
+            if need_b:
+                gb += g.sum(0)
         ctx.n = n_tok
         ctx.save_for_backward(gh, gw, gb)
         ce, kl = (ce_sum / n_tok).to(h.dtype), (kl_sum / n_tok).to(h.dtype)
@@ -122,25 +174,36 @@ class ChunkedDistillLoss(torch.autograd.Function):
     def backward(ctx, g, _g_ce, _g_kl):
         gh, gw, gb = ctx.saved_tensors
         k = g / ctx.n
-        return (None if gh is None else gh * k, None if gw is None else gw * k, None if gb is None else gb * k) + (None,) * 6
+        return (None if gh is None else gh * k, None if gw is None else gw * k, None if gb is None else gb * k) + (
+            None,
+        ) * 6
 
-def chunked_distill_loss(h: torch.Tensor,  # student head input (tokens, r)
-                         weight: torch.Tensor,  # student head weight (V, r)
-                         bias: torch.Tensor,  # student head bias (V,)
-                         targets: torch.Tensor,  # next tokens (tokens,)
-                         teacher: DenseTeacher | TopKTeacher | None,  # the teacher's side (None: hard loss only, alpha must be 0)
-                         T: float = 2.,  # temperature
-                         alpha: float = 0.5,  # weight of the soft loss
-                         chunk: int = 128):  # rows per chunk
+
+def chunked_distill_loss(
+    h: torch.Tensor,  # student head input (tokens, r)
+    weight: torch.Tensor,  # student head weight (V, r)
+    bias: torch.Tensor,  # student head bias (V,)
+    targets: torch.Tensor,  # next tokens (tokens,)
+    teacher: DenseTeacher | TopKTeacher | None,  # the teacher's side (None: hard loss only, alpha must be 0)
+    T: float = 2.0,  # temperature
+    alpha: float = 0.5,  # weight of the soft loss
+    chunk: int = 128,
+):  # rows per chunk
     "(alpha * soft + (1 - alpha) * hard, mean cross-entropy, mean KL), without materialising (tokens, V) matrices."
-    if not 0 <= alpha <= 1: raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if T <= 0: raise ValueError(f"temperature T must be > 0, got {T}")
-    if alpha and teacher is None: raise ValueError("alpha > 0 needs the teacher's side (DenseTeacher or TopKTeacher)")
-    return ChunkedDistillLoss.apply(h, weight, bias, targets, teacher, float(T), float(alpha), chunk, torch.is_grad_enabled())
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if T <= 0:
+        raise ValueError(f"temperature T must be > 0, got {T}")
+    if alpha and teacher is None:
+        raise ValueError("alpha > 0 needs the teacher's side (DenseTeacher or TopKTeacher)")
+    return ChunkedDistillLoss.apply(
+        h, weight, bias, targets, teacher, float(T), float(alpha), chunk, torch.is_grad_enabled()
+    )
 
 # %% ../nbs/05_distill.ipynb #38d6f74f
-def topk_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, k: int, T: float = 2.) -> torch.Tensor:
-    "T^2 KL over the teacher's top-k words plus one bucket for the rest, on full logits (the reference of the top-k chunked loss)."
+def topk_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, k: int, T: float = 2.0) -> torch.Tensor:
+    """T^2 KL over the teacher's top-k words plus one bucket for the rest, on full logits (the reference of the top-k
+    chunked loss)."""
     lp, lq = (teacher_logits / T).log_softmax(-1), (student_logits / T).log_softmax(-1)
     lpk, idx = lp.topk(k, -1)
     p_rest = 1 - lpk.exp().sum(-1)
@@ -148,16 +211,23 @@ def topk_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, k
     return ((lpk.exp() * (lpk - lq.gather(1, idx))).sum(-1) + p_rest * (p_rest.log() - lq_rest)).mean() * T * T
 
 # %% ../nbs/05_distill.ipynb #a6623c53
-def shared_rows_distill_loss(x: torch.Tensor,  # student head input (tokens, r)
-                             rows: torch.Tensor, group: torch.Tensor, bias: torch.Tensor,  # as `head_shared_rows` gives them
-                             targets: torch.Tensor,  # next tokens (tokens,)
-                             teacher: DenseTeacher | TopKTeacher | None,  # the teacher's side (None: hard loss only)
-                             T: float = 2., alpha: float = 0.5,
-                             chunk: int = 128):  # rows of a live teacher's (tokens, V) probabilities at a time
-    "`chunked_distill_loss` for a head whose V words share S rows: the same (loss, CE, KL), exactly, from (tokens, S) scores."
+def shared_rows_distill_loss(
+    x: torch.Tensor,  # student head input (tokens, r)
+    rows: torch.Tensor,
+    group: torch.Tensor,
+    bias: torch.Tensor,  # as `head_shared_rows` gives them
+    targets: torch.Tensor,  # next tokens (tokens,)
+    teacher: DenseTeacher | TopKTeacher | None,  # the teacher's side (None: hard loss only)
+    T: float = 2.0,
+    alpha: float = 0.5,
+    chunk: int = 128,
+):  # rows of a live teacher's (tokens, V) probabilities at a time
+    """`chunked_distill_loss` for a head whose V words share S rows: the same (loss, CE, KL), exactly, from (tokens, S)
+    scores."""
     s1, off1 = shared_row_scores(x, rows, group, bias)
     ce = (s1.logsumexp(-1) - s1.gather(1, group[targets, None])[:, 0] - off1[targets]).mean()
-    if not alpha: return ce, ce.detach(), torch.zeros((), device=x.device, dtype=x.dtype)
+    if not alpha:
+        return ce, ce.detach(), torch.zeros((), device=x.device, dtype=x.dtype)
     s, off = (s1, off1) if T == 1 else shared_row_scores(x, rows, group, bias, T)
     lz = s.logsumexp(-1)
     if isinstance(teacher, TopKTeacher):  # the k words, and all the others as one bucket holding the rest of the mass
@@ -168,284 +238,472 @@ def shared_rows_distill_loss(x: torch.Tensor,  # student head input (tokens, r)
         if idx.shape[1] < group.shape[0]:
             p_rest, q_rest = (1 - p.sum(-1)).clamp(0, 1), (1 - lq.exp().sum(-1)).clamp(min=1e-30)
             kl = kl + torch.xlogy(p_rest, p_rest) - p_rest * q_rest.log()
-        # cached log-probabilities are rounded (float16), so their mass can miss 1 by a little: the gradient is taken, as the
+        # cached log-probabilities are rounded (float16), so their mass can miss 1 by a little: the gradient is taken,
+        # as the
         # chunked loss takes it, for the teacher's distribution normalised (its value is left as it is)
         kl = (kl + (1 - p.sum(-1) - p_rest).detach() * (lz - lz.detach())).mean()
     else:  # a live teacher: sum_w p_w log q_w = sum_g P_g s_g + sum_w p_w o_w - log Z
-        n, ent = x.shape[0], 0.
+        n, ent = x.shape[0], 0.0
         p_rows, p_words = torch.zeros_like(s).detach(), torch.zeros_like(off).detach()
         with torch.no_grad():
             for i in range(0, n, chunk):  # the teacher's (chunk, V) log-probabilities, one chunk at a time
-                lp = teacher.logp(slice(i, i + chunk), T); p = lp.exp()
-                ent += (p * lp).sum(); p_rows[i:i + chunk].index_add_(1, group, p); p_words += p.sum(0)
-        kl = (ent - torch.where(p_rows > 0, p_rows * s, 0.).sum() - p_words @ off + lz.sum()) / n  # a row no word uses: -inf, no mass
+                lp = teacher.logp(slice(i, i + chunk), T)
+                p = lp.exp()
+                ent += (p * lp).sum()
+                p_rows[i : i + chunk].index_add_(1, group, p)
+                p_words += p.sum(0)
+        kl = (
+            ent - torch.where(p_rows > 0, p_rows * s, 0.0).sum() - p_words @ off + lz.sum()
+        ) / n  # a row no word uses: -inf, no mass
     return alpha * T * T * kl + (1 - alpha) * ce, ce.detach(), kl.detach()
 
 # %% ../nbs/05_distill.ipynb #b3e83b6d
 @contextlib.contextmanager
 def capture(modules: list[nn.Module]):
-    "Yield a list whose entry i is the latest output of `modules[i]` during the block (None until it runs); the hooks are removed on exit."
+    """Yield a list whose entry i is the latest output of `modules[i]` during the block (None until it runs); the hooks
+    are removed on exit."""
     out, handles = [None] * len(modules), []
+
     def hook(i):
-        def f(mod, inp, o): out[i] = o
+        def f(mod, inp, o):
+            out[i] = o
+
         return f
+
     try:
-        for i, m in enumerate(modules): handles.append(m.register_forward_hook(hook(i)))
+        for i, m in enumerate(modules):
+            handles.append(m.register_forward_hook(hook(i)))
         yield out
     finally:
-        for h in handles: h.remove()
+        for h in handles:
+            h.remove()
+
 
 def bk_modules(model: ResNetBKLM) -> list[nn.Module]:
     "The BK-Core of each block, in order (their outputs are the (Re G, Im G) features)."
     return [blk.bk for blk in model.blocks]
 
+
 def layer_map(n_student: int, n_teacher: int) -> list[int]:
     "Teacher layer paired with each student layer: evenly spaced, the last with the last."
-    if n_student < 1 or n_teacher < 1: raise ValueError(f"layer counts must be >= 1, got {n_student} and {n_teacher}")
+    if n_student < 1 or n_teacher < 1:
+        raise ValueError(f"layer counts must be >= 1, got {n_student} and {n_teacher}")
     return [round((i + 1) * n_teacher / n_student) - 1 for i in range(n_student)]
 
 # %% ../nbs/05_distill.ipynb #57bfa2d6
 def _top_directions(E: torch.Tensor, d: int) -> torch.Tensor:
     "(d_t, d) matrix of the top-d right singular vectors of E (identity when d equals E's width)."
-    if d == E.shape[1]: return torch.eye(d, device=E.device)
+    if d == E.shape[1]:
+        return torch.eye(d, device=E.device)
     return torch.linalg.svd(E.double(), full_matrices=False)[2][:d].T.float()
+
 
 def _low_rank(M: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
     "(A (n, r), B (r, m)) with A @ B the best rank-r approximation of M."
     U, S, Vh = torch.linalg.svd(M.double(), full_matrices=False)
     return (U[:, :r] * S[:r]).float(), Vh[:r].float()
 
+
 def _copy_block(dst, src, num_experts: int) -> list[str]:
     "Copy src block into dst where shapes agree; the first experts and their router rows. Returns what was copied."
     sd, done = src.state_dict(), []
     for k, v in dst.state_dict().items():
         s = sd.get(k)
-        if k.startswith('moe.gate.') and s is not None and s.shape[0] >= num_experts: s = s[:num_experts]
-        if s is not None and s.shape == v.shape: v.copy_(s); done.append(k)
+        if k.startswith('moe.gate.') and s is not None and s.shape[0] >= num_experts:
+            s = s[:num_experts]
+        if s is not None and s.shape == v.shape:
+            v.copy_(s)
+            done.append(k)
     return done
 
-def make_student(teacher: ResNetBKLM,
-                 d_model: int | None = None,  # width (None: the teacher's)
-                 n_layers: int | None = None,  # blocks (None: the teacher's)
-                 num_experts: int | None = None,  # experts per MoE layer (None: the teacher's)
-                 tie_embeddings: bool | None = None,  # head shares the embedding table (None: as the teacher)
-                 embed_rank: int | None = None,  # factorize the embedding (and an untied head) through this rank
-                 d_ff: int | None = None,  # expert hidden width (None: the teacher's at its width, else 2 * d_model)
-                 init: bool = True,  # initialize from the teacher where shapes allow
-                 ) -> ResNetBKLM:
+
+def make_student(
+    teacher: ResNetBKLM,
+    d_model: int | None = None,  # width (None: the teacher's)
+    n_layers: int | None = None,  # blocks (None: the teacher's)
+    num_experts: int | None = None,  # experts per MoE layer (None: the teacher's)
+    tie_embeddings: bool | None = None,  # head shares the embedding table (None: as the teacher)
+    embed_rank: int | None = None,  # factorize the embedding (and an untied head) through this rank
+    d_ff: int | None = None,  # expert hidden width (None: the teacher's at its width, else 2 * d_model)
+    init: bool = True,  # initialize from the teacher where shapes allow
+) -> ResNetBKLM:
     "A smaller ResNet-BK with the teacher's vocabulary and numerics, initialized from the teacher where shapes allow."
     tc = teacher.cfg
     d = d_model or tc.d_model
-    cfg = ResNetBKConfig.from_dict({**tc.to_dict(), 'd_model': d, 'n_layers': n_layers or tc.n_layers, 'num_experts': num_experts or tc.num_experts,
-                            'top_k': min(tc.top_k, num_experts or tc.num_experts), 'd_ff': d_ff or (tc.d_ff if d == tc.d_model else 2 * d),
-                            'tie_embeddings': tc.tie_embeddings if tie_embeddings is None else tie_embeddings, 'embed_rank': embed_rank})
+    cfg = ResNetBKConfig.from_dict(
+        {
+            **tc.to_dict(),
+            'd_model': d,
+            'n_layers': n_layers or tc.n_layers,
+            'num_experts': num_experts or tc.num_experts,
+            'top_k': min(tc.top_k, num_experts or tc.num_experts),
+            'd_ff': d_ff or (tc.d_ff if d == tc.d_model else 2 * d),
+            'tie_embeddings': tc.tie_embeddings if tie_embeddings is None else tie_embeddings,
+            'embed_rank': embed_rank,
+        }
+    )
     with torch.device(model_device(teacher)):  # built where the teacher lives: every layer, and every tensor made below
         student = ResNetBKLM(cfg)
         student.init_from_teacher = done = []
-        if not init: return student
+        if not init:
+            return student
         with torch.no_grad():
             E = teacher.embed(torch.arange(tc.vocab_size)[None])[0]  # the teacher's effective (V, d_t) table
             P = _top_directions(E, d)
             Es = E @ P
-            if embed_rank: student.tok_emb.weight.copy_(_low_rank(Es, embed_rank)[0]); student.emb_up.weight.copy_(_low_rank(Es, embed_rank)[1].T)
-            else: student.tok_emb.weight.copy_(Es)
+            if embed_rank:
+                student.tok_emb.weight.copy_(_low_rank(Es, embed_rank)[0])
+                student.emb_up.weight.copy_(_low_rank(Es, embed_rank)[1].T)
+            else:
+                student.tok_emb.weight.copy_(Es)
             student.pos_emb.weight.copy_(teacher.pos_emb.weight @ P)
             done += ['tok_emb', 'pos_emb'] + (['emb_up'] if embed_rank else [])
             if d == tc.d_model:
                 for i, j in enumerate(layer_map(cfg.n_layers, tc.n_layers)):
-                    done += [f'blocks.{i}.{k}' for k in _copy_block(student.blocks[i], teacher.blocks[j], cfg.num_experts)]
-                student.ln_f.load_state_dict(teacher.ln_f.state_dict()); done.append('ln_f')
-                Wt = teacher.head(torch.eye(d)).T - teacher.head.bias[:, None]  # the teacher head's effective (V, d) weight
-                student.head.bias.copy_(teacher.head.bias); done.append('head.bias')
+                    done += [
+                        f'blocks.{i}.{k}' for k in _copy_block(student.blocks[i], teacher.blocks[j], cfg.num_experts)
+                    ]
+                student.ln_f.load_state_dict(teacher.ln_f.state_dict())
+                done.append('ln_f')
+                Wt = (
+                    teacher.head(torch.eye(d)).T - teacher.head.bias[:, None]
+                )  # the teacher head's effective (V, d) weight
+                student.head.bias.copy_(teacher.head.bias)
+                done.append('head.bias')
                 if not cfg.tie_embeddings:
                     if embed_rank:
-                        A, B = _low_rank(Wt, embed_rank); student.head.own.weight.copy_(A); student.head.down.weight.copy_(B)
-                    else: student.head.weight.copy_(Wt)
+                        A, B = _low_rank(Wt, embed_rank)
+                        student.head.own.weight.copy_(A)
+                        student.head.down.weight.copy_(B)
+                    else:
+                        student.head.weight.copy_(Wt)
                     done.append('head.weight')
     return student
 
 # %% ../nbs/05_distill.ipynb #668e9d35
 class TeacherTargets:
-    "The teacher's top-k next-word log-probabilities at temperature T, and its BK features, for every training window on the offset-0 grid."
-    def __init__(self, teacher: ResNetBKLM, ids: torch.Tensor,  # the training stream
-                 k: int = 32, T: float = 2., batch_size: int = 32, features: bool = True, progress: bool = False):
-        if not 1 <= k <= teacher.cfg.vocab_size: raise ValueError(f"k must be in [1, vocab_size={teacher.cfg.vocab_size}], got {k}")
+    """The teacher's top-k next-word log-probabilities at temperature T, and its BK features, for every training window
+    on the offset-0 grid."""
+
+    def __init__(
+        self,
+        teacher: ResNetBKLM,
+        ids: torch.Tensor,  # the training stream
+        k: int = 32,
+        T: float = 2.0,
+        batch_size: int = 32,
+        features: bool = True,
+        progress: bool = False,
+    ):
+        if not 1 <= k <= teacher.cfg.vocab_size:
+            raise ValueError(f"k must be in [1, vocab_size={teacher.cfg.vocab_size}], got {k}")
         self.k, self.T, self.n_seq = k, float(T), teacher.cfg.n_seq
         n_win = (len(ids) - 1) // self.n_seq
-        cpu = dict(device='cpu')  # the cache lives on the CPU, beside the stream; each batch of it goes to the student's device
+        cpu = dict(
+            device='cpu'
+        )  # the cache lives on the CPU, beside the stream; each batch of it goes to the student's device
         starts = torch.arange(n_win, device=ids.device) * self.n_seq
         self.index = torch.empty(n_win, self.n_seq, k, dtype=torch.int32, **cpu)
         self.logp = torch.empty(n_win, self.n_seq, k, dtype=torch.float16, **cpu)
-        self.bk = torch.empty(n_win, teacher.cfg.n_layers, self.n_seq, 2, dtype=torch.float16, **cpu) if features else None
+        self.bk = (
+            torch.empty(n_win, teacher.cfg.n_layers, self.n_seq, 2, dtype=torch.float16, **cpu) if features else None
+        )
         mass = torch.zeros((), dtype=torch.float64, **cpu)
-        t0, was, dev = time.perf_counter(), teacher.training, model_device(teacher); teacher.eval()
+        t0, was, dev = time.perf_counter(), teacher.training, model_device(teacher)
+        teacher.eval()
         try:
             with torch.no_grad():
                 for i in range(0, n_win, batch_size):
-                    x, _ = windows_at(ids, starts[i:i + batch_size], self.n_seq)
-                    with capture(bk_modules(teacher)) as feats: h = teacher.hidden(x.to(dev))  # the cache itself stays on the CPU
+                    x, _ = windows_at(ids, starts[i : i + batch_size], self.n_seq)
+                    with capture(bk_modules(teacher)) as feats:
+                        h = teacher.hidden(x.to(dev))  # the cache itself stays on the CPU
                     hh, w, b = head_operands(teacher.head, h)
                     for j in range(x.shape[0]):  # one window at a time: (n_seq, V) buffers only
                         lp = torch.addmm(b, hh[j], w.t()).div_(self.T).log_softmax(-1)
                         v, ix = lp.topk(k, -1)
                         self.index[i + j], self.logp[i + j] = ix.int(), v.half()
                         mass += v.double().exp().sum().cpu()
-                    if features: self.bk[i:i + x.shape[0]] = torch.stack(feats, 1).half()
-        finally: teacher.train(was)
+                    if features:
+                        self.bk[i : i + x.shape[0]] = torch.stack(feats, 1).half()
+        finally:
+            teacher.train(was)
         self.mass, self.seconds = (mass / (n_win * self.n_seq)).item(), time.perf_counter() - t0
 
     def __call__(self, starts: torch.Tensor, device: str | torch.device = 'cpu'):
-        "(TopKTeacher on `device` for the windows at `starts` (flattened like their tokens), their BK features (B, layers, N, 2) or None)."
-        if (starts % self.n_seq).any(): raise ValueError("cached targets need windows on the offset-0 grid: train with offset=0")
+        """(TopKTeacher on `device` for the windows at `starts` (flattened like their tokens), their BK features (B,
+        layers, N, 2) or None)."""
+        if (starts % self.n_seq).any():
+            raise ValueError("cached targets need windows on the offset-0 grid: train with offset=0")
         w = starts // self.n_seq
         bk = None if self.bk is None else self.bk[w].to(device).float()
         return TopKTeacher(self.index[w].flatten(0, 1).to(device), self.logp[w].flatten(0, 1).to(device)), bk
 
     @property
-    def nbytes(self) -> int: return sum(t.numel() * t.element_size() for t in (self.index, self.logp, self.bk) if t is not None)
-    def __repr__(self): return f"TeacherTargets({self.index.shape[0]} windows, k={self.k}, T={self.T}, mass {self.mass:.3f}, {self.nbytes / 2**20:.0f} MiB)"
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.index, self.logp, self.bk) if t is not None)
+
+    def __repr__(self):
+        return (
+            f"TeacherTargets({self.index.shape[0]} windows, k={self.k}, T={self.T}, mass {self.mass:.3f}, "
+            f"{self.nbytes / 2**20:.0f} MiB)"
+        )
 
 # %% ../nbs/05_distill.ipynb #bc59c38c
 FEATURES = ('bk', 'block')
 
+
 class DistillationObjective(nn.Module):
-    "alpha * soft + (1 - alpha) * hard + beta * features (+ aux_coef * load balancing) of a student against a frozen teacher."
-    def __init__(self, student: ResNetBKLM, teacher: ResNetBKLM,
-                 alpha: float = 0.5, T: float = 2., beta: float = 0.1,
-                 features: tuple = ('bk',),  # 'bk' (BK-Core G features) and/or 'block' (block outputs, projected when widths differ)
-                 layers: list[int] | None = None,  # teacher layer for each student layer (default layer_map)
-                 targets: TeacherTargets | None = None,  # cached teacher targets (None: the teacher runs live)
-                 aux_coef: float = 0.01, chunk: int = 128):
+    """alpha * soft + (1 - alpha) * hard + beta * features (+ aux_coef * load balancing) of a student against a frozen
+    teacher."""
+
+    def __init__(
+        self,
+        student: ResNetBKLM,
+        teacher: ResNetBKLM,
+        alpha: float = 0.5,
+        T: float = 2.0,
+        beta: float = 0.1,
+        features: tuple = (
+            'bk',
+        ),  # 'bk' (BK-Core G features) and/or 'block' (block outputs, projected when widths differ)
+        layers: list[int] | None = None,  # teacher layer for each student layer (default layer_map)
+        targets: TeacherTargets | None = None,  # cached teacher targets (None: the teacher runs live)
+        aux_coef: float = 0.01,
+        chunk: int = 128,
+    ):
         super().__init__()
         if student.cfg.vocab_size != teacher.cfg.vocab_size:
-            raise ValueError(f"student vocabulary {student.cfg.vocab_size} != teacher vocabulary {teacher.cfg.vocab_size}: they must score the same words")
-        if bad := set(features) - set(FEATURES): raise ValueError(f"unknown features {sorted(bad)}: choose from {FEATURES}")
-        if targets is not None and 'block' in features: raise ValueError("cached targets hold BK features only: use features=('bk',) or a live teacher")
+            raise ValueError(
+                f"student vocabulary {student.cfg.vocab_size} != teacher vocabulary {teacher.cfg.vocab_size}: they "
+                "must score the same words"
+            )
+        if bad := set(features) - set(FEATURES):
+            raise ValueError(f"unknown features {sorted(bad)}: choose from {FEATURES}")
+        if targets is not None and 'block' in features:
+            raise ValueError("cached targets hold BK features only: use features=('bk',) or a live teacher")
         self.layers = layer_map(student.cfg.n_layers, teacher.cfg.n_layers) if layers is None else list(layers)
         if len(self.layers) != student.cfg.n_layers or not all(0 <= j < teacher.cfg.n_layers for j in self.layers):
-            raise ValueError(f"layers must give a teacher layer in [0, {teacher.cfg.n_layers}) for each of the {student.cfg.n_layers} student layers, got {self.layers}")
-        self.student, self.alpha, self.T, self.beta, self.features, self.aux_coef, self.chunk = student, alpha, T, beta, tuple(features), aux_coef, chunk
+            raise ValueError(
+                f"layers must give a teacher layer in [0, {teacher.cfg.n_layers}) for each of the "
+                f"{student.cfg.n_layers} student layers, got {self.layers}"
+            )
+        self.student, self.alpha, self.T, self.beta, self.features, self.aux_coef, self.chunk = (
+            student,
+            alpha,
+            T,
+            beta,
+            tuple(features),
+            aux_coef,
+            chunk,
+        )
         object.__setattr__(self, 'teacher', teacher.eval().requires_grad_(False))  # referenced, not registered
         object.__setattr__(self, 'targets', targets)
         ds, dt = student.cfg.d_model, teacher.cfg.d_model
         with torch.device(model_device(student)):  # trained with the student, so built where it lives
-            self.proj = nn.ModuleList(nn.Linear(ds, dt) for _ in self.layers) if 'block' in features and ds != dt else None
+            self.proj = (
+                nn.ModuleList(nn.Linear(ds, dt) for _ in self.layers) if 'block' in features and ds != dt else None
+            )
 
     def train(self, mode: bool = True):
-        super().train(mode); self.teacher.eval(); return self
+        super().train(mode)
+        self.teacher.eval()
+        return self
 
     def _feature_modules(self, model, which):
         mods = []
-        if 'bk' in self.features: mods += [model.blocks[i].bk for i in which]
-        if 'block' in self.features: mods += [model.blocks[i] for i in which]
+        if 'bk' in self.features:
+            mods += [model.blocks[i].bk for i in which]
+        if 'block' in self.features:
+            mods += [model.blocks[i] for i in which]
         return mods
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, starts: torch.Tensor | None = None):
         "(combined loss, logs) for inputs x, targets y (B, N); `starts` locate the windows in the cached targets."
         use_feats = self.beta > 0
         s_mods = self._feature_modules(self.student, range(self.student.cfg.n_layers)) if use_feats else []
-        with capture(s_mods) as s_feats: h = self.student.hidden(x.to(model_device(self.student)))
+        with capture(s_mods) as s_feats:
+            h = self.student.hidden(x.to(model_device(self.student)))
         y = y.to(h.device)
         t_feats = []
         if self.targets is not None:
             teacher, bk = self.targets(starts, h.device)
-            if use_feats: t_feats = [bk[:, j] for j in self.layers]
+            if use_feats:
+                t_feats = [bk[:, j] for j in self.layers]
         elif self.alpha or use_feats:
-            with torch.no_grad(), capture(self._feature_modules(self.teacher, self.layers) if use_feats else []) as t_feats:
-                teacher = DenseTeacher(*head_operands(self.teacher.head, self.teacher.hidden(x.to(h.device)).flatten(0, 1)))
-        else: teacher = None
+            with (
+                torch.no_grad(),
+                capture(self._feature_modules(self.teacher, self.layers) if use_feats else []) as t_feats,
+            ):
+                teacher = DenseTeacher(
+                    *head_operands(self.teacher.head, self.teacher.hidden(x.to(h.device)).flatten(0, 1))
+                )
+        else:
+            teacher = None
         teacher = teacher if self.alpha else None
         if (shared := head_shared_rows(self.student.head, h)) is not None:  # a codebook table's head: S rows, not V
             hs, rows, group, bias = shared
-            loss, ce, kl = shared_rows_distill_loss(hs.flatten(0, 1), rows, group, bias, y.flatten(), teacher, self.T, self.alpha, self.chunk)
+            loss, ce, kl = shared_rows_distill_loss(
+                hs.flatten(0, 1), rows, group, bias, y.flatten(), teacher, self.T, self.alpha, self.chunk
+            )
         else:
             hs, w, b = head_operands(self.student.head, h)
-            loss, ce, kl = chunked_distill_loss(hs.flatten(0, 1), w, b, y.flatten(), teacher, self.T, self.alpha, self.chunk)
+            loss, ce, kl = chunked_distill_loss(
+                hs.flatten(0, 1), w, b, y.flatten(), teacher, self.T, self.alpha, self.chunk
+            )
         logs = dict(loss=ce, kl=kl)
         if use_feats:
-            proj = [None] * len(s_feats) if self.proj is None else [None] * (len(s_feats) - len(self.proj)) + list(self.proj)  # bk features first, then block outputs
+            proj = (
+                [None] * len(s_feats)
+                if self.proj is None
+                else [None] * (len(s_feats) - len(self.proj)) + list(self.proj)
+            )  # bk features first, then block outputs
             feat = feature_loss(s_feats, t_feats, proj)
-            loss = loss + self.beta * feat; logs['feat'] = feat.detach()
+            loss = loss + self.beta * feat
+            logs['feat'] = feat.detach()
         return loss + self.aux_coef * self.student.aux_loss, logs
 
 # %% ../nbs/05_distill.ipynb #6730ef9d
-def check_distill_settings(alpha: float = 0.5, T: float = 2., beta: float = 0.1, features: tuple = ('bk',), layers: list[int] | None = None,
-                           targets: str = 'dense', k: int = 32, aux_coef: float = 0.01):
+def check_distill_settings(
+    alpha: float = 0.5,
+    T: float = 2.0,
+    beta: float = 0.1,
+    features: tuple = ('bk',),
+    layers: list[int] | None = None,
+    targets: str = 'dense',
+    k: int = 32,
+    aux_coef: float = 0.01,
+):
     "Raise InputError naming the first bad value among DistillationTrainer's settings (their meaning: see there)."
-    def bad(name, v, want): raise InputError(f"distillation setting {name}={v!r}: {want}")
-    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1): bad('alpha', alpha, 'a weight in [0, 1]')
-    if not (isinstance(T, (int, float)) and T > 0): bad('T', T, 'a temperature > 0')
-    if not (isinstance(beta, (int, float)) and beta >= 0): bad('beta', beta, 'a weight >= 0')
-    if not (isinstance(aux_coef, (int, float)) and aux_coef >= 0): bad('aux_coef', aux_coef, 'a weight >= 0')
-    if targets not in ('dense', 'topk'): bad('targets', targets, "'dense' (the teacher runs live) or 'topk' (cached once)")
-    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1): bad('k', k, 'a positive number of words')
-    if isinstance(features, str) or set(features) - set(FEATURES): bad('features', features, f'a tuple of some of {FEATURES}')
-    if layers is not None and not all(isinstance(j, int) and j >= 0 for j in layers): bad('layers', layers, 'None or a teacher layer index per student layer')
+
+    def bad(name, v, want):
+        raise InputError(f"distillation setting {name}={v!r}: {want}")
+
+    if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
+        bad('alpha', alpha, 'a weight in [0, 1]')
+    if not (isinstance(T, (int, float)) and T > 0):
+        bad('T', T, 'a temperature > 0')
+    if not (isinstance(beta, (int, float)) and beta >= 0):
+        bad('beta', beta, 'a weight >= 0')
+    if not (isinstance(aux_coef, (int, float)) and aux_coef >= 0):
+        bad('aux_coef', aux_coef, 'a weight >= 0')
+    if targets not in ('dense', 'topk'):
+        bad('targets', targets, "'dense' (the teacher runs live) or 'topk' (cached once)")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        bad('k', k, 'a positive number of words')
+    if isinstance(features, str) or set(features) - set(FEATURES):
+        bad('features', features, f'a tuple of some of {FEATURES}')
+    if layers is not None and not all(isinstance(j, int) and j >= 0 for j in layers):
+        bad('layers', layers, 'None or a teacher layer index per student layer')
+
 
 class DistillationTrainer:
     "Distill `teacher` into `student` on `corpus`: `fit`, `evaluate`, `save`; history of every fit."
-    def __init__(self, teacher: ResNetBKLM, student: ResNetBKLM, corpus: Corpus,
-                 alpha: float = 0.5, T: float = 2., beta: float = 0.1, features: tuple = ('bk',), layers: list[int] | None = None,
-                 targets: str = 'dense',  # 'dense' (teacher runs live) or 'topk' (cached once, see TeacherTargets)
-                 k: int = 32,  # words kept per token with targets='topk'
-                 aux_coef: float = 0.01):
+
+    def __init__(
+        self,
+        teacher: ResNetBKLM,
+        student: ResNetBKLM,
+        corpus: Corpus,
+        alpha: float = 0.5,
+        T: float = 2.0,
+        beta: float = 0.1,
+        features: tuple = ('bk',),
+        layers: list[int] | None = None,
+        targets: str = 'dense',  # 'dense' (teacher runs live) or 'topk' (cached once, see TeacherTargets)
+        k: int = 32,  # words kept per token with targets='topk'
+        aux_coef: float = 0.01,
+    ):
         check_distill_settings(alpha, T, beta, features, layers, targets, k, aux_coef)
-        if len(corpus.vocab) != student.cfg.vocab_size: raise ValueError(f"corpus vocabulary {len(corpus.vocab)} != model vocabulary {student.cfg.vocab_size}")
+        if len(corpus.vocab) != student.cfg.vocab_size:
+            raise ValueError(f"corpus vocabulary {len(corpus.vocab)} != model vocabulary {student.cfg.vocab_size}")
         self.teacher, self.student, self.corpus, self.history = teacher, student, corpus, []
         cache = None
         if targets == 'topk':
             cache = TeacherTargets(teacher, corpus.train, k=k, T=T, features=beta > 0 and 'bk' in features)
-            self.history.append(dict(stage='teacher targets', seconds=cache.seconds, mass=cache.mass, bytes=cache.nbytes))
+            self.history.append(
+                dict(stage='teacher targets', seconds=cache.seconds, mass=cache.mass, bytes=cache.nbytes)
+            )
         self.targets = cache
         self.objective = DistillationObjective(student, teacher, alpha, T, beta, features, layers, cache, aux_coef)
 
     def fit(self, epochs: int = 1, **kwargs) -> list[dict]:
         "Train the student with `train.fit` (same arguments: batch_size, lr, max_steps, checkpoint, ...)."
-        if self.targets is not None: kwargs['offset'] = 0
+        if self.targets is not None:
+            kwargs['offset'] = 0
         hist = fit(self.student, self.corpus, epochs=epochs, objective=self.objective, **kwargs)
         self.history += hist
         return hist
 
-    def evaluate(self, split: str = 'test') -> dict: return evaluate(self.student, self.corpus.split(split))
+    def evaluate(self, split: str = 'test') -> dict:
+        return evaluate(self.student, self.corpus.split(split))
 
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
         "Write the student as a model file (`files.load_model` reads it)."
-        return save_model(self.student, path, self.corpus.vocab, dict(distilled_from=self.teacher.cfg.to_dict(), **(meta or {})))
+        return save_model(
+            self.student, path, self.corpus.vocab, dict(distilled_from=self.teacher.cfg.to_dict(), **(meta or {}))
+        )
 
 # %% ../nbs/05_distill.ipynb #4b473b5b
-def distill_cascade(teacher: ResNetBKLM, corpus: Corpus,
-                    sizes: list[dict],  # make_student arguments of each stage, in order
-                    epochs: int = 1,  # epochs per stage
-                    save_dir: str | Path | None = None,  # where the stage files go (None: a temporary directory)
-                    eval_split: str = 'valid',  # split each stage is measured on
-                    trainer_kwargs: dict | None = None,  # DistillationTrainer arguments (alpha, T, beta, targets, ...)
-                    **fit_kwargs) -> tuple[ResNetBKLM, list[dict]]:
-    "Teacher-assistant distillation: each size distilled from the previous model. Returns (last student, one record per stage)."
-    if not sizes: raise ValueError("sizes is empty: give at least one student size")
+def distill_cascade(
+    teacher: ResNetBKLM,
+    corpus: Corpus,
+    sizes: list[dict],  # make_student arguments of each stage, in order
+    epochs: int = 1,  # epochs per stage
+    save_dir: str | Path | None = None,  # where the stage files go (None: a temporary directory)
+    eval_split: str = 'valid',  # split each stage is measured on
+    trainer_kwargs: dict | None = None,  # DistillationTrainer arguments (alpha, T, beta, targets, ...)
+    **fit_kwargs,
+) -> tuple[ResNetBKLM, list[dict]]:
+    """Teacher-assistant distillation: each size distilled from the previous model. Returns (last student, one record
+    per stage)."""
+    if not sizes:
+        raise ValueError("sizes is empty: give at least one student size")
     records, prev = [], teacher
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(save_dir or tmp); out.mkdir(parents=True, exist_ok=True)
+        out = Path(save_dir or tmp)
+        out.mkdir(parents=True, exist_ok=True)
         for i, size in enumerate(sizes):
             t0 = time.perf_counter()
             tr = DistillationTrainer(prev, make_student(prev, **size), corpus, **(trainer_kwargs or {}))
             tr.fit(epochs, **{'eval_split': None, **fit_kwargs})
             path = tr.save(out / f'stage{i}.safetensors', dict(stage=i, size=size))
-            records.append(dict(stage=i, size=size, config=tr.student.cfg.to_dict(), params=num_params(tr.student), bytes=file_bytes(path),
-                                ppl=tr.evaluate(eval_split)['ppl'], seconds=time.perf_counter() - t0, file=str(path) if save_dir else None))
+            records.append(
+                dict(
+                    stage=i,
+                    size=size,
+                    config=tr.student.cfg.to_dict(),
+                    params=num_params(tr.student),
+                    bytes=file_bytes(path),
+                    ppl=tr.evaluate(eval_split)['ppl'],
+                    seconds=time.perf_counter() - t0,
+                    file=str(path) if save_dir else None,
+                )
+            )
             prev = tr.student.eval()
     return prev, records
 
 # %% ../nbs/05_distill.ipynb #831fbe6b
-def distill_check(device: str | torch.device = 'cuda', seed: int = 0, V: int = 5000, n: int = 1024, k: int = 32, T: float = 2., alpha: float = 0.5) -> dict:
-    "The chunked distillation loss and its gradient on `device`, for a dense and a top-k teacher, against the full-logit losses in float64 on the CPU."
+def distill_check(
+    device: str | torch.device = 'cuda',
+    seed: int = 0,
+    V: int = 5000,
+    n: int = 1024,
+    k: int = 32,
+    T: float = 2.0,
+    alpha: float = 0.5,
+) -> dict:
+    """The chunked distillation loss and its gradient on `device`, for a dense and a top-k teacher, against the
+    full-logit losses in float64 on the CPU."""
     dev, g = on_device(device), torch.Generator().manual_seed(seed)
-    h, W, b = torch.randn(n, 32, generator=g), torch.randn(V, 32, generator=g) / 32 ** .5, torch.randn(V, generator=g)
+    h, W, b = torch.randn(n, 32, generator=g), torch.randn(V, 32, generator=g) / 32**0.5, torch.randn(V, generator=g)
     y = torch.randint(0, V, (n,), generator=g)
-    th, tW, tb = torch.randn(n, 48, generator=g), torch.randn(V, 48, generator=g) / 48 ** .5, torch.randn(V, generator=g)
+    th, tW, tb = torch.randn(n, 48, generator=g), torch.randn(V, 48, generator=g) / 48**0.5, torch.randn(V, generator=g)
     t_logits = th.double() @ tW.double().T + tb.double()
     lpk, idx = (t_logits / T).log_softmax(-1).topk(k, -1)
-    teachers = dict(dense=(lambda: DenseTeacher(th.to(dev), tW.to(dev), tb.to(dev)), lambda s: soft_loss(s, t_logits, T)),
-                    topk=(lambda: TopKTeacher(idx.to(dev), lpk.float().to(dev)), lambda s: topk_soft_loss(s, t_logits, k, T)))
+    teachers = dict(
+        dense=(lambda: DenseTeacher(th.to(dev), tW.to(dev), tb.to(dev)), lambda s: soft_loss(s, t_logits, T)),
+        topk=(lambda: TopKTeacher(idx.to(dev), lpk.float().to(dev)), lambda s: topk_soft_loss(s, t_logits, k, T)),
+    )
     figs = {}
     for name, (teacher, soft) in teachers.items():
         ops64 = [t.double().requires_grad_() for t in (h, W, b)]

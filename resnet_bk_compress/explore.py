@@ -1,4 +1,4 @@
-"""Turn the knobs of post-training compression (bits, group size, expert-pruning threshold) on a small trained model and watch the measured bytes, the error and the perplexity move, and where each setting sits on the perplexity-vs-bytes frontier.
+"""Turn the knobs of post-training compression and watch the measured bytes, error and perplexity move.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/explore.html.md"""
 
@@ -24,15 +24,23 @@ __all__ = ['CompressionExplorer', 'weight_sqnr', 'frontier']
 
 # %% ../nbs/07_explore.ipynb #fd499d28
 class CompressionExplorer:
-    "Measured bytes, logit error and perplexity of `model` compressed post-training at any (bits, group size, pruning threshold)."
-    def __init__(self, model: ResNetBKLM, corpus: Corpus,
-                 bits=(4, 8),  # bit widths offered for the experts and the embedding table
-                 group_sizes=(16, 32, 64, 128),  # inputs per scale offered
-                 thresholds=(0., 0.1, 0.2, 0.3),  # expert-pruning thresholds offered (share of calibration tokens)
-                 calib_batches: int = 2, batch_size: int = 16,
-                 method: str = 'rtn'):  # Int4MoEConfig.method: 'rtn' is the fastest; 'gptq' (the pipeline's) costs about 4x per point
+    """Measured bytes, logit error and perplexity of `model` compressed post-training at any (bits, group size, pruning
+    threshold)."""
+
+    def __init__(
+        self,
+        model: ResNetBKLM,
+        corpus: Corpus,
+        bits=(4, 8),  # bit widths offered for the experts and the embedding table
+        group_sizes=(16, 32, 64, 128),  # inputs per scale offered
+        thresholds=(0.0, 0.1, 0.2, 0.3),  # expert-pruning thresholds offered (share of calibration tokens)
+        calib_batches: int = 2,
+        batch_size: int = 16,
+        method: str = 'rtn',
+    ):  # Int4MoEConfig.method: 'rtn' is the fastest; 'gptq' (the pipeline's) costs about 4x per point
         for b in bits:
-            if b not in (4, 8): raise ValueError(f"bits must be 4 or 8 (the storage formats of Int4MoEConfig), got {b!r}")
+            if b not in (4, 8):
+                raise ValueError(f"bits must be 4 or 8 (the storage formats of Int4MoEConfig), got {b!r}")
         self.model, self.corpus, self.method = model, corpus, method
         self.bits, self.group_sizes, self.thresholds = tuple(bits), tuple(group_sizes), tuple(thresholds)
         n_seq = model.cfg.n_seq
@@ -41,21 +49,27 @@ class CompressionExplorer:
         with torch.no_grad():
             self.stats = expert_stats(model, self.calib)
             starts = torch.arange(0, len(corpus.valid) - n_seq - 1, n_seq, device=corpus.valid.device)[:batch_size]
-            self.x_err = windows_at(corpus.valid, starts, n_seq)[0].to(model_device(model))  # held-out windows for the logit error
+            self.x_err = windows_at(corpus.valid, starts, n_seq)[0].to(
+                model_device(model)
+            )  # held-out windows for the logit error
             self.ref_logits = model.eval()(self.x_err)
         model.train(was)
-        with tempfile.TemporaryDirectory() as d: self.float_bytes = file_bytes(save_model(model, Path(d) / 'float.safetensors', corpus.vocab))
+        with tempfile.TemporaryDirectory() as d:
+            self.float_bytes = file_bytes(save_model(model, Path(d) / 'float.safetensors', corpus.vocab))
         self.float_ppl = evaluate(model, corpus.test)['ppl']
         self.cache, self._pruned_cache = {}, {}
 
     def __repr__(self):
-        return (f"CompressionExplorer(bits={self.bits}, group_sizes={self.group_sizes}, thresholds={self.thresholds}, "
-                f"{len(self.cache)} points measured)")
+        return (
+            f"CompressionExplorer(bits={self.bits}, group_sizes={self.group_sizes}, thresholds={self.thresholds}, "
+            f"{len(self.cache)} points measured)"
+        )
 
 # %% ../nbs/07_explore.ipynb #6e99d5bb
 def _keep(stats, threshold: float, top_k: int) -> list[int]:
     "Experts kept per layer at this usage threshold (at least top_k)."
     return [max(top_k, int((s.usage >= threshold).sum())) for s in stats]
+
 
 @patch
 def _pruned(self: CompressionExplorer, threshold: float) -> tuple[ResNetBKLM, torch.Tensor]:
@@ -63,26 +77,37 @@ def _pruned(self: CompressionExplorer, threshold: float) -> tuple[ResNetBKLM, to
     if threshold not in self._pruned_cache:
         m = copy.deepcopy(self.model)
         prune_experts_(m, self.stats, keep=_keep(self.stats, threshold, m.cfg.top_k), ranking='usage')
-        with torch.no_grad(): self._pruned_cache[threshold] = m.eval(), m(self.x_err)
+        with torch.no_grad():
+            self._pruned_cache[threshold] = m.eval(), m(self.x_err)
     return self._pruned_cache[threshold]
 
-def weight_sqnr(ref: ResNetBKLM,  # float model (pruned like q)
-                q: ResNetBKLM) -> float:  # the same model group-wise quantized and converted
-    "SQNR (dB) of the group-wise quantized matrices (every expert's two Linear layers and the token table) against the float ones."
+
+def weight_sqnr(
+    ref: ResNetBKLM,  # float model (pruned like q)
+    q: ResNetBKLM,
+) -> float:  # the same model group-wise quantized and converted
+    """SQNR (dB) of the group-wise quantized matrices (every expert's two Linear layers and the token table) against the
+    float ones."""
     pairs = [(embedding_table(ref.tok_emb), embedding_table(q.tok_emb))]
     for a, b in zip(_moes(ref), _moes(q)):
-        if not isinstance(b, QuantizedMoELayer): raise ValueError("q has float experts: quantize_ and convert it with Int4MoEConfig first")
+        if not isinstance(b, QuantizedMoELayer):
+            raise ValueError("q has float experts: quantize_ and convert it with Int4MoEConfig first")
         for e in range(b.num_experts):
             w1, w2 = [l.weight for l in a.experts[e] if isinstance(l, torch.nn.Linear)]
             pairs += [(w1, b._weight('w1', e)[0]), (w2, b._weight('w2', e)[0])]
-    return sqnr(torch.cat([x.detach().flatten() for x, _ in pairs]), torch.cat([y.detach().flatten() for _, y in pairs]))
+    return sqnr(
+        torch.cat([x.detach().flatten() for x, _ in pairs]), torch.cat([y.detach().flatten() for _, y in pairs])
+    )
+
 
 @patch
 def point(self: CompressionExplorer, bits: int, group_size: int, threshold: float) -> dict:
     "Compress a copy of the model (prune, calibrate, quantize, convert, save) and measure it; cached."
     key = (int(bits), int(group_size), float(threshold))
-    if key in self.cache: return self.cache[key]
-    if bits not in (4, 8): raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    if key in self.cache:
+        return self.cache[key]
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     m = copy.deepcopy(self.model)
     keep = _keep(self.stats, threshold, m.cfg.top_k)
     prune_experts_(m, self.stats, keep=keep, ranking='usage')  # the experts above the threshold
@@ -90,15 +115,24 @@ def point(self: CompressionExplorer, bits: int, group_size: int, threshold: floa
     quantize_(m, cfg)
     m.eval()
     with calibrating(m), torch.no_grad():
-        for x in self.calib: m(x)
+        for x in self.calib:
+            m(x)
     quantize_(m, cfg, 'convert')
-    with tempfile.TemporaryDirectory() as d: nbytes = file_bytes(save_compressed(m, Path(d) / 'point.safetensors', self.corpus.vocab))
-    with torch.no_grad(): logits = m(self.x_err)
-    self.cache[key] = r = dict(bits=key[0], group_size=key[1], threshold=key[2], experts=keep, bytes=nbytes,
-                               ppl=evaluate(m, self.corpus.test)['ppl'],
-                               sqnr_db=sqnr(self.ref_logits, logits),  # the logits after everything: pruning and quantization
-                               quant_sqnr_db=sqnr(self._pruned(key[2])[1], logits),  # the logits after quantization alone
-                               weight_sqnr_db=weight_sqnr(self._pruned(key[2])[0], m))  # the group-wise quantized weights
+    with tempfile.TemporaryDirectory() as d:
+        nbytes = file_bytes(save_compressed(m, Path(d) / 'point.safetensors', self.corpus.vocab))
+    with torch.no_grad():
+        logits = m(self.x_err)
+    self.cache[key] = r = dict(
+        bits=key[0],
+        group_size=key[1],
+        threshold=key[2],
+        experts=keep,
+        bytes=nbytes,
+        ppl=evaluate(m, self.corpus.test)['ppl'],
+        sqnr_db=sqnr(self.ref_logits, logits),  # the logits after everything: pruning and quantization
+        quant_sqnr_db=sqnr(self._pruned(key[2])[1], logits),  # the logits after quantization alone
+        weight_sqnr_db=weight_sqnr(self._pruned(key[2])[0], m),
+    )  # the group-wise quantized weights
     return r
 
 # %% ../nbs/07_explore.ipynb #9e174dcb
@@ -107,82 +141,150 @@ def grid(self: CompressionExplorer) -> list[dict]:
     "Every offered (bits, group size, threshold), measured."
     return [self.point(b, g, t) for b, g, t in itertools.product(self.bits, self.group_sizes, self.thresholds)]
 
+
 def frontier(points: list[dict]) -> list[dict]:
     "The points no other point beats in both bytes and perplexity, by increasing bytes."
     best, out = float('inf'), []
     for p in sorted(points, key=lambda p: (p['bytes'], p['ppl'])):
-        if p['ppl'] < best: out.append(p); best = p['ppl']
+        if p['ppl'] < best:
+            out.append(p)
+            best = p['ppl']
     return out
 
 # %% ../nbs/07_explore.ipynb #355092bb
 @patch
-def plot(self: CompressionExplorer, bits: int = 4, group_size: int = 32, threshold: float = 0.):
+def plot(self: CompressionExplorer, bits: int = 4, group_size: int = 32, threshold: float = 0.0):
     "Error and bytes against the group size, and the perplexity-vs-bytes frontier, with the chosen setting marked."
     import matplotlib.pyplot as plt
+
     pts, sel = self.grid(), self.point(bits, group_size, threshold)
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.6))
     for i, b in enumerate(self.bits):
         row = [self.point(b, g, threshold) for g in self.group_sizes]
         a1.plot(self.group_sizes, [p['weight_sqnr_db'] for p in row], 'o-', color=f'C{i}', label=f'{b} bits: weights')
-        a1.plot(self.group_sizes, [p['quant_sqnr_db'] for p in row], 's:', color=f'C{i}', alpha=0.7, label=f'{b} bits: logits')
+        a1.plot(
+            self.group_sizes,
+            [p['quant_sqnr_db'] for p in row],
+            's:',
+            color=f'C{i}',
+            alpha=0.7,
+            label=f'{b} bits: logits',
+        )
         a2.plot(self.group_sizes, [p['bytes'] / 1e3 for p in row], 'o-', color=f'C{i}', label=f'{b} bits')
     a1.plot(group_size, sel['weight_sqnr_db'], 'o', ms=13, mfc='none', mec='k', mew=2)
     a2.plot(group_size, sel['bytes'] / 1e3, 'o', ms=13, mfc='none', mec='k', mew=2)
     for a, t in ((a1, 'quantization error: SQNR (dB, higher is better)'), (a2, 'compressed file (kB)')):
-        a.set_xscale('log', base=2); a.set_xticks(self.group_sizes, [str(g) for g in self.group_sizes])
-        a.set_xlabel(f'group size (pruning threshold {threshold:g})'); a.set_title(t, fontsize=10); a.legend(fontsize=8)
+        a.set_xscale('log', base=2)
+        a.set_xticks(self.group_sizes, [str(g) for g in self.group_sizes])
+        a.set_xlabel(f'group size (pruning threshold {threshold:g})')
+        a.set_title(t, fontsize=10)
+        a.legend(fontsize=8)
     front = frontier(pts)
     for i, b in enumerate(self.bits):
         q = [p for p in pts if p['bits'] == b]
-        a3.scatter([p['bytes'] / 1e3 for p in q], [p['ppl'] for p in q], s=[20 + 80 * p['threshold'] for p in q], color=f'C{i}', alpha=0.6,
-                   label=f'{b} bits (size: threshold)')
+        a3.scatter(
+            [p['bytes'] / 1e3 for p in q],
+            [p['ppl'] for p in q],
+            s=[20 + 80 * p['threshold'] for p in q],
+            color=f'C{i}',
+            alpha=0.6,
+            label=f'{b} bits (size: threshold)',
+        )
     a3.step([p['bytes'] / 1e3 for p in front], [p['ppl'] for p in front], 'k-', where='post', lw=1, label='frontier')
     a3.plot(sel['bytes'] / 1e3, sel['ppl'], 'o', ms=13, mfc='none', mec='k', mew=2)
     a3.axhline(self.float_ppl, color='grey', ls='--', lw=1, label=f'float ({self.float_bytes / 1e3:.0f} kB)')
-    a3.set_xlabel('compressed file (kB)'); a3.set_ylabel('test perplexity'); a3.set_title('perplexity vs bytes', fontsize=10); a3.legend(fontsize=7)
-    fig.suptitle(f"{bits} bits, group {group_size}, threshold {threshold:g}: {sel['bytes']:,} bytes "
-                 f"({self.float_bytes / sel['bytes']:.1f}x smaller), perplexity {sel['ppl']:.2f} (float {self.float_ppl:.2f}), "
-                 f"logit SQNR {sel['sqnr_db']:.1f} dB (quantization alone {sel['quant_sqnr_db']:.1f}), experts kept {sel['experts']}", fontsize=10)
+    a3.set_xlabel('compressed file (kB)')
+    a3.set_ylabel('test perplexity')
+    a3.set_title('perplexity vs bytes', fontsize=10)
+    a3.legend(fontsize=7)
+    fig.suptitle(
+        f"{bits} bits, group {group_size}, threshold {threshold:g}: {sel['bytes']:,} bytes "
+        f"({self.float_bytes / sel['bytes']:.1f}x smaller), perplexity {sel['ppl']:.2f} (float {self.float_ppl:.2f}), "
+        f"logit SQNR {sel['sqnr_db']:.1f} dB (quantization alone {sel['quant_sqnr_db']:.1f}), experts kept "
+        f"{sel['experts']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
 # %% ../nbs/07_explore.ipynb #cb11b793
 def _png(fig, dpi: int = 80) -> bytes:
-    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=dpi); return buf.getvalue()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=dpi)
+    return buf.getvalue()
+
 
 def _live_kernel() -> bool:
     "Is this code running in a Jupyter kernel, where widgets can be shown (not a script, nbdev-test or a docs build)?"
-    try: from IPython import get_ipython
-    except ImportError: return False
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
     ip = get_ipython()
     return ip is not None and getattr(ip, 'kernel', None) is not None
 
+
 class _Explorer:
-    "Shows as the widget in a live kernel and as a PNG of the default setting everywhere else (and beside the widget, for viewers without it)."
-    def __init__(self, widget, fig): self.widget, self.fig = widget, fig
-    def _png(self) -> str: return base64.b64encode(_png(self.fig)).decode()
+    """Shows as the widget in a live kernel and as a PNG of the default setting everywhere else (and beside the widget,
+    for viewers without it)."""
+
+    def __init__(self, widget, fig):
+        self.widget, self.fig = widget, fig
+
+    def _png(self) -> str:
+        return base64.b64encode(_png(self.fig)).decode()
+
     def _repr_mimebundle_(self, include=None, exclude=None, live: bool | None = None):
-        b = dict(self.widget._repr_mimebundle_() or {}) if self.widget is not None and (_live_kernel() if live is None else live) else {}
-        return {**b, 'image/png': self._png(), 'text/plain': 'CompressionExplorer (static picture of the default setting)'}
+        b = (
+            dict(self.widget._repr_mimebundle_() or {})
+            if self.widget is not None and (_live_kernel() if live is None else live)
+            else {}
+        )
+        return {
+            **b,
+            'image/png': self._png(),
+            'text/plain': 'CompressionExplorer (static picture of the default setting)',
+        }
+
 
 @patch
-def explore(self: CompressionExplorer, bits: int = 4, group_size: int = 32, threshold: float = 0.):
-    "Sliders for bits, group size and pruning threshold that redraw `plot`; a static picture where widgets do not render."
+def explore(self: CompressionExplorer, bits: int = 4, group_size: int = 32, threshold: float = 0.0):
+    """Sliders for bits, group size and pruning threshold that redraw `plot`; a static picture where widgets do not
+    render."""
     import matplotlib.pyplot as plt
-    for name, v, offered in (('bits', bits, self.bits), ('group_size', group_size, self.group_sizes), ('threshold', threshold, self.thresholds)):
-        if v not in offered: raise ValueError(f"{name}={v!r} is not one of the offered {offered}: pick one, or offer it when creating the explorer")
+
+    for name, v, offered in (
+        ('bits', bits, self.bits),
+        ('group_size', group_size, self.group_sizes),
+        ('threshold', threshold, self.thresholds),
+    ):
+        if v not in offered:
+            raise ValueError(
+                f"{name}={v!r} is not one of the offered {offered}: pick one, or offer it when creating the explorer"
+            )
     self.grid()  # measure everything first, so that the sliders never wait
-    fig = self.plot(bits, group_size, threshold); plt.close(fig)
-    try: import ipywidgets as w
-    except ImportError: return _Explorer(None, fig)
-    controls = dict(bits=w.ToggleButtons(options=list(self.bits), value=bits, description='bits'),
-                    group_size=w.SelectionSlider(options=list(self.group_sizes), value=group_size, description='group size'),
-                    threshold=w.SelectionSlider(options=list(self.thresholds), value=threshold, description='threshold'))
+    fig = self.plot(bits, group_size, threshold)
+    plt.close(fig)
+    try:
+        import ipywidgets as w
+    except ImportError:
+        return _Explorer(None, fig)
+    controls = dict(
+        bits=w.ToggleButtons(options=list(self.bits), value=bits, description='bits'),
+        group_size=w.SelectionSlider(options=list(self.group_sizes), value=group_size, description='group size'),
+        threshold=w.SelectionSlider(options=list(self.thresholds), value=threshold, description='threshold'),
+    )
     from IPython.display import Image
+
     out = w.Output()
     out.append_display_data(Image(_png(fig, 100)))  # PNG bytes, whatever matplotlib backend the kernel has
+
     def redraw(change=None):
-        f = self.plot(**{k: c.value for k, c in controls.items()}); plt.close(f)
-        out.outputs = (); out.append_display_data(Image(_png(f, 100)))
-    for c in controls.values(): c.observe(redraw, 'value')
+        f = self.plot(**{k: c.value for k, c in controls.items()})
+        plt.close(f)
+        out.outputs = ()
+        out.append_display_data(Image(_png(f, 100)))
+
+    for c in controls.values():
+        c.observe(redraw, 'value')
     return _Explorer(w.VBox([*controls.values(), out]), fig)

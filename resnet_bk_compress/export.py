@@ -1,4 +1,4 @@
-"""One decoding step of any model the library writes as an ONNX graph (token, position and state in; logits and state out), complex arithmetic as real pairs, the weights kept in their integer form, so that the model runs in ONNX Runtime, on a phone or in a browser tab, from a file not much larger than the compressed one.
+"""One decoding step as an ONNX graph, weights kept as integers: the model in ONNX Runtime, on a phone, in a browser.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/export.html.md"""
 
@@ -28,27 +28,39 @@ __all__ = ['OPSET', 'IR_VERSION', 'Graph', 'weight', 'fake_quant', 'activation_q
 # %% ../nbs/09_export.ipynb #56b0c3f1
 OPSET, IR_VERSION = 18, 10  # BitwiseAnd needs opset 18; IR 10 is what ONNX Runtime 1.18+ and onnxruntime-web read
 
+
 class Graph:
     "An ONNX graph under construction: nodes, initializers (each stored in its own dtype) and fresh names."
+
     def __init__(self):
         import onnx
+
         self.onnx, self.nodes, self.inits, self.n, self.small = onnx, [], [], 0, {}
 
-    def name(self, hint: str = 't') -> str:  # short: a step graph has hundreds of nodes, and their names are bytes of the file
-        self.n += 1; return f'{hint[:3]}{self.n}'
+    def name(
+        self, hint: str = 't'
+    ) -> str:  # short: a step graph has hundreds of nodes, and their names are bytes of the file
+        self.n += 1
+        return f'{hint[:3]}{self.n}'
 
     def const(self, value, hint: str = 'c') -> str:
-        "An initializer holding `value` (a tensor or an array, 0-d kept 0-d); small ones (shapes, scalars) are stored once."
+        """An initializer holding `value` (a tensor or an array, 0-d kept 0-d); small ones (shapes, scalars) are stored
+        once."""
         a = value.detach().cpu().numpy() if torch.is_tensor(value) else np.asarray(value)
         key = (a.dtype.str, a.shape, a.tobytes()) if a.size <= 16 else None
-        if key in self.small: return self.small[key]
+        if key in self.small:
+            return self.small[key]
         n = self.name(hint)
         self.inits.append(self.onnx.numpy_helper.from_array(np.require(a, requirements='C') if a.ndim else a.copy(), n))
-        if key is not None: self.small[key] = n
+        if key is not None:
+            self.small[key] = n
         return n
 
-    def f(self, x, hint: str = 'c') -> str: return self.const(np.asarray(x, dtype=np.float32), hint)
-    def i(self, x, hint: str = 'i') -> str: return self.const(np.asarray(x, dtype=np.int64), hint)
+    def f(self, x, hint: str = 'c') -> str:
+        return self.const(np.asarray(x, dtype=np.float32), hint)
+
+    def i(self, x, hint: str = 'i') -> str:
+        return self.const(np.asarray(x, dtype=np.int64), hint)
 
     def op(self, op_type: str, *inputs: str, n_out: int = 1, **attrs):
         "Add a node; the name of its output (a list of names for n_out > 1)."
@@ -62,6 +74,7 @@ def _float(g: Graph, t: torch.Tensor, hint: str = 'w') -> str:
     t = t.detach()
     return g.op('Cast', g.const(t, hint), to=1) if t.dtype == torch.float16 else g.const(t.float(), hint)
 
+
 def _unpack4(g: Graph, packed: str, shape: tuple) -> str:
     "Packed uint8 bytes -> the 4-bit codes (shape), as float, low nibble first."
     lo = g.op('BitwiseAnd', packed, g.const(np.array(15, np.uint8)))
@@ -70,35 +83,56 @@ def _unpack4(g: Graph, packed: str, shape: tuple) -> str:
     flat = g.op('Reshape', both, g.i(list(shape[:-1]) + [-1]))
     return g.op('Cast', g.op('Slice', flat, g.i([0]), g.i([shape[-1]]), g.i([len(shape) - 1])), to=1)
 
+
 def _grouped(g: Graph, codes: str, scale: torch.Tensor, zero_point: torch.Tensor, shape: tuple, group_size: int) -> str:
     "scale * (codes - zero_point) group by group: codes (rows, L) as float, scale and zero point (rows, groups, 1)."
-    rows, L = shape; ng = scale.shape[1]; pad = ng * group_size - L
-    if pad: codes = g.op('Pad', codes, g.i([0, 0, 0, pad]))
+    rows, L = shape
+    ng = scale.shape[1]
+    pad = ng * group_size - L
+    if pad:
+        codes = g.op('Pad', codes, g.i([0, 0, 0, pad]))
     x = g.op('Reshape', codes, g.i([rows, ng, group_size]))
-    x = g.op('Reshape', g.op('Mul', g.op('Sub', x, _float(g, zero_point, 'zp')), _float(g, scale, 'scale')), g.i([rows, ng * group_size]))
+    x = g.op(
+        'Reshape',
+        g.op('Mul', g.op('Sub', x, _float(g, zero_point, 'zp')), _float(g, scale, 'scale')),
+        g.i([rows, ng * group_size]),
+    )
     return g.op('Slice', x, g.i([0]), g.i([L]), g.i([1])) if pad else x
 
+
 def _group_weight(g: Graph, qdata: torch.Tensor, scale, zero_point, quantizer, n_in: int) -> str:
-    "The float (rows, n_in) weight of group-wise codes stored as QuantizedLinear stores them (packed unsigned 4-bit or int8)."
+    """The float (rows, n_in) weight of group-wise codes stored as QuantizedLinear stores them (packed unsigned 4-bit or
+    int8)."""
     rows = qdata.shape[0]
-    if quantizer.bits == 4: codes = g.op('Sub', _unpack4(g, g.const(qdata, 'q4'), (rows, n_in)), g.f(8.))
-    else: codes = g.op('Cast', g.const(qdata, 'q8'), to=1)
+    if quantizer.bits == 4:
+        codes = g.op('Sub', _unpack4(g, g.const(qdata, 'q4'), (rows, n_in)), g.f(8.0))
+    else:
+        codes = g.op('Cast', g.const(qdata, 'q8'), to=1)
     return _grouped(g, codes, scale, zero_point, (rows, n_in), quantizer.group_size_for(n_in))
 
 # %% ../nbs/09_export.ipynb #41eababd
 def weight(g: Graph, m: nn.Module) -> str:
     "The float (out, in) weight of a linear layer, from what it stores."
-    if isinstance(m, Int8Linear): return g.op('Mul', g.op('Cast', g.const(m.qdata, 'q8'), to=1), _float(g, m.scale, 'scale'))
-    if isinstance(m, QuantizedLinear): return _group_weight(g, m.qdata, m.scale, m.zero_point, m.quantizer, m.in_features)
-    if isinstance(m, nn.Linear): return _float(g, m.weight)  # magnitude-pruned layers too: their weight is the masked one
+    if isinstance(m, Int8Linear):
+        return g.op('Mul', g.op('Cast', g.const(m.qdata, 'q8'), to=1), _float(g, m.scale, 'scale'))
+    if isinstance(m, QuantizedLinear):
+        return _group_weight(g, m.qdata, m.scale, m.zero_point, m.quantizer, m.in_features)
+    if isinstance(m, nn.Linear):
+        return _float(g, m.weight)  # magnitude-pruned layers too: their weight is the masked one
     raise InputError(f"no ONNX form for a {type(m).__name__} layer: export_onnx takes the layers this library writes")
+
 
 def fake_quant(g: Graph, scale, zero_point, bits: int, symmetric: bool, x: str) -> str:
     "A frozen grid on x: (clip(round(x * (1/s)) + zp) - zp) * s, s and zp scalars or broadcastable arrays."
     qmin, qmax = qrange(bits, symmetric)
-    s, zp = (torch.as_tensor(v, device='cpu').float().numpy().astype(np.float32) for v in (scale, zero_point))  # graph constants
-    c = g.op('Clip', g.op('Add', g.op('Round', g.op('Mul', x, g.f(np.float32(1.) / s))), g.f(zp)), g.f(qmin), g.f(qmax))
+    s, zp = (
+        torch.as_tensor(v, device='cpu').float().numpy().astype(np.float32) for v in (scale, zero_point)
+    )  # graph constants
+    c = g.op(
+        'Clip', g.op('Add', g.op('Round', g.op('Mul', x, g.f(np.float32(1.0) / s))), g.f(zp)), g.f(qmin), g.f(qmax)
+    )
     return g.op('Mul', g.op('Sub', c, g.f(zp)), g.f(s))
+
 
 def activation_quant(g: Graph, q, x: str) -> str:
     "A FakeQuantizer's frozen per-tensor grid on x."
@@ -107,11 +141,14 @@ def activation_quant(g: Graph, q, x: str) -> str:
         raise InputError(f"ONNX export takes per-tensor activation grids; this one is {o.granularity}")
     return fake_quant(g, q.scale.reshape(()), q.zero_point.reshape(()), o.bits, o.symmetric, x)
 
+
 def linear(g: Graph, m: nn.Module, x: str) -> str:
     "x (B, in) -> (B, out)."
-    if getattr(m, 'act_q', None) is not None: x = activation_quant(g, m.act_q, x)
+    if getattr(m, 'act_q', None) is not None:
+        x = activation_quant(g, m.act_q, x)
     y = g.op('MatMul', x, g.op('Transpose', weight(g, m), perm=[1, 0]))
     return y if getattr(m, 'bias', None) is None else g.op('Add', y, _float(g, m.bias))
+
 
 def layer_norm(g: Graph, m: nn.LayerNorm, x: str) -> str:
     return g.op('LayerNormalization', x, _float(g, m.weight), _float(g, m.bias), axis=-1, epsilon=m.eps)
@@ -120,28 +157,40 @@ def layer_norm(g: Graph, m: nn.LayerNorm, x: str) -> str:
 def _codes(g: Graph, m: QuantizedCodebookTable) -> str:
     "A codebook table's codes (V - n_dense, M), int64."
     n, M = m.num_embeddings - m.n_dense, m.n_codebooks
-    if m.codebook_size <= 16: return g.op('Cast', g.op('Reshape', _unpack4(g, g.const(m.codes, 'codes'), (n * M,)), g.i([n, M])), to=7)
+    if m.codebook_size <= 16:
+        return g.op('Cast', g.op('Reshape', _unpack4(g, g.const(m.codes, 'codes'), (n * M,)), g.i([n, M])), to=7)
     return g.op('Cast', g.const(m.codes, 'codes'), to=7)
+
 
 def _codebooks(g: Graph, m: QuantizedCodebookTable) -> str:
     return g.op('Reshape', table(g, m.codebooks), g.i([m.n_codebooks, m.codebook_size, -1]))
 
+
 def table(g: Graph, m: nn.Module) -> str:
     "The float (V, d) table of an embedding module."
-    if isinstance(m, Int8Embedding): return g.op('Mul', g.op('Cast', g.const(m.qdata, 'q8'), to=1), _float(g, m.scale, 'scale'))
-    if isinstance(m, QuantizedEmbedding): return weight(g, m.q)
+    if isinstance(m, Int8Embedding):
+        return g.op('Mul', g.op('Cast', g.const(m.qdata, 'q8'), to=1), _float(g, m.scale, 'scale'))
+    if isinstance(m, QuantizedEmbedding):
+        return weight(g, m.q)
     if isinstance(m, QuantizedCodebookTable):
         cb, codes = _codebooks(g, m), _codes(g, m)
-        rows = [g.op('Gather', g.op('Gather', cb, g.i(j)), g.op('Gather', codes, g.i(j), axis=1)) for j in range(m.n_codebooks)]
+        rows = [
+            g.op('Gather', g.op('Gather', cb, g.i(j)), g.op('Gather', codes, g.i(j), axis=1))
+            for j in range(m.n_codebooks)
+        ]
         coded = rows[0] if len(rows) == 1 else g.op('Concat', *rows, axis=1)
         return coded if m.dense is None else g.op('Concat', table(g, m.dense), coded, axis=0)
-    if isinstance(m, CodebookTable): return _float(g, m.table())  # float codebook tables are training-time modules: their table, in float
-    if isinstance(m, nn.Embedding): return _float(g, m.weight)
+    if isinstance(m, CodebookTable):
+        return _float(g, m.table())  # float codebook tables are training-time modules: their table, in float
+    if isinstance(m, nn.Embedding):
+        return _float(g, m.weight)
     raise InputError(f"no ONNX form for a {type(m).__name__} table: export_onnx takes the tables this library writes")
+
 
 def scores(g: Graph, m: nn.Module, h: str) -> str:
     "h (B, d) . every row of the table: (B, V); for a codebook table M (B, K) products and a gather-sum."
-    if not isinstance(m, QuantizedCodebookTable): return g.op('MatMul', h, g.op('Transpose', table(g, m), perm=[1, 0]))
+    if not isinstance(m, QuantizedCodebookTable):
+        return g.op('MatMul', h, g.op('Transpose', table(g, m), perm=[1, 0]))
     cb, codes, w = _codebooks(g, m), _codes(g, m), m.embedding_dim // m.n_codebooks
     coded = None
     for j in range(m.n_codebooks):
@@ -149,14 +198,20 @@ def scores(g: Graph, m: nn.Module, h: str) -> str:
         s = g.op('MatMul', hj, g.op('Transpose', g.op('Gather', cb, g.i(j)), perm=[1, 0]))  # (B, K)
         part = g.op('Gather', s, g.op('Gather', codes, g.i(j), axis=1), axis=1)  # (B, V - n_dense)
         coded = part if coded is None else g.op('Add', coded, part)
-    if m.dense is None: return coded
+    if m.dense is None:
+        return coded
     return g.op('Concat', g.op('MatMul', h, g.op('Transpose', table(g, m.dense), perm=[1, 0])), coded, axis=1)
+
 
 def head_bias(g: Graph, head: OutputHead) -> str:
     "The head's biases: float, or 16 fp16 levels indexed by 4-bit codes."
     b = head.bias
     if isinstance(b, QuantizedBias):
-        return g.op('Gather', _float(g, b.levels, 'levels'), g.op('Cast', _unpack4(g, g.const(b.codes, 'bias_codes'), (b.n,)), to=7))
+        return g.op(
+            'Gather',
+            _float(g, b.levels, 'levels'),
+            g.op('Cast', _unpack4(g, g.const(b.codes, 'bias_codes'), (b.n,)), to=7),
+        )
     return _float(g, b)
 
 # %% ../nbs/09_export.ipynb #1909ab03
@@ -164,32 +219,40 @@ def moe(g: Graph, m: nn.Module, x: str) -> str:
     "The routed mixture on x (B, d): every expert runs, the gate's top-k weights (zeros elsewhere) mix them."
     probs = g.op('Softmax', linear(g, m.gate, x), axis=-1)
     w, idx = g.op('TopK', probs, g.i([m.top_k]), n_out=2, axis=-1)
-    if m.top_k > 1: w = g.op('Div', w, g.op('ReduceSum', w, g.i([-1]), keepdims=1))
-    mix = g.op('ScatterElements', g.op('Mul', probs, g.f(0.)), idx, w, axis=1)  # (B, E)
+    if m.top_k > 1:
+        w = g.op('Div', w, g.op('ReduceSum', w, g.i([-1]), keepdims=1))
+    mix = g.op('ScatterElements', g.op('Mul', probs, g.f(0.0)), idx, w, axis=1)  # (B, E)
     out = None
     for e in range(m.num_experts):
         y = g.op('Mul', expert(g, m, e, x), g.op('Slice', mix, g.i([e]), g.i([e + 1]), g.i([1])))
         out = y if out is None else g.op('Add', out, y)
     return out
 
+
 def expert(g: Graph, m: nn.Module, e: int, x: str) -> str:
     "Expert e of a float or quantized MoE on x (B, d)."
     if isinstance(m, QuantizedMoELayer):
+
         def lin(name, x, n_in):
             b = lambda k: getattr(m, f'{name}_{k}')[e]
             w = _group_weight(g, b('qdata'), b('scale'), b('zero_point'), m.quantizer, n_in)
             return g.op('Add', g.op('MatMul', x, g.op('Transpose', w, perm=[1, 0])), _float(g, b('bias')))
+
         return lin('w2', g.op('Relu', lin('w1', x, m.d_model)), m.d_ff)
     seq = m.experts[e]
     return linear(g, seq[-1], g.op('Relu', linear(g, seq[0], x)))
 
+
 def bk_step(g: Graph, core: BKCore, v: str, state: str) -> tuple[str, str]:
     "v (B, 1), state (B, 2) = (Re, Im) of G at the previous position -> features (B, 2) and the new state."
-    if type(core) not in (BKCore, QuantizedBKCore, PerChannelQuantizedBKCore): raise InputError(f"no ONNX form for a {type(core).__name__}")
-    if not core.causal: raise InputError("a two-sided BK-Core looks at later positions and cannot decode one token at a time")
-    if type(core) is not BKCore: v = activation_quant(g, core.v_q, v)
+    if type(core) not in (BKCore, QuantizedBKCore, PerChannelQuantizedBKCore):
+        raise InputError(f"no ONNX form for a {type(core).__name__}")
+    if not core.causal:
+        raise InputError("a two-sided BK-Core looks at later positions and cannot decode one token at a time")
+    if type(core) is not BKCore:
+        v = activation_quant(g, core.v_q, v)
     g_re, g_im = (g.op('Slice', state, g.i([k]), g.i([k + 1]), g.i([1])) for k in (0, 1))
-    r_re = g.op('Sub', g.op('Sub', g.op('Sub', v, g.f(2.)), g.f(core.z.real)), g_re)
+    r_re = g.op('Sub', g.op('Sub', g.op('Sub', v, g.f(2.0)), g.f(core.z.real)), g_re)
     r_im = g.op('Sub', g.f(-core.z.imag), g_im)
     den = g.op('Add', g.op('Mul', r_re, r_re), g.op('Mul', r_im, r_im))
     G = g.op('Concat', g.op('Div', r_re, den), g.op('Neg', g.op('Div', r_im, den)), axis=1)
@@ -197,23 +260,37 @@ def bk_step(g: Graph, core: BKCore, v: str, state: str) -> tuple[str, str]:
     if isinstance(core, PerChannelQuantizedBKCore):
         q = core.g_q
         if q.scheme == 'polar' or not isinstance(q.granularity, PerTensor):
-            raise InputError(f"ONNX export takes per-tensor Re/Im grids for G; this core has scheme {q.scheme!r}, {q.granularity}")
+            raise InputError(
+                f"ONNX export takes per-tensor Re/Im grids for G; this core has scheme {q.scheme!r}, {q.granularity}"
+            )
         f = fake_quant(g, q.scale.reshape(2), q.zero_point.reshape(2), q.bits, q.symmetric, f)
     f = g.op('Clip', f, g.f(-core.feature_clamp), g.f(core.feature_clamp))
     if isinstance(core, QuantizedBKCore):
-        f = g.op('Concat', *(activation_quant(g, q, g.op('Slice', f, g.i([k]), g.i([k + 1]), g.i([1]))) for k, q in enumerate((core.re_q, core.im_q))), axis=1)
+        f = g.op(
+            'Concat',
+            *(
+                activation_quant(g, q, g.op('Slice', f, g.i([k]), g.i([k + 1]), g.i([1])))
+                for k, q in enumerate((core.re_q, core.im_q))
+            ),
+            axis=1,
+        )
     return f, G
 
 # %% ../nbs/09_export.ipynb #e4d6783a
 def step_graph(model: ResNetBKLM):
-    "The ONNX model of one decoding step: (token (B,), position (), state (L, B, 2)) -> (logits (B, V), state_out (L, B, 2))."
+    """The ONNX model of one decoding step: (token (B,), position (), state (L, B, 2)) -> (logits (B, V), state_out (L,
+    B, 2))."""
     import onnx
     from onnx import helper, TensorProto
+
     if getattr(model, 'quant_step', 'convert') != 'convert':
-        raise InputError("the model is prepared for quantization but not converted: run quantize_(model, config, 'convert') first")
+        raise InputError(
+            "the model is prepared for quantization but not converted: run quantize_(model, config, 'convert') first"
+        )
     g, cfg = Graph(), model.cfg
     x = g.op('Gather', table(g, model.tok_emb), 'token')
-    if model.emb_up is not None: x = linear(g, model.emb_up, x)
+    if model.emb_up is not None:
+        x = linear(g, model.emb_up, x)
     x = g.op('Add', x, g.op('Gather', table(g, model.pos_emb), g.op('Min', 'position', g.i(cfg.n_seq - 1))))
     states = []
     for i, blk in enumerate(model.blocks):
@@ -224,16 +301,31 @@ def step_graph(model: ResNetBKLM):
         states.append(g.op('Unsqueeze', G, g.i([0])))
     h, head = layer_norm(g, model.ln_f, x), model.head
     if isinstance(head, OutputHead):
-        if head.down is not None: h = linear(g, head.down, h)
+        if head.down is not None:
+            h = linear(g, head.down, h)
         logits = g.op('Add', scores(g, model.tok_emb if head.tied else head.own, h), head_bias(g, head))
-    else: logits = linear(g, head, h)
-    g.nodes += [helper.make_node('Identity', [logits], ['logits']), helper.make_node('Concat', states, ['state_out'], axis=0)]
+    else:
+        logits = linear(g, head, h)
+    g.nodes += [
+        helper.make_node('Identity', [logits], ['logits']),
+        helper.make_node('Concat', states, ['state_out'], axis=0),
+    ]
     L, V = cfg.n_layers, cfg.vocab_size
     io = lambda name, t, shape: helper.make_tensor_value_info(name, t, shape)
-    graph = helper.make_graph(g.nodes, 'resnet_bk_decode_step',
-                              [io('token', TensorProto.INT64, ['batch']), io('position', TensorProto.INT64, []), io('state', TensorProto.FLOAT, [L, 'batch', 2])],
-                              [io('logits', TensorProto.FLOAT, ['batch', V]), io('state_out', TensorProto.FLOAT, [L, 'batch', 2])], g.inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)], producer_name='resnet_bk_compress', ir_version=IR_VERSION)
+    graph = helper.make_graph(
+        g.nodes,
+        'resnet_bk_decode_step',
+        [
+            io('token', TensorProto.INT64, ['batch']),
+            io('position', TensorProto.INT64, []),
+            io('state', TensorProto.FLOAT, [L, 'batch', 2]),
+        ],
+        [io('logits', TensorProto.FLOAT, ['batch', V]), io('state_out', TensorProto.FLOAT, [L, 'batch', 2])],
+        g.inits,
+    )
+    m = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid('', OPSET)], producer_name='resnet_bk_compress', ir_version=IR_VERSION
+    )
     onnx.checker.check_model(m)
     return m
 
@@ -241,52 +333,85 @@ def step_graph(model: ResNetBKLM):
 def export_onnx(model: ResNetBKLM, path: str | Path, vocab: Vocab | None = None) -> Path:
     "Write the decoding step to `path` (and, given the vocabulary, the words to PATH.vocab.json); returns the path."
     path = Path(path)
-    if path.suffix != '.onnx': raise InputError(f"an ONNX file name should end in .onnx, got {path.name!r}")
+    if path.suffix != '.onnx':
+        raise InputError(f"an ONNX file name should end in .onnx, got {path.name!r}")
     model = model.eval()
     data = step_graph(model).SerializeToString()
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     if vocab is not None:
-        if len(vocab) != model.cfg.vocab_size: raise InputError(f"the vocabulary has {len(vocab)} words but the model {model.cfg.vocab_size}")
-        meta = dict(words=vocab.itos, eos=vocab.eos_id, unk=vocab.unk_id, n_seq=model.cfg.n_seq, n_layers=model.cfg.n_layers, vocab_size=model.cfg.vocab_size)
-        atomic_write(path.with_suffix('.vocab.json'), lambda tmp: Path(tmp).write_text(json.dumps(meta, ensure_ascii=False)))
+        if len(vocab) != model.cfg.vocab_size:
+            raise InputError(f"the vocabulary has {len(vocab)} words but the model {model.cfg.vocab_size}")
+        meta = dict(
+            words=vocab.itos,
+            eos=vocab.eos_id,
+            unk=vocab.unk_id,
+            n_seq=model.cfg.n_seq,
+            n_layers=model.cfg.n_layers,
+            vocab_size=model.cfg.vocab_size,
+        )
+        atomic_write(
+            path.with_suffix('.vocab.json'), lambda tmp: Path(tmp).write_text(json.dumps(meta, ensure_ascii=False))
+        )
     return path
+
 
 class OnnxDecoder:
     "An exported step in ONNX Runtime (CPU): `step` as `decode_step`, `greedy` as greedy `generate_ids`."
+
     def __init__(self, path: str | Path):
         import onnxruntime as ort
+
         self.sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
         self.n_layers = self.sess.get_inputs()[2].shape[0]
 
     def step(self, tokens: np.ndarray, state=None):
         "(logits (B, V), state) after tokens (B,); state is (position, (L, B, 2) array), None at the start."
         pos, s = state if state is not None else (0, np.zeros((self.n_layers, len(tokens), 2), np.float32))
-        logits, s = self.sess.run(None, dict(token=np.asarray(tokens, np.int64), position=np.array(pos, np.int64), state=s))
+        logits, s = self.sess.run(
+            None, dict(token=np.asarray(tokens, np.int64), position=np.array(pos, np.int64), state=s)
+        )
         return logits, (pos + 1, s)
 
     def greedy(self, ids: np.ndarray, max_new_tokens: int, banned: int | None = None) -> np.ndarray:
         "The prompt ids (N,) followed by max_new_tokens greedy ids."
         state, out = None, list(ids)
-        for t in ids: logits, state = self.step(np.array([t]), state)
+        for t in ids:
+            logits, state = self.step(np.array([t]), state)
         for i in range(max_new_tokens):
-            if banned is not None: logits[:, banned] = -np.inf
+            if banned is not None:
+                logits[:, banned] = -np.inf
             out.append(int(logits[0].argmax()))
-            if i + 1 < max_new_tokens: logits, state = self.step(np.array([out[-1]]), state)
+            if i + 1 < max_new_tokens:
+                logits, state = self.step(np.array([out[-1]]), state)
         return np.array(out)
 
 # %% ../nbs/09_export.ipynb #93f16225
 def export_main(argv=None) -> dict:
     "rbk-export: the ONNX decoding step of a model file, and its bytes against the model file's."
-    p = argparse.ArgumentParser(prog='rbk-export', description="Export a model file's decoding step to ONNX (weights kept in their integer form).")
+    p = argparse.ArgumentParser(
+        prog='rbk-export',
+        description="Export a model file's decoding step to ONNX (weights kept in their integer form).",
+    )
     p.add_argument('model', help='a .safetensors file written by rbk-train, rbk-compress or save_model')
-    p.add_argument('--onnx', required=True, help='the .onnx file to write (the vocabulary goes beside it, as NAME.vocab.json)')
+    p.add_argument(
+        '--onnx', required=True, help='the .onnx file to write (the vocabulary goes beside it, as NAME.vocab.json)'
+    )
     a = p.parse_args(argv)
     model, vocab, _ = load_model(a.model)
     f = export_onnx(model, a.onnx, vocab)
-    r = dict(onnx=str(f), onnx_bytes=file_bytes(f), vocab_json_bytes=file_bytes(f.with_suffix('.vocab.json')), model_file_bytes=file_bytes(a.model))
-    print(f"wrote {f} ({r['onnx_bytes']:,} bytes, {r['onnx_bytes'] / r['model_file_bytes']:.2f}x the model file's {r['model_file_bytes']:,}) "
-          f"and {f.with_suffix('.vocab.json').name} ({r['vocab_json_bytes']:,} bytes)")
+    r = dict(
+        onnx=str(f),
+        onnx_bytes=file_bytes(f),
+        vocab_json_bytes=file_bytes(f.with_suffix('.vocab.json')),
+        model_file_bytes=file_bytes(a.model),
+    )
+    print(
+        f"wrote {f} ({r['onnx_bytes']:,} bytes, {r['onnx_bytes'] / r['model_file_bytes']:.2f}x the model file's "
+        f"{r['model_file_bytes']:,}) "
+        f"and {f.with_suffix('.vocab.json').name} ({r['vocab_json_bytes']:,} bytes)"
+    )
     return r
+
 
 def rbk_export(argv=None):
     "Entry point of `rbk-export`."

@@ -1,4 +1,4 @@
-"""One safetensors file for every model the library builds: float, quantized, pruned or compressed; its vocabulary, its structure and a checksum inside; written atomically, read strictly.
+"""One safetensors file for every model: vocabulary, structure and checksum inside; written atomically, read strictly.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/files.html.md"""
 
@@ -23,44 +23,70 @@ __all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'KINDS', 'STRUCTURES', '
            'read_model_file', 'load_model']
 
 # %% ../nbs/00d_files.ipynb #42bdb9d8
-FORMAT, FORMAT_VERSION = 'resnet_bk_compress.model', 3  # 2: a checksum and a 'structure' entry; 3: entropy-coded tensors ('coded')
-READS_FORMATS = ('1', '2', '3')  # a file without coded tensors is written as version 2, which older versions of the library read
+FORMAT, FORMAT_VERSION = (
+    'resnet_bk_compress.model',
+    3,
+)  # 2: a checksum and a 'structure' entry; 3: entropy-coded tensors ('coded')
+READS_FORMATS = (
+    '1',
+    '2',
+    '3',
+)  # a file without coded tensors is written as version 2, which older versions of the library read
+
 
 class ModelFileError(InputError):
     "A model file that cannot be read: names the file and the problem."
+
 
 def file_bytes(path: str | Path) -> int:
     "Size of a file in bytes, as `os.path.getsize` measures it."
     return os.path.getsize(path)
 
+
 def _alive(pid: int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass  # another user's process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
     return True
 
+
 def atomic_write(path: str | Path, write) -> Path:
-    "Call `write(tmp_path)`, then rename the temporary file over `path`: a crash at any moment leaves the old file or the new one, whole."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f'.{path.name}.tmp-*'):  # left by a writer that was killed: removed once its process is gone
+    """Call `write(tmp_path)`, then rename the temporary file over `path`: a crash at any moment leaves the old file or
+    the new one, whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(
+        f'.{path.name}.tmp-*'
+    ):  # left by a writer that was killed: removed once its process is gone
         pid = stale.name.rsplit('-', 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)): shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    work = path.with_name(f'.{path.name}.tmp-{os.getpid()}')  # a private folder: a writer's own temporaries (safetensors makes one) go with it
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    work = path.with_name(
+        f'.{path.name}.tmp-{os.getpid()}'
+    )  # a private folder: a writer's own temporaries (safetensors makes one) go with it
     work.mkdir(exist_ok=True)
     try:
         tmp = work / path.name
         write(tmp)
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        with open(tmp, 'rb') as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
         if hasattr(os, 'O_DIRECTORY'):  # make the rename itself durable (POSIX)
             fd = os.open(path.parent, os.O_DIRECTORY)
-            try: os.fsync(fd)
-            finally: os.close(fd)
-    finally: shutil.rmtree(work, ignore_errors=True)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return path
 
 # %% ../nbs/00d_files.ipynb #e56a56ba
 _SPARSE_OVERHEAD = 200  # bytes of safetensors index for the extra tensor of a sparse entry (a generous estimate)
+
 
 def encode_sparse(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "(packed bitmask of the nonzeros as uint8, the nonzero values) of t, flattened in row-major order."
@@ -68,15 +94,20 @@ def encode_sparse(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     bits = F.pad(nz, (0, -nz.numel() % 8)).reshape(-1, 8).to(torch.uint8)
     return (bits << torch.arange(8, dtype=torch.uint8, device=t.device)).sum(-1, dtype=torch.uint8), t.flatten()[nz]
 
+
 def decode_sparse(mask: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     "The dense tensor of `shape` whose nonzeros are `values` at the set bits of `mask`."
     n = math.prod(shape)
     nz = ((mask[:, None] >> torch.arange(8, dtype=torch.uint8, device=mask.device)) & 1).flatten()[:n].bool()
     if mask.numel() != -(-n // 8) or int(nz.sum()) != values.numel():
-        raise ValueError(f"bitmask of {mask.numel()} bytes with {int(nz.sum())} bits set does not fit {values.numel()} values of shape {tuple(shape)}")
+        raise ValueError(
+            f"bitmask of {mask.numel()} bytes with {int(nz.sum())} bits set does not fit {values.numel()} values of "
+            f"shape {tuple(shape)}"
+        )
     out = torch.zeros(n, dtype=values.dtype, device=values.device)
     out[nz] = values
     return out.reshape(shape)
+
 
 def _sparse_pays(t: torch.Tensor) -> bool:
     n, nnz = t.numel(), int((t != 0).sum())
@@ -84,7 +115,8 @@ def _sparse_pays(t: torch.Tensor) -> bool:
 
 # %% ../nbs/00d_files.ipynb #976c5cd5
 def model_digest(header: dict, tensors: dict) -> str:
-    "SHA-256 of a model file's contents as stored: the header entries (but 'checksum') and each tensor's name, dtype, shape and bytes."
+    """SHA-256 of a model file's contents as stored: the header entries (but 'checksum') and each tensor's name, dtype,
+    shape and bytes."""
     h = hashlib.sha256(json.dumps({k: v for k, v in header.items() if k != 'checksum'}, sort_keys=True).encode())
     for k in sorted(tensors):
         t = tensors[k].detach().cpu().contiguous()
@@ -100,157 +132,286 @@ def _effective_state(model: nn.Module) -> dict:
         if hasattr(m, 'parametrizations'):
             pre = f'{name}.' if name else ''
             for t in list(m.parametrizations.keys()):
-                for k in [k for k in sd if k.startswith(f'{pre}parametrizations.{t}.')]: del sd[k]
+                for k in [k for k in sd if k.startswith(f'{pre}parametrizations.{t}.')]:
+                    del sd[k]
                 sd[pre + t] = getattr(m, t).detach()
     return sd
 
 # %% ../nbs/00d_files.ipynb #cec37846
-KINDS = {'table': 'resnet_bk_compress.tables', 'quant': 'resnet_bk_compress.quant', 'pruned': 'resnet_bk_compress.pruning',
-         'bias': 'resnet_bk_compress.tables'}  # every kind of layer a file can hold, and the module that builds it
+KINDS = {
+    'table': 'resnet_bk_compress.tables',
+    'quant': 'resnet_bk_compress.quant',
+    'pruned': 'resnet_bk_compress.pruning',
+    'bias': 'resnet_bk_compress.tables',
+}  # every kind of layer a file can hold, and the module that builds it
 STRUCTURES: dict = {}  # kind -> (describe, rebuild, order, legacy): filled by the modules of KINDS as they are imported
 
-def register_structure(kind: str,  # its header entry, a key of KINDS
-                       describe,  # describe(model) -> JSON-ready value, None when the model has no such layer;
-                                  # raises InputError when it cannot be saved as it is
-                       rebuild,  # rebuild(model, value): give a freshly built float model that structure (before its tensors load)
-                       order: int,  # rebuilds run in increasing order
-                       legacy=None):  # legacy(header) -> value or None, for files of format version 1 (no 'structure' entry)
+
+def register_structure(
+    kind: str,  # its header entry, a key of KINDS
+    describe,  # describe(model) -> JSON-ready value, None when the model has no such layer;
+    # raises InputError when it cannot be saved as it is
+    rebuild,  # rebuild(model, value): give a freshly built float model that structure (before its tensors load)
+    order: int,  # rebuilds run in increasing order
+    legacy=None,
+):  # legacy(header) -> value or None, for files of format version 1 (no 'structure' entry)
     "Teach `save_model` and `load_model` a kind of layer; the module KINDS names for it calls this when it is imported."
-    if kind not in KINDS: raise ValueError(f"kind {kind!r} is not in files.KINDS: add it there, with the module that builds it")
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not in files.KINDS: add it there, with the module that builds it")
     # by name: the functions are looked up in the module when used, so that copies defined by running a notebook's cells
     # never stand in for the library's
     STRUCTURES[kind] = (describe.__name__, rebuild.__name__, order, legacy.__name__ if legacy else None)
+
 
 def _kind(kind: str) -> tuple:
     "(describe, rebuild, order, legacy) of a registered kind, from its module."
     describe, rebuild, order, legacy = STRUCTURES[kind]
     m = importlib.import_module(KINDS[kind])
-    return getattr(m, describe), getattr(m, rebuild), order, getattr(m, legacy) if legacy else (lambda h: json.loads(h[kind]) if kind in h else None)
+    return (
+        getattr(m, describe),
+        getattr(m, rebuild),
+        order,
+        getattr(m, legacy) if legacy else (lambda h: json.loads(h[kind]) if kind in h else None),
+    )
 
 # %% ../nbs/00d_files.ipynb #19a2806c
 SMALL = 256  # elements: tensors this small are packed together by save_model(pack_small=True)
-_RESERVED = ('format', 'format_version', 'config', 'complex', 'sparse', 'small', 'coded', 'vocab', 'vocab_codec', 'meta', 'structure', 'checksum')
+_RESERVED = (
+    'format',
+    'format_version',
+    'config',
+    'complex',
+    'sparse',
+    'small',
+    'coded',
+    'vocab',
+    'vocab_codec',
+    'meta',
+    'structure',
+    'checksum',
+)
 
-def save_model(model: ResNetBKLM, path: str | Path, vocab: Vocab, meta: dict | None = None,
-               header: dict | None = None,  # extra header entries (JSON-ready), e.g. the pipeline's `compressed` entry
-               compress_vocab: bool = False,  # store the vocabulary packed (data.pack_words, a uint8 tensor) instead of as JSON in the header
-               pack_small: bool = False,  # store tensors of at most SMALL elements in one tensor per dtype (the index costs ~90 bytes a tensor)
-               entropy_code: bool = False,  # store byte tensors rANS-coded where that saves 5% (coding.code_bytes)
-               ) -> Path:
-    "Write any model the library builds (float, quantized, pruned, with codebook tables...), its vocabulary and `meta` to one safetensors file, atomically."
+
+def save_model(
+    model: ResNetBKLM,
+    path: str | Path,
+    vocab: Vocab,
+    meta: dict | None = None,
+    header: dict | None = None,  # extra header entries (JSON-ready), e.g. the pipeline's `compressed` entry
+    # store the vocabulary packed (data.pack_words, a uint8 tensor) instead of as JSON in the header
+    compress_vocab: bool = False,
+    # store tensors of at most SMALL elements in one tensor per dtype (the index costs ~90 bytes a tensor)
+    pack_small: bool = False,
+    entropy_code: bool = False,  # store byte tensors rANS-coded where that saves 5% (coding.code_bytes)
+) -> Path:
+    """Write any model the library builds (float, quantized, pruned, with codebook tables...), its vocabulary and `meta`
+    to one safetensors file, atomically."""
     if len(vocab) != model.cfg.vocab_size:
         raise InputError(f"vocabulary has {len(vocab)} types but the model has vocab_size={model.cfg.vocab_size}")
-    if compress_vocab and any('\n' in w for w in vocab.itos): raise InputError("a word contains a newline: a compressed vocabulary is stored one word per line")
+    if compress_vocab and any('\n' in w for w in vocab.itos):
+        raise InputError("a word contains a newline: a compressed vocabulary is stored one word per line")
     structure = {}  # every registered kind describes the model (or refuses it) before anything is written
     for kind in sorted(STRUCTURES, key=lambda k: STRUCTURES[k][2]):
-        if (v := _kind(kind)[0](model)) is not None: structure[kind] = (KINDS[kind], v)
-    if clash := set(header or {}) & {*structure, *_RESERVED}: raise ValueError(f"header entries {sorted(clash)} are written by save_model itself")
+        if (v := _kind(kind)[0](model)) is not None:
+            structure[kind] = (KINDS[kind], v)
+    if clash := set(header or {}) & {*structure, *_RESERVED}:
+        raise ValueError(f"header entries {sorted(clash)} are written by save_model itself")
     tensors = {k: v.detach().contiguous().cpu() for k, v in _effective_state(model).items()}
     complex_keys = [k for k, v in tensors.items() if v.is_complex()]
-    for k in complex_keys: tensors[k] = torch.view_as_real(tensors[k]).contiguous()  # safetensors has no complex dtype
+    for k in complex_keys:
+        tensors[k] = torch.view_as_real(tensors[k]).contiguous()  # safetensors has no complex dtype
     sparse = {k: list(v.shape) for k, v in tensors.items() if v.dim() and _sparse_pays(v)}
-    for k in sparse: tensors[k + '@mask'], tensors[k + '@values'] = encode_sparse(tensors.pop(k))
+    for k in sparse:
+        tensors[k + '@mask'], tensors[k + '@values'] = encode_sparse(tensors.pop(k))
     packed = {}
     if pack_small:
         for k in [k for k, v in tensors.items() if v.numel() <= SMALL]:
-            v = tensors.pop(k); dt = str(v.dtype).removeprefix('torch.')
-            packed.setdefault(dt, []).append([k, list(v.shape)]); tensors.setdefault(f'@small.{dt}', []).append(v.flatten())
-        for dt in packed: tensors[f'@small.{dt}'] = torch.cat(tensors[f'@small.{dt}'])
-    if compress_vocab: tensors['vocab@words'] = torch.frombuffer(bytearray(pack_words(vocab.itos)), dtype=torch.uint8)
+            v = tensors.pop(k)
+            dt = str(v.dtype).removeprefix('torch.')
+            packed.setdefault(dt, []).append([k, list(v.shape)])
+            tensors.setdefault(f'@small.{dt}', []).append(v.flatten())
+        for dt in packed:
+            tensors[f'@small.{dt}'] = torch.cat(tensors[f'@small.{dt}'])
+    if compress_vocab:
+        tensors['vocab@words'] = torch.frombuffer(bytearray(pack_words(vocab.itos)), dtype=torch.uint8)
     coded = {}  # name -> [dtype, shape, alphabet]
-    for k in [k for k, v in tensors.items() if entropy_code and v.dtype in (torch.uint8, torch.int8) and v.numel() > SMALL and k != 'vocab@words']:
+    for k in [
+        k
+        for k, v in tensors.items()
+        if entropy_code and v.dtype in (torch.uint8, torch.int8) and v.numel() > SMALL and k != 'vocab@words'
+    ]:
         if (c := code_bytes(tensors[k].numpy().tobytes())) is not None:
-            v = tensors.pop(k); coded[k] = [str(v.dtype).removeprefix('torch.'), list(v.shape), c[0]]
+            v = tensors.pop(k)
+            coded[k] = [str(v.dtype).removeprefix('torch.'), list(v.shape), c[0]]
             tensors[k + '@rans'] = torch.frombuffer(bytearray(c[1]), dtype=torch.uint8)
-    header = {'format': FORMAT, 'format_version': str(FORMAT_VERSION if coded else 2), 'config': json.dumps(model.cfg.to_dict()),
-              'complex': json.dumps(complex_keys), 'sparse': json.dumps(sparse), **({'small': json.dumps(packed, separators=(',', ':'))} if packed else {}),
-              **({'coded': json.dumps(coded, separators=(',', ':'))} if coded else {}),
-              **({'vocab_codec': '"words"'} if compress_vocab else {'vocab': json.dumps(vocab.itos, ensure_ascii=False)}), 'meta': json.dumps(meta or {}),
-              'structure': json.dumps([[k, m] for k, (m, _) in structure.items()]), **{k: json.dumps(v) for k, (_, v) in structure.items()},
-              **{k: json.dumps(v) for k, v in (header or {}).items()}}
+    header = {
+        'format': FORMAT,
+        'format_version': str(FORMAT_VERSION if coded else 2),
+        'config': json.dumps(model.cfg.to_dict()),
+        'complex': json.dumps(complex_keys),
+        'sparse': json.dumps(sparse),
+        **({'small': json.dumps(packed, separators=(',', ':'))} if packed else {}),
+        **({'coded': json.dumps(coded, separators=(',', ':'))} if coded else {}),
+        **({'vocab_codec': '"words"'} if compress_vocab else {'vocab': json.dumps(vocab.itos, ensure_ascii=False)}),
+        'meta': json.dumps(meta or {}),
+        'structure': json.dumps([[k, m] for k, (m, _) in structure.items()]),
+        **{k: json.dumps(v) for k, (_, v) in structure.items()},
+        **{k: json.dumps(v) for k, v in (header or {}).items()},
+    }
     header['checksum'] = model_digest(header, tensors)
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
+
 
 def read_model_file(path: str | Path) -> tuple[dict, dict]:
     "(header, tensors) of a model file, with clear errors for missing, truncated, foreign or newer files."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"model file '{path}' does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"model file '{path}' does not exist")
     try:
         with safe_open(str(path), framework='pt') as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:  # what safetensors raises for damaged index entries varies
-        raise ModelFileError(f"'{path}' is not a readable safetensors file ({e}): it is truncated, corrupt or not a model file") from None
+    except (
+        SafetensorError,
+        OSError,
+        ValueError,
+        TypeError,
+        RuntimeError,
+    ) as e:  # what safetensors raises for damaged index entries varies
+        raise ModelFileError(
+            f"'{path}' is not a readable safetensors file ({e}): it is truncated, corrupt or not a model file"
+        ) from None
     if header.get('format') != FORMAT:
-        raise ModelFileError(f"'{path}' is a safetensors file but not a resnet_bk_compress model (format tag {header.get('format')!r})")
+        raise ModelFileError(
+            f"'{path}' is a safetensors file but not a resnet_bk_compress model (format tag {header.get('format')!r})"
+        )
     if header.get('format_version') not in READS_FORMATS:
-        raise ModelFileError(f"'{path}' has format version {header.get('format_version')!r}; this library reads versions {', '.join(READS_FORMATS)}: "
-                             f"upgrade resnet_bk_compress to read it")
+        raise ModelFileError(
+            f"'{path}' has format version {header.get('format_version')!r}; this library reads versions "
+            f"{', '.join(READS_FORMATS)}: "
+            f"upgrade resnet_bk_compress to read it"
+        )
     if header['format_version'] != '1' and header.get('checksum') != model_digest(header, tensors):
-        raise ModelFileError(f"'{path}' does not match its checksum: the file is corrupt (a changed or lost byte); use another copy")
+        raise ModelFileError(
+            f"'{path}' does not match its checksum: the file is corrupt (a changed or lost byte); use another copy"
+        )
     try:
-        for k, (dt, shape, alphabet) in json.loads(header.get('coded', '{}')).items():  # entropy-coded byte tensors, decoded first
-            if dt not in ('uint8', 'int8'): raise ValueError(f"{k!r} is coded as {dt!r}, not a byte dtype")
+        for k, (dt, shape, alphabet) in json.loads(
+            header.get('coded', '{}')
+        ).items():  # entropy-coded byte tensors, decoded first
+            if dt not in ('uint8', 'int8'):
+                raise ValueError(f"{k!r} is coded as {dt!r}, not a byte dtype")
             raw = decode_bytes(tensors.pop(k + '@rans').numpy().tobytes(), alphabet, math.prod(shape))
             tensors[k] = torch.frombuffer(bytearray(raw), dtype=getattr(torch, dt)).reshape(shape)
-    except (KeyError, ValueError, TypeError) as e: raise ModelFileError(f"'{path}': an entropy-coded tensor cannot be decoded ({e!r}): the file is corrupt") from None
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(
+            f"'{path}': an entropy-coded tensor cannot be decoded ({e!r}): the file is corrupt"
+        ) from None
     try:
-        for dt, entries in json.loads(header.get('small', '{}')).items():  # pack_small: unpack in the order they were packed
+        for dt, entries in json.loads(
+            header.get('small', '{}')
+        ).items():  # pack_small: unpack in the order they were packed
             flat, i = tensors.pop(f'@small.{dt}'), 0
             for k, shape in entries:
-                n = math.prod(shape); tensors[k] = flat[i:i + n].reshape(shape).clone(); i += n
-            if i != flat.numel(): raise ValueError(f"{flat.numel() - i} values left over")
-    except (KeyError, ValueError, TypeError, RuntimeError) as e: raise ModelFileError(f"'{path}': the packed small tensors cannot be read ({e!r}): the file is corrupt") from None
-    if 'vocab_codec' in header:  # '"words"': data.pack_words; '"xz"': one word per line, xz (files written before pack_words)
+                n = math.prod(shape)
+                tensors[k] = flat[i : i + n].reshape(shape).clone()
+                i += n
+            if i != flat.numel():
+                raise ValueError(f"{flat.numel() - i} values left over")
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise ModelFileError(
+            f"'{path}': the packed small tensors cannot be read ({e!r}): the file is corrupt"
+        ) from None
+    if (
+        'vocab_codec' in header
+    ):  # '"words"': data.pack_words; '"xz"': one word per line, xz (files written before pack_words)
         try:
             codec = json.loads(header['vocab_codec'])
             blob = tensors.pop({'words': 'vocab@words', 'xz': 'vocab@xz'}[codec]).numpy().tobytes()
-            header['vocab'] = json.dumps(unpack_words(blob) if codec == 'words' else lzma.decompress(blob).decode().split('\n'))
-        except (KeyError, ValueError, lzma.LZMAError, UnicodeDecodeError) as e: raise ModelFileError(f"'{path}': the compressed vocabulary cannot be read ({e!r}): the file is corrupt") from None
+            header['vocab'] = json.dumps(
+                unpack_words(blob) if codec == 'words' else lzma.decompress(blob).decode().split('\n')
+            )
+        except (KeyError, ValueError, lzma.LZMAError, UnicodeDecodeError) as e:
+            raise ModelFileError(
+                f"'{path}': the compressed vocabulary cannot be read ({e!r}): the file is corrupt"
+            ) from None
     for k, shape in json.loads(header.get('sparse', '{}')).items():
-        try: tensors[k] = decode_sparse(tensors.pop(k + '@mask'), tensors.pop(k + '@values'), shape)
-        except (KeyError, ValueError) as e: raise ModelFileError(f"'{path}': sparse tensor {k!r} cannot be decoded ({e}): the file is corrupt") from None
+        try:
+            tensors[k] = decode_sparse(tensors.pop(k + '@mask'), tensors.pop(k + '@values'), shape)
+        except (KeyError, ValueError) as e:
+            raise ModelFileError(
+                f"'{path}': sparse tensor {k!r} cannot be decoded ({e}): the file is corrupt"
+            ) from None
     for k in json.loads(header.get('complex', '[]')):
         if k not in tensors or tensors[k].shape[-1:] != (2,):
-            raise ModelFileError(f"'{path}': complex tensor {k!r} is missing or not stored as (..., 2) real pairs: the file is corrupt")
+            raise ModelFileError(
+                f"'{path}': complex tensor {k!r} is missing or not stored as (..., 2) real pairs: the file is corrupt"
+            )
         tensors[k] = torch.view_as_complex(tensors[k])
     return header, tensors
 
+
 def _entry(path, header: dict, kind: str):
-    try: return json.loads(header[kind])
-    except (KeyError, json.JSONDecodeError) as e: raise ModelFileError(f"'{path}': its {kind!r} entry is missing or not JSON ({e!r}): the file is corrupt") from None
+    try:
+        return json.loads(header[kind])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ModelFileError(
+            f"'{path}': its {kind!r} entry is missing or not JSON ({e!r}): the file is corrupt"
+        ) from None
+
 
 def _structure(path, header: dict) -> list:
-    "[(order, kind, rebuild, value)] of a file: its 'structure' entry (version 2), or the kinds whose entries a version 1 file has."
+    """[(order, kind, rebuild, value)] of a file: its 'structure' entry (version 2), or the kinds whose entries a
+    version 1 file has."""
     try:
         if 'structure' in header:  # [[kind, module]]: a kind this version knows must name the module KINDS gives it
             listed = json.loads(header['structure'])
-            if bad := [(k, m) for k, m in listed if k in KINDS and KINDS[k] != m]: raise ValueError(f"{bad}: not the modules of these kinds")
+            if bad := [(k, m) for k, m in listed if k in KINDS and KINDS[k] != m]:
+                raise ValueError(f"{bad}: not the modules of these kinds")
             kinds = [k for k, _ in listed]
             for kind in kinds:
-                if kind in KINDS: importlib.import_module(KINDS[kind])  # registers the kind
+                if kind in KINDS:
+                    importlib.import_module(KINDS[kind])  # registers the kind
         else:  # version 1: no list of kinds; every module of KINDS reads its own entry if it is there
-            for m in sorted(set(KINDS.values())): importlib.import_module(m)
+            for m in sorted(set(KINDS.values())):
+                importlib.import_module(m)
             values = {k: v for k in STRUCTURES if (v := _kind(k)[3](header)) is not None}
     except (ValueError, TypeError, KeyError) as e:
         raise ModelFileError(f"'{path}' has a malformed 'structure' entry ({e!r}): the file is corrupt") from None
-    if 'structure' in header: values = {kind: _entry(path, header, kind) for kind in kinds}
+    if 'structure' in header:
+        values = {kind: _entry(path, header, kind) for kind in kinds}
     if unknown := set(values) - set(STRUCTURES):
-        raise ModelFileError(f"'{path}' holds layers of kinds {sorted(unknown)} that this version of resnet_bk_compress cannot build: upgrade it")
+        raise ModelFileError(
+            f"'{path}' holds layers of kinds {sorted(unknown)} that this version of resnet_bk_compress cannot build: "
+            "upgrade it"
+        )
     return sorted((STRUCTURES[k][2], k, _kind(k)[1], v) for k, v in values.items())
 
+
 def load_model(path: str | Path) -> tuple[ResNetBKLM, Vocab, dict]:
-    "(model in eval mode, vocabulary, metadata) from any file written by `save_model`, rebuilt in the structure it was saved in."
+    """(model in eval mode, vocabulary, metadata) from any file written by `save_model`, rebuilt in the structure it was
+    saved in."""
     header, tensors = read_model_file(path)
-    try: cfg, vocab, meta = ResNetBKConfig.from_dict(json.loads(header['config'])), Vocab(json.loads(header['vocab'])), json.loads(header.get('meta', '{}'))
-    except (KeyError, ValueError, TypeError) as e: raise ModelFileError(f"'{path}' has a malformed header: {e}") from None
+    try:
+        cfg, vocab, meta = (
+            ResNetBKConfig.from_dict(json.loads(header['config'])),
+            Vocab(json.loads(header['vocab'])),
+            json.loads(header.get('meta', '{}')),
+        )
+    except (KeyError, ValueError, TypeError) as e:
+        raise ModelFileError(f"'{path}' has a malformed header: {e}") from None
     with torch.device('cpu'):  # a file loads on the CPU, whatever the default device: the caller moves the model
         model = ResNetBKLM(cfg)
         for _, kind, rebuild, value in _structure(path, header):
-            try: rebuild(model, value)
+            try:
+                rebuild(model, value)
             except (ValueError, TypeError, KeyError) as e:  # a damaged entry: name the file and the entry
-                raise ModelFileError(f"'{path}': its {kind!r} entry {json.dumps(value)[:200]} does not fit its config ({e}): "
-                                     "the file is corrupt") from None
-    try: model.load_state_dict(tensors)  # strict: missing, unexpected and mis-shaped tensors are all named
-    except RuntimeError as e: raise ModelFileError(f"'{path}' does not match its config: {e}") from None
+                raise ModelFileError(
+                    f"'{path}': its {kind!r} entry {json.dumps(value)[:200]} does not fit its config ({e}): "
+                    "the file is corrupt"
+                ) from None
+    try:
+        model.load_state_dict(tensors)  # strict: missing, unexpected and mis-shaped tensors are all named
+    except RuntimeError as e:
+        raise ModelFileError(f"'{path}' does not match its config: {e}") from None
     return model.eval(), vocab, meta

@@ -1,4 +1,4 @@
-"""Generate text with every model the library writes. The BK-Core is a recurrence, so the model is an RNN: decoding keeps one complex number per block and sequence, and each new token costs the same however long the context is.
+"""Generate text with every model the library writes: decoding is an RNN's, each new token at the same cost.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/generate.html.md"""
 
@@ -21,13 +21,21 @@ __all__ = ['PAST_N_SEQ', 'DecoderState', 'decode_step', 'incremental_logits', 'c
 
 # %% ../nbs/08_generate.ipynb #2c45477b
 @patch
-def step(self: BKCore, v: torch.Tensor,  # potential at one position (B, 1)
-         g: torch.Tensor | None = None,  # G at the previous position (B, 1), complex: the state; None (or zeros) at position 0
-         offset: int = 0):  # the position (for cores with a grid per position)
+def step(
+    self: BKCore,
+    v: torch.Tensor,  # potential at one position (B, 1)
+    g: torch.Tensor
+    | None = None,  # G at the previous position (B, 1), complex: the state; None (or zeros) at position 0
+    offset: int = 0,
+):  # the position (for cores with a grid per position)
     "One position of the causal resolvent: its features (B, 1, 2) and G there, the state the next position needs."
-    if not self.causal: raise InputError("a two-sided BK-Core looks at later positions, so it cannot decode one token at a time: use a causal model")
+    if not self.causal:
+        raise InputError(
+            "a two-sided BK-Core looks at later positions, so it cannot decode one token at a time: use a causal model"
+        )
     r = (self.pre(v) - 2).to(self.cdtype) - self.z
-    if g is not None: r = r - g  # b c / r_{t-1} = G_{t-1}: the off-diagonals are ones
+    if g is not None:
+        r = r - g  # b c / r_{t-1} = G_{t-1}: the off-diagonals are ones
     g = 1 / r
     return self.post(g, v.dtype, offset), g
 
@@ -35,18 +43,27 @@ def step(self: BKCore, v: torch.Tensor,  # potential at one position (B, 1)
 @dataclass
 class DecoderState:
     "What decoding carries from one token to the next: the position and one complex G (B, 1) per block."
+
     pos: int
     g: list
 
+
 @torch.no_grad()
-def decode_step(model: ResNetBKLM,
-                tokens: torch.Tensor,  # the newest token of each sequence (B,), int64
-                state: DecoderState | None = None):  # the state after the previous tokens (None: nothing before)
+def decode_step(
+    model: ResNetBKLM,
+    tokens: torch.Tensor,  # the newest token of each sequence (B,), int64
+    state: DecoderState | None = None,
+):  # the state after the previous tokens (None: nothing before)
     "Next-token logits (B, V) after `tokens`, and the state after them: O(1) work in the length of the context."
-    if tokens.dim() != 1 or tokens.dtype != torch.long: raise InputError(f"expected one token id per sequence, a (B,) int64 tensor, got {tuple(tokens.shape)} {tokens.dtype}")
+    if tokens.dim() != 1 or tokens.dtype != torch.long:
+        raise InputError(
+            f"expected one token id per sequence, a (B,) int64 tensor, got {tuple(tokens.shape)} {tokens.dtype}"
+        )
     pos = 0 if state is None else state.pos
     p = min(pos, model.cfg.n_seq - 1)  # past n_seq: the last learned position, held
-    x = model.embed(tokens[:, None]) + model.pos_emb(torch.tensor([p], device=tokens.device))  # the module, not its weight: it may be quantized
+    x = model.embed(tokens[:, None]) + model.pos_emb(
+        torch.tensor([p], device=tokens.device)
+    )  # the module, not its weight: it may be quantized
     gs = []
     for i, blk in enumerate(model.blocks):
         ffn, v = blk.potential(x)
@@ -58,152 +75,259 @@ def decode_step(model: ResNetBKLM,
 # %% ../nbs/08_generate.ipynb #9eb72bfa
 @torch.no_grad()
 def incremental_logits(model: ResNetBKLM, ids: torch.Tensor) -> torch.Tensor:
-    "Logits (B, N, V) of ids (B, N) computed one token at a time by `decode_step` (what the full forward gives, for N <= n_seq)."
+    """Logits (B, N, V) of ids (B, N) computed one token at a time by `decode_step` (what the full forward gives, for N
+    <= n_seq)."""
     state, out = None, []
     for t in range(ids.shape[1]):
-        logits, state = decode_step(model, ids[:, t], state); out.append(logits)
+        logits, state = decode_step(model, ids[:, t], state)
+        out.append(logits)
     return torch.stack(out, 1)
 
 # %% ../nbs/08_generate.ipynb #71016930
-def check_sampling(temperature: float = 1., top_k: int | None = None, top_p: float | None = None):
+def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
     "Refuse settings that do not define a distribution, naming the one to fix."
     if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise InputError(f"temperature must be > 0, got {temperature!r}: for the most likely token use greedy decoding (--greedy)")
-    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1): raise InputError(f"top_k must be an integer >= 1 (or None for all tokens), got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1): raise InputError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
+        raise InputError(
+            f"temperature must be > 0, got {temperature!r}: for the most likely token use greedy decoding (--greedy)"
+        )
+    if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+        raise InputError(f"top_k must be an integer >= 1 (or None for all tokens), got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise InputError(f"top_p must be in (0, 1] (or None), got {top_p!r}")
 
-def sample_next(logits: torch.Tensor,  # (B, V)
-                greedy: bool = False,  # the most likely token (the other settings are ignored)
-                temperature: float = 1., top_k: int | None = None, top_p: float | None = None,
-                generator: torch.Generator | None = None,  # seeded: repeatable draws
-                banned: int | None = None):  # a token id never chosen (the vocabulary's <unk>)
+
+def sample_next(
+    logits: torch.Tensor,  # (B, V)
+    greedy: bool = False,  # the most likely token (the other settings are ignored)
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,  # seeded: repeatable draws
+    banned: int | None = None,
+):  # a token id never chosen (the vocabulary's <unk>)
     "The next token of each sequence (B,)."
     logits = logits.float().clone()
-    if banned is not None: logits[:, banned] = -float('inf')
-    if greedy: return logits.argmax(-1)
+    if banned is not None:
+        logits[:, banned] = -float('inf')
+    if greedy:
+        return logits.argmax(-1)
     logits = logits / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = logits.topk(top_k, -1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -float('inf'))
     if top_p is not None and top_p < 1:
         p, idx = logits.softmax(-1).sort(-1, descending=True)
-        drop = p.cumsum(-1) - p >= top_p  # tokens outside the smallest set reaching top_p (the most likely one always stays)
+        drop = (
+            p.cumsum(-1) - p >= top_p
+        )  # tokens outside the smallest set reaching top_p (the most likely one always stays)
         logits = logits.masked_fill(drop.scatter(-1, idx, drop), -float('inf'))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 # %% ../nbs/08_generate.ipynb #b4f0fb5f
 PAST_N_SEQ = ('hold', 'window')
 
+
 @torch.no_grad()
-def generate_ids(model: ResNetBKLM,
-                 ids: torch.Tensor,  # prompt ids (N,) or (B, N), N >= 1
-                 max_new_tokens: int = 50,
-                 greedy: bool = False, temperature: float = 1., top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None,  # seeds the draws (None: torch's global generator)
-                 banned: int | None = None,  # a token id never generated (the vocabulary's <unk>)
-                 past_n_seq: str = 'hold') -> torch.Tensor:  # 'hold' (the recurrence, O(1) a token) or 'window' (a full forward over the last n_seq tokens)
+def generate_ids(
+    model: ResNetBKLM,
+    ids: torch.Tensor,  # prompt ids (N,) or (B, N), N >= 1
+    max_new_tokens: int = 50,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,  # seeds the draws (None: torch's global generator)
+    banned: int | None = None,  # a token id never generated (the vocabulary's <unk>)
+    past_n_seq: str = 'hold',
+) -> torch.Tensor:  # 'hold' (the recurrence, O(1) a token) or 'window' (a full forward over the last n_seq tokens)
     "The prompt followed by `max_new_tokens` generated ids, (N + max_new_tokens,) or (B, N + max_new_tokens)."
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0): raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if past_n_seq not in PAST_N_SEQ: raise InputError(f"past_n_seq must be one of {PAST_N_SEQ}, got {past_n_seq!r}")
-    if not greedy: check_sampling(temperature, top_k, top_p)
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+        raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if past_n_seq not in PAST_N_SEQ:
+        raise InputError(f"past_n_seq must be one of {PAST_N_SEQ}, got {past_n_seq!r}")
+    if not greedy:
+        check_sampling(temperature, top_k, top_p)
     one = ids.dim() == 1
     ids = ids[None] if one else ids
-    if ids.dim() != 2 or ids.shape[1] == 0 or ids.dtype != torch.long: raise InputError(f"the prompt must be a non-empty (N,) or (B, N) int64 tensor of ids, got {tuple(ids.shape)} {ids.dtype}")
-    if ids.max() >= model.cfg.vocab_size or ids.min() < 0: raise InputError(f"prompt ids must be in [0, {model.cfg.vocab_size}): the model's vocabulary")
+    if ids.dim() != 2 or ids.shape[1] == 0 or ids.dtype != torch.long:
+        raise InputError(
+            f"the prompt must be a non-empty (N,) or (B, N) int64 tensor of ids, got {tuple(ids.shape)} {ids.dtype}"
+        )
+    if ids.max() >= model.cfg.vocab_size or ids.min() < 0:
+        raise InputError(f"prompt ids must be in [0, {model.cfg.vocab_size}): the model's vocabulary")
     gen = None if seed is None else torch.Generator(device=ids.device).manual_seed(seed)
-    was_training = model.training; model.eval()
+    was_training = model.training
+    model.eval()
     try:
-        window = lambda seq: past_n_seq == 'window' and seq.shape[1] > model.cfg.n_seq  # a full forward over the last n_seq tokens
+        window = lambda seq: (
+            past_n_seq == 'window' and seq.shape[1] > model.cfg.n_seq
+        )  # a full forward over the last n_seq tokens
         state, seq = None, ids
-        for t in range(ids.shape[1]): logits, state = decode_step(model, ids[:, t], state)
-        if window(seq): logits = model(seq[:, -model.cfg.n_seq:])[:, -1]
+        for t in range(ids.shape[1]):
+            logits, state = decode_step(model, ids[:, t], state)
+        if window(seq):
+            logits = model(seq[:, -model.cfg.n_seq :])[:, -1]
         for i in range(max_new_tokens):
             nxt = sample_next(logits, greedy, temperature, top_k, top_p, gen, banned)
             seq = torch.cat([seq, nxt[:, None]], 1)
-            if i + 1 == max_new_tokens: break
-            if window(seq): logits = model(seq[:, -model.cfg.n_seq:])[:, -1]
-            else: logits, state = decode_step(model, nxt, state)
-    finally: model.train(was_training)
+            if i + 1 == max_new_tokens:
+                break
+            if window(seq):
+                logits = model(seq[:, -model.cfg.n_seq :])[:, -1]
+            else:
+                logits, state = decode_step(model, nxt, state)
+    finally:
+        model.train(was_training)
     return seq[0] if one else seq
 
 # %% ../nbs/08_generate.ipynb #61cb5e82
 def prompt_ids(vocab: Vocab, prompt: str) -> torch.Tensor:
     "Ids of `<eos>` followed by the prompt's words (a line end in the prompt is an `<eos>`, as in the corpus)."
     words = tokenize(prompt) if prompt else []
-    if words and not prompt.endswith('\n'): words = words[:-1]  # tokenize ends every line with <eos>: the last line is still open
+    if words and not prompt.endswith('\n'):
+        words = words[:-1]  # tokenize ends every line with <eos>: the last line is still open
     return vocab.encode([vocab.eos] + words)
+
 
 def unknown_words(vocab: Vocab, prompt: str) -> list[str]:
     "The prompt's words that the vocabulary does not have (they read as `<unk>`)."
     return [w for w in prompt.split() if w not in vocab.stoi]
 
+
 def detokenize(vocab: Vocab, ids) -> str:
     "Words joined by spaces, `<eos>` as a line break."
     text, sep = '', ''
     for w in vocab.decode(ids):
-        if w == vocab.eos: text, sep = text + '\n', ''
-        else: text, sep = text + sep + w, ' '
+        if w == vocab.eos:
+            text, sep = text + '\n', ''
+        else:
+            text, sep = text + sep + w, ' '
     return text
 
-def generate(model: ResNetBKLM, vocab: Vocab,
-             prompt: str = '',  # words to continue ('' starts a new line)
-             max_new_tokens: int = 50, greedy: bool = False, temperature: float = 1., top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None, allow_unk: bool = False, past_n_seq: str = 'hold') -> str:
+
+def generate(
+    model: ResNetBKLM,
+    vocab: Vocab,
+    prompt: str = '',  # words to continue ('' starts a new line)
+    max_new_tokens: int = 50,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    allow_unk: bool = False,
+    past_n_seq: str = 'hold',
+) -> str:
     "The text the model writes after `prompt`."
-    if len(vocab) != model.cfg.vocab_size: raise InputError(f"the vocabulary has {len(vocab)} words but the model {model.cfg.vocab_size}: use the vocabulary saved with the model")
+    if len(vocab) != model.cfg.vocab_size:
+        raise InputError(
+            f"the vocabulary has {len(vocab)} words but the model {model.cfg.vocab_size}: use the vocabulary saved "
+            "with the model"
+        )
     ids = prompt_ids(vocab, prompt)
-    out = generate_ids(model, ids, max_new_tokens, greedy, temperature, top_k, top_p, seed, None if allow_unk else vocab.unk_id, past_n_seq)
-    return detokenize(vocab, out[len(ids):])
+    out = generate_ids(
+        model,
+        ids,
+        max_new_tokens,
+        greedy,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        None if allow_unk else vocab.unk_id,
+        past_n_seq,
+    )
+    return detokenize(vocab, out[len(ids) :])
 
 # %% ../nbs/08_generate.ipynb #f823000a
 @torch.no_grad()
-def position_nll(model: ResNetBKLM,
-                 ids: torch.Tensor,  # a 1-D token stream (a validation split)
-                 length: int,  # positions per stretch (longer than n_seq to see past it)
-                 n_stretches: int = 16,  # stretches, evenly spaced over the stream (overlapping if it is short), decoded as one batch
-                 past_n_seq: str = 'hold') -> torch.Tensor:
+def position_nll(
+    model: ResNetBKLM,
+    ids: torch.Tensor,  # a 1-D token stream (a validation split)
+    length: int,  # positions per stretch (longer than n_seq to see past it)
+    # stretches, evenly spaced over the stream (overlapping if it is short), decoded as one batch
+    n_stretches: int = 16,
+    past_n_seq: str = 'hold',
+) -> torch.Tensor:
     "Mean negative log-likelihood (nats) at each position 0..length-1 of `n_stretches` stretches of `ids`."
-    if past_n_seq not in PAST_N_SEQ: raise InputError(f"past_n_seq must be one of {PAST_N_SEQ}, got {past_n_seq!r}")
-    if len(ids) <= length: raise InputError(f"a stream of {len(ids)} tokens is too short for stretches of {length} positions")
-    starts = torch.arange(n_stretches, device=ids.device) * ((len(ids) - length - 1) // max(1, n_stretches - 1) if n_stretches > 1 else 0)
-    seg = torch.stack([ids[s:s + length + 1] for s in starts.tolist()])
+    if past_n_seq not in PAST_N_SEQ:
+        raise InputError(f"past_n_seq must be one of {PAST_N_SEQ}, got {past_n_seq!r}")
+    if len(ids) <= length:
+        raise InputError(f"a stream of {len(ids)} tokens is too short for stretches of {length} positions")
+    starts = torch.arange(n_stretches, device=ids.device) * (
+        (len(ids) - length - 1) // max(1, n_stretches - 1) if n_stretches > 1 else 0
+    )
+    seg = torch.stack([ids[s : s + length + 1] for s in starts.tolist()])
     x, y = seg[:, :-1], seg[:, 1:]
     model.eval()
-    nll = lambda logits, t: -logits.float().log_softmax(-1).gather(-1, y[:, t:t + 1])[:, 0]
+    nll = lambda logits, t: -logits.float().log_softmax(-1).gather(-1, y[:, t : t + 1])[:, 0]
     out, state, n = [], None, model.cfg.n_seq
     if past_n_seq == 'window':  # positions < n_seq from one forward, each later one from the window ending there
         first = -model(x[:, :n]).float().log_softmax(-1).gather(-1, y[:, :n, None])[..., 0]
-        out = list(first.unbind(1)) + [nll(model(x[:, t - n + 1:t + 1])[:, -1], t) for t in range(n, length)]
+        out = list(first.unbind(1)) + [nll(model(x[:, t - n + 1 : t + 1])[:, -1], t) for t in range(n, length)]
     else:
         for t in range(length):
-            logits, state = decode_step(model, x[:, t], state); out.append(nll(logits, t))
+            logits, state = decode_step(model, x[:, t], state)
+            out.append(nll(logits, t))
     return torch.stack(out, 1).mean(0)
 
 # %% ../nbs/08_generate.ipynb #18e89b6e
 def _generate_args(argv=None):
-    p = argparse.ArgumentParser(prog='rbk-generate', description="Continue a prompt with any model file the library writes.")
+    p = argparse.ArgumentParser(
+        prog='rbk-generate', description="Continue a prompt with any model file the library writes."
+    )
     p.add_argument('model', help='a .safetensors file written by rbk-train, rbk-compress or save_model')
-    p.add_argument('--prompt', default='', help="words to continue ('' starts a new line); a line end is <eos>, as in the corpus")
+    p.add_argument(
+        '--prompt', default='', help="words to continue ('' starts a new line); a line end is <eos>, as in the corpus"
+    )
     p.add_argument('--max-new-tokens', type=int, default=50)
-    p.add_argument('--temperature', type=float, default=1.)
+    p.add_argument('--temperature', type=float, default=1.0)
     p.add_argument('--top-k', type=int, default=None, help='sample among the k most likely tokens only')
-    p.add_argument('--top-p', type=float, default=None, help='sample among the smallest set of tokens whose probability reaches p')
+    p.add_argument(
+        '--top-p', type=float, default=None, help='sample among the smallest set of tokens whose probability reaches p'
+    )
     p.add_argument('--seed', type=int, default=None, help='repeat a draw')
-    p.add_argument('--greedy', action='store_true', help='always the most likely token (temperature, top-k and top-p are ignored)')
+    p.add_argument(
+        '--greedy', action='store_true', help='always the most likely token (temperature, top-k and top-p are ignored)'
+    )
     p.add_argument('--allow-unk', action='store_true', help='let the model write <unk>')
-    p.add_argument('--past-n-seq', choices=PAST_N_SEQ, default='hold', help="past the model's n_seq: hold the last position (O(1) a token) or slide a window")
+    p.add_argument(
+        '--past-n-seq',
+        choices=PAST_N_SEQ,
+        default='hold',
+        help="past the model's n_seq: hold the last position (O(1) a token) or slide a window",
+    )
     return p.parse_args(argv)
+
 
 def generate_main(argv=None) -> str:
     "rbk-generate: the prompt and the model's continuation, printed; returns the continuation."
     a = _generate_args(argv)
     model, vocab, _ = load_model(a.model)
     unknown = unknown_words(vocab, a.prompt)
-    if unknown: print(f"rbk-generate: {len(unknown)} prompt word(s) not in the model's vocabulary, read as <unk>: {' '.join(unknown[:10])}", file=sys.stderr)
-    text = generate(model, vocab, a.prompt, a.max_new_tokens, a.greedy, a.temperature, a.top_k, a.top_p, a.seed, a.allow_unk, a.past_n_seq)
+    if unknown:
+        print(
+            f"rbk-generate: {len(unknown)} prompt word(s) not in the model's vocabulary, read as <unk>: "
+            f"{' '.join(unknown[:10])}",
+            file=sys.stderr,
+        )
+    text = generate(
+        model,
+        vocab,
+        a.prompt,
+        a.max_new_tokens,
+        a.greedy,
+        a.temperature,
+        a.top_k,
+        a.top_p,
+        a.seed,
+        a.allow_unk,
+        a.past_n_seq,
+    )
     joint = '' if not a.prompt or a.prompt.endswith('\n') or text.startswith('\n') else ' '
     print(a.prompt + joint + text)
     return text
+
 
 def rbk_generate(argv=None):
     "Entry point of `rbk-generate`."

@@ -1,4 +1,4 @@
-"""Group-wise INT4 weights for the Mixture-of-Experts, packed two to a byte: the group quantizer, packing, a scale search that beats round-to-nearest, `QuantizedLinear`, `QuantizedMoELayer` with an INT8 router, INT4 QAT, and compression measured in file bytes.
+"""Group-wise INT4 experts, two to a byte: a scale search that beats round-to-nearest, INT4 QAT, bytes measured.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/int4_moe.html.md"""
 
@@ -15,8 +15,22 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from .model import MoE, on_device, rel_error, time_ms, within, moved_share
 from .files import file_bytes
-from .quant import (PerGroup, Calibratable, Int8Config, QATLinear, Int8Linear, FakeQuantizer, group_view, copy_float_,
-                                      qrange, qparams_from_min_max, quantize_tensor, dequantize_tensor, _check_finite, _plain_type)
+from resnet_bk_compress.quant import (
+    PerGroup,
+    Calibratable,
+    Int8Config,
+    QATLinear,
+    Int8Linear,
+    FakeQuantizer,
+    group_view,
+    copy_float_,
+    qrange,
+    qparams_from_min_max,
+    quantize_tensor,
+    dequantize_tensor,
+    _check_finite,
+    _plain_type,
+)
 
 # %% auto #0
 __all__ = ['METHODS', 'GroupWiseQuantizer', 'pack_int4', 'unpack_int4', 'QuantizedLinear', 'int4_kernel_available',
@@ -26,67 +40,104 @@ __all__ = ['METHODS', 'GroupWiseQuantizer', 'pack_int4', 'unpack_int4', 'Quantiz
 # %% ../nbs/03_int4_moe.ipynb #bdaffa4d
 METHODS = ('rtn', 'mse', 'gptq')
 
+
 class GroupWiseQuantizer:
     "Group-wise weight quantization: one fp16 scale (and zero point) per `group_size` inputs of each output row."
-    def __init__(self, group_size: int = 128,  # inputs per group (a row shorter than this is one group)
-                 bits: int = 4,  # code width: 4 (packed two per byte) or 8
-                 symmetric: bool = False,  # zero point fixed at 0
-                 method: str = 'gptq',  # 'rtn': min-max, round to nearest; 'mse': clipping searched per group; 'gptq': 'mse' grid + GPTQ rounding
-                 ratios: torch.Tensor | None = None):  # clipping ratios tried by 'mse' (default 0.30, 0.32, ..., 1.00)
-        if not isinstance(group_size, int) or group_size < 1: raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
-        if bits not in (4, 8): raise ValueError(f"bits must be 4 or 8 for group-wise weights, got {bits!r}")
-        if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+    def __init__(
+        self,
+        group_size: int = 128,  # inputs per group (a row shorter than this is one group)
+        bits: int = 4,  # code width: 4 (packed two per byte) or 8
+        symmetric: bool = False,  # zero point fixed at 0
+        # 'rtn': min-max, round to nearest; 'mse': clipping searched per group; 'gptq': 'mse' grid + GPTQ rounding
+        method: str = 'gptq',
+        ratios: torch.Tensor | None = None,
+    ):  # clipping ratios tried by 'mse' (default 0.30, 0.32, ..., 1.00)
+        if not isinstance(group_size, int) or group_size < 1:
+            raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8 for group-wise weights, got {bits!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.group_size, self.bits, self.symmetric, self.method = group_size, bits, symmetric, method
-        self.ratios = torch.linspace(0.3, 1.0, 36, device='cpu') if ratios is None else ratios  # constants: read as Python floats
+        self.ratios = (
+            torch.linspace(0.3, 1.0, 36, device='cpu') if ratios is None else ratios
+        )  # constants: read as Python floats
 
     def group_size_for(self, in_features: int) -> int:
         "The group size used for rows of `in_features` inputs."
         return min(self.group_size, in_features)
 
-    def __repr__(self): return f"GroupWiseQuantizer(group_size={self.group_size}, bits={self.bits}, symmetric={self.symmetric}, method={self.method!r})"
+    def __repr__(self):
+        return (
+            f"GroupWiseQuantizer(group_size={self.group_size}, bits={self.bits}, symmetric={self.symmetric}, "
+            f"method={self.method!r})"
+        )
+
 
 def _check_weight(w: torch.Tensor):
     if not torch.is_tensor(w) or w.dim() != 2 or not w.is_floating_point():
-        raise ValueError(f"expected a 2-D float weight (out_features, in_features), got {getattr(w, 'dtype', type(w).__name__)} of shape "
-                         f"{tuple(getattr(w, 'shape', ()))}: quantize each Linear's weight on its own")
+        raise ValueError(
+            f"expected a 2-D float weight (out_features, in_features), got {getattr(w, 'dtype', type(w).__name__)} of "
+            "shape "
+            f"{tuple(getattr(w, 'shape', ()))}: quantize each Linear's weight on its own"
+        )
     _check_finite(w, 'weight')
 
 # %% ../nbs/03_int4_moe.ipynb #6a409c78
 from fastcore.basics import patch
 
+
 @patch
 def quantize(self: GroupWiseQuantizer, w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     "Signed integer codes (int8, same shape as w) on the group grid."
     _check_weight(w)
-    return quantize_tensor(w, scale.float(), zero_point.float(), self.bits, self.symmetric, PerGroup(self.group_size_for(w.shape[1])))
+    return quantize_tensor(
+        w, scale.float(), zero_point.float(), self.bits, self.symmetric, PerGroup(self.group_size_for(w.shape[1]))
+    )
+
 
 @patch
-def dequantize(self: GroupWiseQuantizer, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+def dequantize(
+    self: GroupWiseQuantizer, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, dtype=torch.float32
+) -> torch.Tensor:
     "Float weight scale * (q - zero_point), group by group."
     return dequantize_tensor(q, scale, zero_point, PerGroup(self.group_size_for(q.shape[1])), dtype)
 
+
 @patch
 def _range_qparams(self: GroupWiseQuantizer, lo: torch.Tensor, hi: torch.Tensor):
-    "fp16 (scale, zero_point) covering [lo, hi]: the scale rounded *up* to fp16, so the range stays covered, and the zero point from it."
+    """fp16 (scale, zero_point) covering [lo, hi]: the scale rounded *up* to fp16, so the range stays covered, and the
+    zero point from it."""
     s, _ = qparams_from_min_max(lo, hi, self.bits, self.symmetric)
     s16 = s.half().clamp_min(torch.finfo(torch.float16).tiny)  # never a zero scale
     s16 = torch.where(s16.float() < s, torch.nextafter(s16, torch.full_like(s16, float('inf'))), s16)
     qmin, qmax = qrange(self.bits, self.symmetric)
-    z = torch.zeros_like(s16) if self.symmetric else (qmin - torch.round(lo.clamp(max=0) / s16.float())).clamp(qmin, qmax).half()
+    z = (
+        torch.zeros_like(s16)
+        if self.symmetric
+        else (qmin - torch.round(lo.clamp(max=0) / s16.float())).clamp(qmin, qmax).half()
+    )
     return s16, z
 
 # %% ../nbs/03_int4_moe.ipynb #708164f3
 @patch
-def qparams(self: GroupWiseQuantizer, w: torch.Tensor,  # (out_features, in_features)
-            act_sq: torch.Tensor | None = None):  # mean square of each input over calibration data (in_features,), or None
-    "(scale, zero_point), fp16, shape (out, groups, 1): the min-max range ('rtn') or the best clipped range per group (otherwise)."
+def qparams(
+    self: GroupWiseQuantizer,
+    w: torch.Tensor,  # (out_features, in_features)
+    act_sq: torch.Tensor | None = None,
+):  # mean square of each input over calibration data (in_features,), or None
+    """(scale, zero_point), fp16, shape (out, groups, 1): the min-max range ('rtn') or the best clipped range per group
+    (otherwise)."""
     _check_weight(w)
     gs = self.group_size_for(w.shape[1])
     g = group_view(w.detach().float(), gs)
     lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    if self.method == 'rtn': return self._range_qparams(lo, hi)
+    if self.method == 'rtn':
+        return self._range_qparams(lo, hi)
     a = torch.ones(w.shape[1], device=w.device) if act_sq is None else act_sq.float().reshape(-1).to(w.device)
-    if a.numel() != w.shape[1]: raise ValueError(f"act_sq has {a.numel()} entries for a weight with {w.shape[1]} inputs")
+    if a.numel() != w.shape[1]:
+        raise ValueError(f"act_sq has {a.numel()} entries for a weight with {w.shape[1]} inputs")
     a = group_view(a[None].expand_as(w), gs)  # padding gets weight 0
     qmin, qmax = qrange(self.bits, self.symmetric)
     best_s = best_z = best_err = None
@@ -94,23 +145,36 @@ def qparams(self: GroupWiseQuantizer, w: torch.Tensor,  # (out_features, in_feat
         s, z = self._range_qparams(lo * r, hi * r)
         sf, zf = s.float(), z.float()
         err = (a * ((torch.round(g / sf) + zf).clamp(qmin, qmax) - zf).mul(sf).sub(g).pow(2)).sum(-1, keepdim=True)
-        if best_err is None: best_s, best_z, best_err = s, z, err
+        if best_err is None:
+            best_s, best_z, best_err = s, z, err
         else:
             better = err < best_err
-            best_s, best_z, best_err = torch.where(better, s, best_s), torch.where(better, z, best_z), torch.minimum(err, best_err)
+            best_s, best_z, best_err = (
+                torch.where(better, s, best_s),
+                torch.where(better, z, best_z),
+                torch.minimum(err, best_err),
+            )
     return best_s, best_z
 
 # %% ../nbs/03_int4_moe.ipynb #24ca475d
 @patch
-def quantize_weight(self: GroupWiseQuantizer, w: torch.Tensor,  # (out_features, in_features)
-                    hessian: torch.Tensor | None = None):  # E[x x^T] over calibration inputs (in, in), or None
+def quantize_weight(
+    self: GroupWiseQuantizer,
+    w: torch.Tensor,  # (out_features, in_features)
+    hessian: torch.Tensor | None = None,
+):  # E[x x^T] over calibration inputs (in, in), or None
     "(codes int8, scale fp16, zero_point fp16) of w by this quantizer's method."
     _check_weight(w)
     if hessian is not None and hessian.shape != (w.shape[1], w.shape[1]):
-        raise ValueError(f"hessian has shape {tuple(hessian.shape)} for a weight with {w.shape[1]} inputs: expected ({w.shape[1]}, {w.shape[1]})")
-    if self.method == 'gptq' and hessian is not None: return self._gptq(w, hessian)
+        raise ValueError(
+            f"hessian has shape {tuple(hessian.shape)} for a weight with {w.shape[1]} inputs: expected ({w.shape[1]}, "
+            f"{w.shape[1]})"
+        )
+    if self.method == 'gptq' and hessian is not None:
+        return self._gptq(w, hessian)
     s, z = self.qparams(w, None if hessian is None else hessian.diagonal())
     return self.quantize(w, s, z), s, z
+
 
 @patch
 def _gptq(self: GroupWiseQuantizer, w: torch.Tensor, hessian: torch.Tensor, damp: float = 0.01):
@@ -119,40 +183,53 @@ def _gptq(self: GroupWiseQuantizer, w: torch.Tensor, hessian: torch.Tensor, damp
     gs, (qmin, qmax) = self.group_size_for(n_in), qrange(self.bits, self.symmetric)
     H = hessian.double().clone()
     dead = H.diagonal() == 0  # inputs that were always 0: their weights do not matter
-    H[dead, dead] = 1; W[:, dead] = 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
     H += damp * H.diagonal().mean() * torch.eye(n_in, dtype=H.dtype)
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()  # as in the paper
     n_groups = math.ceil(n_in / gs)
-    scale, zero_point = torch.empty(n_out, n_groups, 1, dtype=torch.float16), torch.empty(n_out, n_groups, 1, dtype=torch.float16)
+    scale, zero_point = (
+        torch.empty(n_out, n_groups, 1, dtype=torch.float16),
+        torch.empty(n_out, n_groups, 1, dtype=torch.float16),
+    )
     Q = torch.empty(n_out, n_in, dtype=torch.int8)
     diag = H.diagonal().float()
     for i in range(n_in):
         g = i // gs
         if i % gs == 0:  # entering a group: its grid, searched on the corrected weights
-            s, z = self.qparams(W[:, i:i + gs], diag[i:i + gs])
+            s, z = self.qparams(W[:, i : i + gs], diag[i : i + gs])
             scale[:, g], zero_point[:, g] = s[:, 0], z[:, 0]
         sf, zf = scale[:, g].float(), zero_point[:, g].float()
-        q = (torch.round(W[:, i:i + 1] / sf) + zf).clamp(qmin, qmax)
+        q = (torch.round(W[:, i : i + 1] / sf) + zf).clamp(qmin, qmax)
         Q[:, i] = q[:, 0].to(torch.int8)
-        err = (W[:, i:i + 1] - (q - zf) * sf) / U[i, i]
-        W[:, i + 1:] -= err * U[i:i + 1, i + 1:]
+        err = (W[:, i : i + 1] - (q - zf) * sf) / U[i, i]
+        W[:, i + 1 :] -= err * U[i : i + 1, i + 1 :]
     return Q, scale, zero_point
 
 # %% ../nbs/03_int4_moe.ipynb #980ad5ce
 def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    "Unsigned 4-bit codes (integers in [0, 15], last dim L) -> uint8 (..., ceil(L / 2)), two per byte, low nibble first."
-    if q.is_floating_point() or q.is_complex(): raise ValueError(f"pack_int4 takes integer codes, got {q.dtype}")
+    """Unsigned 4-bit codes (integers in [0, 15], last dim L) -> uint8 (..., ceil(L / 2)), two per byte, low nibble
+    first."""
+    if q.is_floating_point() or q.is_complex():
+        raise ValueError(f"pack_int4 takes integer codes, got {q.dtype}")
     if q.numel() and (q.min() < 0 or q.max() > 15):
-        raise ValueError(f"4-bit codes must lie in [0, 15], got [{q.min().item()}, {q.max().item()}]: offset signed codes by 8 first")
+        raise ValueError(
+            f"4-bit codes must lie in [0, 15], got [{q.min().item()}, {q.max().item()}]: offset signed codes by 8 first"
+        )
     q = q.to(torch.uint8)
-    if q.shape[-1] % 2: q = F.pad(q, (0, 1))
+    if q.shape[-1] % 2:
+        q = F.pad(q, (0, 1))
     return q[..., 0::2] | (q[..., 1::2] << 4)
+
 
 def unpack_int4(packed: torch.Tensor, length: int) -> torch.Tensor:
     "uint8 bytes (..., n) -> the codes (..., length) they hold, as uint8 in [0, 15]."
-    if packed.dtype != torch.uint8: raise ValueError(f"unpack_int4 takes uint8 bytes, got {packed.dtype}")
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"unpack_int4 takes uint8 bytes, got {packed.dtype}")
     if not 2 * packed.shape[-1] - 1 <= length <= 2 * packed.shape[-1]:
-        raise ValueError(f"{packed.shape[-1]} bytes hold {2 * packed.shape[-1] - 1} or {2 * packed.shape[-1]} codes, not {length}")
+        raise ValueError(
+            f"{packed.shape[-1]} bytes hold {2 * packed.shape[-1] - 1} or {2 * packed.shape[-1]} codes, not {length}"
+        )
     return torch.stack([packed & 15, packed >> 4], -1).flatten(-2)[..., :length]
 
 # %% ../nbs/03_int4_moe.ipynb #1d555ee6
@@ -160,38 +237,62 @@ def _store(q: torch.Tensor, bits: int) -> torch.Tensor:
     "Signed codes -> what is saved: packed uint8 nibbles for 4 bits, the int8 codes themselves for 8."
     return pack_int4((q.to(torch.int16) + 8)) if bits == 4 else q.to(torch.int8)
 
+
 def _codes(qdata: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
     "Saved codes -> signed int8 codes (..., in_features)."
     return (unpack_int4(qdata, in_features).to(torch.int8) - 8) if bits == 4 else qdata
 
+
 class QuantizedLinear(nn.Module):
-    "Linear layer with group-wise 4-bit (or 8-bit) weights, packed, with fp16 scales and zero points; dequantized on the fly."
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, quantizer: GroupWiseQuantizer = GroupWiseQuantizer()):
+    """Linear layer with group-wise 4-bit (or 8-bit) weights, packed, with fp16 scales and zero points; dequantized on
+    the fly."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        quantizer: GroupWiseQuantizer = GroupWiseQuantizer(),
+    ):
         super().__init__()
-        self.in_features, self.out_features, self.quantizer, self.use_kernel = in_features, out_features, quantizer, False
+        self.in_features, self.out_features, self.quantizer, self.use_kernel = (
+            in_features,
+            out_features,
+            quantizer,
+            False,
+        )
         n_groups = math.ceil(in_features / quantizer.group_size_for(in_features))
         width = (in_features + 1) // 2 if quantizer.bits == 4 else in_features
-        self.register_buffer('qdata', torch.zeros(out_features, width, dtype=torch.uint8 if quantizer.bits == 4 else torch.int8))
+        self.register_buffer(
+            'qdata', torch.zeros(out_features, width, dtype=torch.uint8 if quantizer.bits == 4 else torch.int8)
+        )
         self.register_buffer('scale', torch.ones(out_features, n_groups, 1, dtype=torch.float16))
         self.register_buffer('zero_point', torch.zeros(out_features, n_groups, 1, dtype=torch.float16))
         self.register_buffer('bias', torch.zeros(out_features, dtype=torch.float16) if bias else None)
 
     @classmethod
-    def from_float(cls, lin: nn.Linear, quantizer: GroupWiseQuantizer = GroupWiseQuantizer(),
-                   hessian: torch.Tensor | None = None) -> QuantizedLinear:  # E[x x^T] of the layer's inputs, or None
+    def from_float(
+        cls, lin: nn.Linear, quantizer: GroupWiseQuantizer = GroupWiseQuantizer(), hessian: torch.Tensor | None = None
+    ) -> QuantizedLinear:  # E[x x^T] of the layer's inputs, or None
         "Quantize a float Linear's weight (calibration statistics, when given, guide the search and GPTQ)."
         m = cls(lin.in_features, lin.out_features, lin.bias is not None, quantizer)
-        q, m.scale, m.zero_point = quantizer.quantize_weight(lin.weight.detach().float().cpu(), None if hessian is None else hessian.cpu())
+        q, m.scale, m.zero_point = quantizer.quantize_weight(
+            lin.weight.detach().float().cpu(), None if hessian is None else hessian.cpu()
+        )
         m.qdata = _store(q, quantizer.bits)
-        if lin.bias is not None: m.bias = lin.bias.detach().half().cpu()
+        if lin.bias is not None:
+            m.bias = lin.bias.detach().half().cpu()
         return m.to(lin.weight.device)
 
     def weight(self) -> torch.Tensor:
         "The dequantized float weight (out_features, in_features)."
-        return self.quantizer.dequantize(_codes(self.qdata, self.quantizer.bits, self.in_features), self.scale, self.zero_point)
+        return self.quantizer.dequantize(
+            _codes(self.qdata, self.quantizer.bits, self.in_features), self.scale, self.zero_point
+        )
 
     def forward(self, x):
-        if self.use_kernel: return self._kernel_forward(x)
+        if self.use_kernel:
+            return self._kernel_forward(x)
         return F.linear(x, self.weight(), None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self):
@@ -199,36 +300,61 @@ class QuantizedLinear(nn.Module):
 
 # %% ../nbs/03_int4_moe.ipynb #da70a930
 def int4_kernel_available(device: str | torch.device = 'cpu') -> bool:
-    "Whether this PyTorch has an int4 weight kernel for `device`: the CPU one, or CUDA's tinygemm (a GPU of compute capability 8.0 or more)."
+    """Whether this PyTorch has an int4 weight kernel for `device`: the CPU one, or CUDA's tinygemm (a GPU of compute
+    capability 8.0 or more)."""
     dev = torch.device(device)
     if dev.type == 'cuda':
-        return torch.cuda.is_available() and torch.cuda.get_device_capability(dev)[0] >= 8 and hasattr(torch.ops.aten, '_convert_weight_to_int4pack')
-    return dev.type == 'cpu' and hasattr(torch, '_weight_int4pack_mm_for_cpu') and hasattr(torch.ops.aten, '_convert_weight_to_int4pack_for_cpu')
+        return (
+            torch.cuda.is_available()
+            and torch.cuda.get_device_capability(dev)[0] >= 8
+            and hasattr(torch.ops.aten, '_convert_weight_to_int4pack')
+        )
+    return (
+        dev.type == 'cpu'
+        and hasattr(torch, '_weight_int4pack_mm_for_cpu')
+        and hasattr(torch.ops.aten, '_convert_weight_to_int4pack_for_cpu')
+    )
+
 
 def _inner_k_tiles(k: int) -> int:
-    "The CUDA kernel's tiling of the row length k: 8 where k allows it (torchao's default), else 4 or 2; 0 when k is not a multiple of 32."
+    """The CUDA kernel's tiling of the row length k: 8 where k allows it (torchao's default), else 4 or 2; 0 when k is
+    not a multiple of 32."""
     return next((t for t in (8, 4, 2) if k % (16 * t) == 0), 0)
+
 
 @patch(as_prop=True)
 def kernel_supported(self: QuantizedLinear) -> bool:
     "Whether PyTorch's int4 kernel for the device this layer is on can run it."
     gs, dev = self.quantizer.group_size_for(self.in_features), self.qdata.device
     fits = self.quantizer.bits == 4 and self.in_features % gs == 0 and gs in (32, 64, 128, 256)
-    if dev.type == 'cuda': return fits and int4_kernel_available(dev) and _inner_k_tiles(self.in_features) > 0 and self.out_features % 8 == 0
+    if dev.type == 'cuda':
+        return (
+            fits and int4_kernel_available(dev) and _inner_k_tiles(self.in_features) > 0 and self.out_features % 8 == 0
+        )
     return fits and int4_kernel_available(dev) and self.out_features % 16 == 0
+
 
 @patch
 def _kernel_forward(self: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
     gs, cuda = self.quantizer.group_size_for(self.in_features), self.qdata.device.type == 'cuda'
     if not self.kernel_supported:
-        raise RuntimeError(f"PyTorch's int4 kernel on {self.qdata.device} needs 4-bit codes, in_features divisible by the group size"
-                           f"{' and by 32' if cuda else ''}, a group size of 32-256 and out_features divisible by {8 if cuda else 16} "
-                           f"{'on a GPU of compute capability 8.0 or more ' if cuda else ''}(have bits={self.quantizer.bits}, "
-                           f"in_features={self.in_features}, group {gs}, out_features={self.out_features}): set use_kernel=False")
-    if getattr(self, '_kernel_w', None) is None or self._kernel_w.device != self.qdata.device:  # repacked once per device, never saved
+        raise RuntimeError(
+            f"PyTorch's int4 kernel on {self.qdata.device} needs 4-bit codes, in_features divisible by the group size"
+            f"{' and by 32' if cuda else ''}, a group size of 32-256 and out_features divisible by {8 if cuda else 16} "
+            f"{'on a GPU of compute capability 8.0 or more ' if cuda else ''}(have bits={self.quantizer.bits}, "
+            f"in_features={self.in_features}, group {gs}, out_features={self.out_features}): set use_kernel=False"
+        )
+    if (
+        getattr(self, '_kernel_w', None) is None or self._kernel_w.device != self.qdata.device
+    ):  # repacked once per device, never saved
         u = unpack_int4(self.qdata, self.in_features)  # (out, in) codes in [0, 15]
-        self._kernel_w = (torch.ops.aten._convert_weight_to_int4pack((u[:, ::2] << 4 | u[:, 1::2]).contiguous(), _inner_k_tiles(self.in_features))
-                          if cuda else torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32), 1))
+        self._kernel_w = (
+            torch.ops.aten._convert_weight_to_int4pack(
+                (u[:, ::2] << 4 | u[:, 1::2]).contiguous(), _inner_k_tiles(self.in_features)
+            )
+            if cuda
+            else torch.ops.aten._convert_weight_to_int4pack_for_cpu(u.to(torch.int32), 1)
+        )
         s, zp = self.scale.float()[..., 0], self.zero_point.float()[..., 0]  # (out, groups)
         self._kernel_sz = torch.stack([s, -zp * s], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
     mm = torch._weight_int4pack_mm if cuda else torch._weight_int4pack_mm_for_cpu
@@ -239,6 +365,7 @@ def _kernel_forward(self: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
 # %% ../nbs/03_int4_moe.ipynb #43565521
 class InputMoments(Calibratable):
     "Second moment E[x x^T] of a layer's inputs over the calibration batches."
+
     def __init__(self, in_features: int):
         super().__init__()
         self.register_buffer('gram', torch.zeros(in_features, in_features, dtype=torch.float64))
@@ -247,7 +374,9 @@ class InputMoments(Calibratable):
     def observe(self, x: torch.Tensor):
         x = x.detach().reshape(-1, self.gram.shape[0])
         _check_finite(x, 'calibration input')
-        x = x.double(); self.gram += x.T @ x; self.count += x.shape[0]
+        x = x.double()
+        self.gram += x.T @ x
+        self.count += x.shape[0]
 
     def hessian(self) -> torch.Tensor | None:
         "E[x x^T] (in, in), or None before any calibration data."
@@ -261,11 +390,13 @@ def fake_quantize(self: GroupWiseQuantizer, w: torch.Tensor, act_sq: torch.Tenso
     wq = self.dequantize(self.quantize(w.detach(), s, z), s, z, w.dtype)
     qmin, qmax = qrange(self.bits, self.symmetric)
     codes = group_view(w.detach(), self.group_size_for(w.shape[1])) / s.float() + z.float()
-    inside = ((codes >= qmin - .5) & (codes <= qmax + .5)).reshape(w.shape[0], -1)[:, :w.shape[1]]
+    inside = ((codes >= qmin - 0.5) & (codes <= qmax + 0.5)).reshape(w.shape[0], -1)[:, : w.shape[1]]
     return wq + (w - w.detach()) * inside
+
 
 class GroupQATLinear(nn.Linear):
     "Linear layer whose weight is fake-quantized group-wise (INT4 QAT); collects its input moments while calibrating."
+
     @classmethod
     def from_float(cls, lin: nn.Linear, quantizer: GroupWiseQuantizer, use_moments: bool = True) -> GroupQATLinear:
         m = copy_float_(cls(lin.in_features, lin.out_features, lin.bias is not None, device=lin.weight.device), lin)
@@ -273,47 +404,68 @@ class GroupQATLinear(nn.Linear):
         m.register_buffer('trained', torch.tensor(False))  # set by the first training step (QAT)
         return m
 
-    def hessian(self): return self.moments.hessian() if self.use_moments else None
+    def hessian(self):
+        return self.moments.hessian() if self.use_moments else None
 
     def to_quantized(self) -> QuantizedLinear:
-        "The stored layer: after QAT, the rounding QAT trained against; otherwise the quantizer's method (GPTQ with the moments)."
+        """The stored layer: after QAT, the rounding QAT trained against; otherwise the quantizer's method (GPTQ with
+        the moments)."""
         q = self.quantizer
-        if self.trained and q.method == 'gptq': q = GroupWiseQuantizer(q.group_size, q.bits, q.symmetric, 'mse', q.ratios)
+        if self.trained and q.method == 'gptq':
+            q = GroupWiseQuantizer(q.group_size, q.bits, q.symmetric, 'mse', q.ratios)
         return QuantizedLinear.from_float(self, q, self.hessian())
 
     def forward(self, x):
-        if self.moments.observing: self.moments.observe(x)
-        elif self.training and torch.is_grad_enabled(): self.trained.fill_(True)
+        if self.moments.observing:
+            self.moments.observe(x)
+        elif self.training and torch.is_grad_enabled():
+            self.trained.fill_(True)
         h = self.hessian()
         return F.linear(x, self.quantizer.fake_quantize(self.weight, None if h is None else h.diagonal()), self.bias)
 
 # %% ../nbs/03_int4_moe.ipynb #1d312e30
 class QATMoE(MoE):
-    "MoE prepared for INT4 experts and an INT8 router: fake quantization, calibration through every expert, routing agreement."
+    """MoE prepared for INT4 experts and an INT8 router: fake quantization, calibration through every expert, routing
+    agreement."""
+
     @classmethod
-    def from_float(cls, moe: MoE, quantizer: GroupWiseQuantizer, router_bits: int | None = 8, use_moments: bool = True) -> QATMoE:
-        m = cls.__new__(cls); nn.Module.__init__(m)
+    def from_float(
+        cls, moe: MoE, quantizer: GroupWiseQuantizer, router_bits: int | None = 8, use_moments: bool = True
+    ) -> QATMoE:
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
         m.num_experts, m.top_k, m.aux_loss, m.router_bits = moe.num_experts, moe.top_k, moe.aux_loss, router_bits
         m.gate = QATLinear.from_float(moe.gate) if router_bits == 8 else moe.gate
-        m.experts = nn.ModuleList(nn.Sequential(*(GroupQATLinear.from_float(l, quantizer, use_moments) if isinstance(l, nn.Linear) else l for l in ex))
-                                  for ex in moe.experts)
+        m.experts = nn.ModuleList(
+            nn.Sequential(
+                *(GroupQATLinear.from_float(l, quantizer, use_moments) if isinstance(l, nn.Linear) else l for l in ex)
+            )
+            for ex in moe.experts
+        )
         m.register_buffer('token_counts', moe.token_counts.clone(), persistent=False)
         m.agree, m.routed = 0, 0
-        if hasattr(moe, 'kept'): m.kept = list(moe.kept)  # a pruned layer's original expert indices, for its file
+        if hasattr(moe, 'kept'):
+            m.kept = list(moe.kept)  # a pruned layer's original expert indices, for its file
         return m
 
     def forward(self, x):
         lins = [l for ex in self.experts for l in ex if isinstance(l, GroupQATLinear)]
-        if not lins[0].moments.observing: return super().forward(x)
+        if not lins[0].moments.observing:
+            return super().forward(x)
         with torch.no_grad():
             xf = x.reshape(-1, x.shape[-1])
-            for ex in self.experts: ex(xf)  # every token through every expert: statistics for all of them
+            for ex in self.experts:
+                ex(xf)  # every token through every expert: statistics for all of them
             fp_idx = F.linear(xf, self.gate.weight, self.gate.bias).topk(self.top_k, -1).indices.sort(-1).values
-            self.agree += int((self.route(xf)[1].sort(-1).values == fp_idx).all(-1).sum()); self.routed += xf.shape[0]
-        for l in lins: l.moments.observing = False
-        try: return super().forward(x)
+            self.agree += int((self.route(xf)[1].sort(-1).values == fp_idx).all(-1).sum())
+            self.routed += xf.shape[0]
+        for l in lins:
+            l.moments.observing = False
+        try:
+            return super().forward(x)
         finally:
-            for l in lins: l.moments.observing = True
+            for l in lins:
+                l.moments.observing = True
 
     @property
     def routing_agreement(self) -> float | None:
@@ -323,33 +475,50 @@ class QATMoE(MoE):
 # %% ../nbs/03_int4_moe.ipynb #dc3a858f
 class QuantizedMoELayer(MoE):
     "MoE with group-wise INT4 (or INT8) experts stored stacked and packed, and an INT8 (or float) router."
-    def __init__(self, d_model: int, num_experts: int, top_k: int, d_ff: int, quantizer: GroupWiseQuantizer = GroupWiseQuantizer(),
-                 router_bits: int | None = 8):
+
+    def __init__(
+        self,
+        d_model: int,
+        num_experts: int,
+        top_k: int,
+        d_ff: int,
+        quantizer: GroupWiseQuantizer = GroupWiseQuantizer(),
+        router_bits: int | None = 8,
+    ):
         nn.Module.__init__(self)
-        if router_bits not in (8, None): raise ValueError(f"router_bits must be 8 or None (float), got {router_bits!r}")
+        if router_bits not in (8, None):
+            raise ValueError(f"router_bits must be 8 or None (float), got {router_bits!r}")
         self.num_experts, self.top_k, self.d_model, self.d_ff = num_experts, top_k, d_model, d_ff
         self.quantizer, self.router_bits, self.routing_agreement = quantizer, router_bits, None
         self.gate = Int8Linear(d_model, num_experts) if router_bits == 8 else nn.Linear(d_model, num_experts)
         for name, (n_in, n_out) in (('w1', (d_model, d_ff)), ('w2', (d_ff, d_model))):
             proto = QuantizedLinear(n_in, n_out, True, quantizer)
-            for k, t in proto.named_buffers(): self.register_buffer(f'{name}_{k}', t.expand(num_experts, *t.shape).clone())
+            for k, t in proto.named_buffers():
+                self.register_buffer(f'{name}_{k}', t.expand(num_experts, *t.shape).clone())
         self.register_buffer('token_counts', torch.zeros(num_experts, dtype=torch.long), persistent=False)
-        self.aux_loss = torch.tensor(0.)
+        self.aux_loss = torch.tensor(0.0)
 
     def _weight(self, name: str, e: int):
         n_in = self.d_model if name == 'w1' else self.d_ff
         b = lambda k: getattr(self, f'{name}_{k}')[e]
-        return self.quantizer.dequantize(_codes(b('qdata'), self.quantizer.bits, n_in), b('scale'), b('zero_point')), b('bias').float()
+        return self.quantizer.dequantize(_codes(b('qdata'), self.quantizer.bits, n_in), b('scale'), b('zero_point')), b(
+            'bias'
+        ).float()
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
-        w1, b1 = self._weight('w1', e); w2, b2 = self._weight('w2', e)
+        w1, b1 = self._weight('w1', e)
+        w2, b2 = self._weight('w2', e)
         return F.linear(F.relu(F.linear(x, w1, b1)), w2, b2)
 
     def expert_tensors(self) -> dict:
         "The tensors that store the experts (what `expert_bytes` measures)."
         return {k: v for k, v in self.state_dict().items() if k.startswith(('w1_', 'w2_'))}
 
-    def extra_repr(self): return f"experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, {self.quantizer}, router_bits={self.router_bits}"
+    def extra_repr(self):
+        return (
+            f"experts={self.num_experts}, d_model={self.d_model}, d_ff={self.d_ff}, {self.quantizer}, "
+            f"router_bits={self.router_bits}"
+        )
 
 # %% ../nbs/03_int4_moe.ipynb #b502cb1f
 @patch(cls_method=True)
@@ -360,27 +529,35 @@ def from_qat(cls: QuantizedMoELayer, m: QATMoE) -> QuantizedMoELayer:
     q.gate = Int8Linear.from_qat(m.gate) if m.router_bits == 8 else m.gate
     for e, ex in enumerate(m.experts):
         for name, lin in (('w1', ex[0]), ('w2', ex[-1])):
-            for k, t in lin.to_quantized().named_buffers(): getattr(q, f'{name}_{k}')[e] = t
+            for k, t in lin.to_quantized().named_buffers():
+                getattr(q, f'{name}_{k}')[e] = t
     q.routing_agreement, q.token_counts = m.routing_agreement, m.token_counts.clone()
-    if hasattr(m, 'kept'): q.kept = list(m.kept)
+    if hasattr(m, 'kept'):
+        q.kept = list(m.kept)
     return q.to(l1.weight.device)
 
+
 @patch(cls_method=True)
-def from_float(cls: QuantizedMoELayer, moe: MoE,
-               expert_bits: int = 4,  # 4 (packed) or 8
-               router_bits: int | None = 8,  # 8, or None to keep the router in float
-               group_size: int = 128,  # inputs per scale
-               method: str = 'gptq',  # 'rtn', 'mse' or 'gptq'
-               calib: torch.Tensor | None = None,  # calibration tokens (T, d_model) for the input statistics and the agreement
-               ) -> QuantizedMoELayer:
+def from_float(
+    cls: QuantizedMoELayer,
+    moe: MoE,
+    expert_bits: int = 4,  # 4 (packed) or 8
+    router_bits: int | None = 8,  # 8, or None to keep the router in float
+    group_size: int = 128,  # inputs per scale
+    method: str = 'gptq',  # 'rtn', 'mse' or 'gptq'
+    calib: torch.Tensor | None = None,  # calibration tokens (T, d_model) for the input statistics and the agreement
+) -> QuantizedMoELayer:
     "Post-training quantization of a trained MoE layer."
     m = QATMoE.from_float(moe, GroupWiseQuantizer(group_size, expert_bits, method=method), router_bits).eval()
     if calib is not None:
         for c in m.modules():
-            if isinstance(c, Calibratable): c.observing = True
-        with torch.no_grad(): m(calib)
+            if isinstance(c, Calibratable):
+                c.observing = True
+        with torch.no_grad():
+            m(calib)
         for c in m.modules():
-            if isinstance(c, Calibratable): c.observing = False
+            if isinstance(c, Calibratable):
+                c.observing = False
     return cls.from_qat(m)
 
 # %% ../nbs/03_int4_moe.ipynb #2cdc4d16
@@ -390,6 +567,7 @@ def expert_bytes(tensors: dict) -> int:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, f'{d}/t.safetensors')
         return file_bytes(f'{d}/t.safetensors')
 
+
 def compression_ratio(reference_file, compressed_file) -> float:
     "Bytes of the reference file / bytes of the compressed file, both measured on disk."
     return file_bytes(reference_file) / file_bytes(compressed_file)
@@ -397,43 +575,59 @@ def compression_ratio(reference_file, compressed_file) -> float:
 # %% ../nbs/03_int4_moe.ipynb #b353b65b
 class QuantizedEmbedding(nn.Module):
     "Embedding table stored group-wise in 4 (or 8) bits with fp16 scales and zero points; rows dequantized on lookup."
+
     def __init__(self, num_embeddings: int, embedding_dim: int, quantizer: GroupWiseQuantizer):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.q = QuantizedLinear(embedding_dim, num_embeddings, bias=False, quantizer=quantizer)  # the (V, d) table as a weight
+        self.q = QuantizedLinear(
+            embedding_dim, num_embeddings, bias=False, quantizer=quantizer
+        )  # the (V, d) table as a weight
 
     @classmethod
     def from_float(cls, emb: nn.Embedding, quantizer: GroupWiseQuantizer) -> QuantizedEmbedding:
         m = cls(emb.num_embeddings, emb.embedding_dim, quantizer)
         lin = nn.Linear(emb.embedding_dim, emb.num_embeddings, bias=False)
-        with torch.no_grad(): lin.weight.copy_(emb.weight)
+        with torch.no_grad():
+            lin.weight.copy_(emb.weight)
         m.q = QuantizedLinear.from_float(lin, quantizer)
         return m
 
-    def table(self) -> torch.Tensor: return self.q.weight()  # (V, d), dequantized: what a tied head scores with
+    def table(self) -> torch.Tensor:
+        return self.q.weight()  # (V, d), dequantized: what a tied head scores with
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         q = self.q
         rows = idx.reshape(-1)
         codes = _codes(q.qdata[rows], q.quantizer.bits, self.embedding_dim)
         return q.quantizer.dequantize(codes, q.scale[rows], q.zero_point[rows]).reshape(*idx.shape, self.embedding_dim)
-    def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}, {self.q.quantizer}"
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.q.quantizer}"
+
 
 class GroupQATEmbedding(nn.Embedding):
     "Embedding whose table is fake-quantized group-wise along each row (INT4 QAT)."
+
     @classmethod
     def from_float(cls, emb: nn.Embedding, quantizer: GroupWiseQuantizer) -> GroupQATEmbedding:
         m = copy_float_(cls(emb.num_embeddings, emb.embedding_dim, device=emb.weight.device), emb)
         m.quantizer = quantizer
         return m
 
-    def table(self) -> torch.Tensor: return self.quantizer.fake_quantize(self.weight)
-    def forward(self, idx): return F.embedding(idx, self.table())
-    def to_quantized(self) -> QuantizedEmbedding: return QuantizedEmbedding.from_float(self, self.quantizer)
+    def table(self) -> torch.Tensor:
+        return self.quantizer.fake_quantize(self.weight)
+
+    def forward(self, idx):
+        return F.embedding(idx, self.table())
+
+    def to_quantized(self) -> QuantizedEmbedding:
+        return QuantizedEmbedding.from_float(self, self.quantizer)
 
 # %% ../nbs/03_int4_moe.ipynb #23f78706
 @dataclass
 class Int4MoEConfig(Int8Config, kind='int4_moe'):
     "Group-wise INT4 experts and an INT8 router in every MoE; the other layers as in Int8Config."
+
     expert_bits: int = 4  # 4 (packed two per byte) or 8
     group_size: int = 128  # inputs per scale
     router_bits: int | None = 8  # 8, or None to keep the router in float
@@ -443,27 +637,36 @@ class Int4MoEConfig(Int8Config, kind='int4_moe'):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.router_bits not in (8, None): raise ValueError(f"router_bits must be 8 or None (float), got {self.router_bits!r}")
-        if self.embedding_bits not in (8, 4): raise ValueError(f"embedding_bits must be 8 or 4, got {self.embedding_bits!r}")
+        if self.router_bits not in (8, None):
+            raise ValueError(f"router_bits must be 8 or None (float), got {self.router_bits!r}")
+        if self.embedding_bits not in (8, 4):
+            raise ValueError(f"embedding_bits must be 8 or 4, got {self.embedding_bits!r}")
         self.quantizer()  # validates bits, group size and method
 
-    def quantizes_anything(self) -> bool: return True  # the experts, at least
-    def quantizer(self) -> GroupWiseQuantizer: return GroupWiseQuantizer(self.group_size, self.expert_bits, method=self.method)
+    def quantizes_anything(self) -> bool:
+        return True  # the experts, at least
+
+    def quantizer(self) -> GroupWiseQuantizer:
+        return GroupWiseQuantizer(self.group_size, self.expert_bits, method=self.method)
 
     def prepare_module(self, m):
-        if type(m) is MoE: return QATMoE.from_float(m, self.quantizer(), self.router_bits, self.use_moments)
+        if type(m) is MoE:
+            return QATMoE.from_float(m, self.quantizer(), self.router_bits, self.use_moments)
         if self.embedding and self.embedding_bits == 4 and _plain_type(m) is nn.Embedding:
             return GroupQATEmbedding.from_float(m, GroupWiseQuantizer(self.group_size, 4, method='mse'))
         return super().prepare_module(m)
 
     def convert_module(self, m):
-        if type(m) is QATMoE: return QuantizedMoELayer.from_qat(m)
-        if _plain_type(m) is GroupQATEmbedding: return m.to_quantized()
+        if type(m) is QATMoE:
+            return QuantizedMoELayer.from_qat(m)
+        if _plain_type(m) is GroupQATEmbedding:
+            return m.to_quantized()
         return super().convert_module(m)
 
 # %% ../nbs/03_int4_moe.ipynb #8e591adc
 def int4_check(device: str | torch.device = 'cuda', seed: int = 0) -> dict:
-    "Packed INT4 layers on `device`: dequantize-then-matmul and the int4 kernel (where it applies) against float64 on the CPU, and an INT4 MoE layer against the CPU's."
+    """Packed INT4 layers on `device`: dequantize-then-matmul and the int4 kernel (where it applies) against float64 on
+    the CPU, and an INT4 MoE layer against the CPU's."""
     dev, g = on_device(device), torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     ql = QuantizedLinear.from_float(nn.Linear(512, 256), GroupWiseQuantizer(128))
@@ -472,15 +675,18 @@ def int4_check(device: str | torch.device = 'cuda', seed: int = 0) -> dict:
     qd = copy.deepcopy(ql).to(dev)
     figs = {'dequantize-then-matmul': (rel_error(qd(x.to(dev)), want), 1e-5)}
     if qd.kernel_supported:
-        qd.use_kernel = True; figs['int4 kernel'] = (rel_error(qd(x.to(dev)), want), 2e-2)
-    moe, t = MoE(64, num_experts=4, dropout=0.), torch.randn(512, 64, generator=g)
+        qd.use_kernel = True
+        figs['int4 kernel'] = (rel_error(qd(x.to(dev)), want), 2e-2)
+    moe, t = MoE(64, num_experts=4, dropout=0.0), torch.randn(512, 64, generator=g)
     qm = QuantizedMoELayer.from_float(moe.eval(), calib=t).eval()
-    with torch.no_grad(): ref, got = qm(t), copy.deepcopy(qm).to(dev)(t.to(dev)).cpu()
+    with torch.no_grad():
+        ref, got = qm(t), copy.deepcopy(qm).to(dev)(t.to(dev)).cpu()
     return within({**figs, 'INT4 MoE tokens moved': (moved_share(got, ref), 0.01)}, dev)
 
 # %% ../nbs/03_int4_moe.ipynb #0a55bcb8
 def int4_timings(device: str | torch.device = 'cuda', shapes=((128, 64), (4096, 4096)), tokens=(1, 4096)) -> list[dict]:
-    "Milliseconds per call on `device` of fp32, INT4 dequantize-then-matmul and the int4 kernel (None where it does not apply), per (in, out) shape and token count."
+    """Milliseconds per call on `device` of fp32, INT4 dequantize-then-matmul and the int4 kernel (None where it does
+    not apply), per (in, out) shape and token count."""
     dev, out = on_device(device), []
     for n_in, n_out in shapes:
         lin = nn.Linear(n_in, n_out).to(dev)
@@ -488,7 +694,16 @@ def int4_timings(device: str | torch.device = 'cuda', shapes=((128, 64), (4096, 
         for n in tokens:
             x = torch.randn(n, n_in, device=dev)
             with torch.no_grad():
-                r = dict(shape=f'{n_in} x {n_out}', tokens=n, fp32_ms=time_ms(lambda: lin(x), dev), dequant_ms=time_ms(lambda: q(x), dev), kernel_ms=None)
-                if q.kernel_supported: q.use_kernel = True; r['kernel_ms'] = time_ms(lambda: q(x), dev); q.use_kernel = False
+                r = dict(
+                    shape=f'{n_in} x {n_out}',
+                    tokens=n,
+                    fp32_ms=time_ms(lambda: lin(x), dev),
+                    dequant_ms=time_ms(lambda: q(x), dev),
+                    kernel_ms=None,
+                )
+                if q.kernel_supported:
+                    q.use_kernel = True
+                    r['kernel_ms'] = time_ms(lambda: q(x), dev)
+                    q.use_kernel = False
             out.append(r)
     return out

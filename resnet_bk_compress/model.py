@@ -1,4 +1,4 @@
-"""A causal, O(N) language model whose token mixing is the diagonal of a tridiagonal resolvent (the BK-Core), with Mixture-of-Experts feed-forward layers.
+"""A causal, O(N) language model: token mixing by a tridiagonal resolvent (the BK-Core), Mixture-of-Experts layers.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/model.html.md"""
 
@@ -22,94 +22,129 @@ __all__ = ['InputError', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resol
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
 
+
 class InputError(ValueError):
-    "Bad input from a user (a setting, a file, a corpus): the message names it and what to do; the command line prints it as one line."
+    """Bad input from a user (a setting, a file, a corpus): the message names it and what to do; the command line prints
+    it as one line."""
+
 
 @dataclass
 class ResNetBKConfig:
     "Shape and numerics of a ResNet-BK language model (defaults: the reference configuration)."
-    vocab_size: int = 30000     # number of token types, including `<eos>` and `<unk>`
-    d_model: int = 64           # width of the residual stream
-    n_layers: int = 4           # number of ResNet-BK blocks
-    n_seq: int = 128            # longest window the position embedding covers
-    num_experts: int = 4        # experts per MoE layer
-    top_k: int = 1              # experts each token is routed to (k = num_experts: dense mixture)
-    d_ff: int | None = None     # hidden width of an expert; None means 2 * d_model
-    dropout: float = 0.1        # dropout inside the experts
-    z: complex = 1j             # spectral shift of the resolvent (H - zI)^-1; Im z must be > 0
-    v_clamp: float = 3.0        # the potential v is clamped to [-v_clamp, v_clamp]
-    feature_clamp: float = 10.0 # the BK features (Re G, Im G) are clamped to +-feature_clamp
-    causal: bool = True         # causal resolvent (a language model) or two-sided G_ii (analysis only)
-    bk_dtype: str = 'complex64' # 'complex64' or 'complex128'
-    tie_embeddings: bool = False # the LM head scores tokens with the token-embedding table (no separate V x d matrix)
-    embed_rank: int | None = None # factorize the embedding (and the head) through rank r: V x r tables plus r <-> d maps
+
+    vocab_size: int = 30000  # number of token types, including `<eos>` and `<unk>`
+    d_model: int = 64  # width of the residual stream
+    n_layers: int = 4  # number of ResNet-BK blocks
+    n_seq: int = 128  # longest window the position embedding covers
+    num_experts: int = 4  # experts per MoE layer
+    top_k: int = 1  # experts each token is routed to (k = num_experts: dense mixture)
+    d_ff: int | None = None  # hidden width of an expert; None means 2 * d_model
+    dropout: float = 0.1  # dropout inside the experts
+    z: complex = 1j  # spectral shift of the resolvent (H - zI)^-1; Im z must be > 0
+    v_clamp: float = 3.0  # the potential v is clamped to [-v_clamp, v_clamp]
+    feature_clamp: float = 10.0  # the BK features (Re G, Im G) are clamped to +-feature_clamp
+    causal: bool = True  # causal resolvent (a language model) or two-sided G_ii (analysis only)
+    bk_dtype: str = 'complex64'  # 'complex64' or 'complex128'
+    tie_embeddings: bool = False  # the LM head scores tokens with the token-embedding table (no separate V x d matrix)
+    embed_rank: int | None = (
+        None  # factorize the embedding (and the head) through rank r: V x r tables plus r <-> d maps
+    )
 
     def __post_init__(self):
-        if self.d_ff is None: self.d_ff = 2 * self.d_model
+        if self.d_ff is None:
+            self.d_ff = 2 * self.d_model
         self.z = complex(self.z)
         for k in ('vocab_size', 'd_model', 'n_layers', 'n_seq', 'num_experts', 'top_k', 'd_ff'):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"ResNetBKConfig.{k} must be a positive integer, got {v!r}")
-        if self.vocab_size < 2: raise InputError(f"ResNetBKConfig.vocab_size must be at least 2, got {self.vocab_size}")
+        if self.vocab_size < 2:
+            raise InputError(f"ResNetBKConfig.vocab_size must be at least 2, got {self.vocab_size}")
         if self.top_k > self.num_experts:
-            raise InputError(f"ResNetBKConfig.top_k={self.top_k} exceeds num_experts={self.num_experts}: "
-                             f"use top_k <= num_experts (top_k = num_experts is the dense mixture)")
-        if not 0 <= self.dropout < 1: raise InputError(f"ResNetBKConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise InputError(
+                f"ResNetBKConfig.top_k={self.top_k} exceeds num_experts={self.num_experts}: "
+                f"use top_k <= num_experts (top_k = num_experts is the dense mixture)"
+            )
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"ResNetBKConfig.dropout must be in [0, 1), got {self.dropout}")
         if not self.z.imag > 0:
-            raise InputError(f"ResNetBKConfig.z must have a positive imaginary part (got {self.z}): "
-                             f"H is real symmetric, so Im z > 0 keeps H - zI invertible")
+            raise InputError(
+                f"ResNetBKConfig.z must have a positive imaginary part (got {self.z}): "
+                f"H is real symmetric, so Im z > 0 keeps H - zI invertible"
+            )
         for k in ('v_clamp', 'feature_clamp'):
-            if not getattr(self, k) > 0: raise InputError(f"ResNetBKConfig.{k} must be > 0, got {getattr(self, k)}")
-        if self.embed_rank is not None and (not isinstance(self.embed_rank, int) or isinstance(self.embed_rank, bool) or not 1 <= self.embed_rank <= self.d_model):
-            raise InputError(f"ResNetBKConfig.embed_rank must be None or an integer in [1, d_model={self.d_model}], got {self.embed_rank!r}")
+            if not getattr(self, k) > 0:
+                raise InputError(f"ResNetBKConfig.{k} must be > 0, got {getattr(self, k)}")
+        if self.embed_rank is not None and (
+            not isinstance(self.embed_rank, int)
+            or isinstance(self.embed_rank, bool)
+            or not 1 <= self.embed_rank <= self.d_model
+        ):
+            raise InputError(
+                f"ResNetBKConfig.embed_rank must be None or an integer in [1, d_model={self.d_model}], got "
+                f"{self.embed_rank!r}"
+            )
         if self.bk_dtype not in _BK_DTYPES:
             raise InputError(f"ResNetBKConfig.bk_dtype must be one of {sorted(_BK_DTYPES)}, got {self.bk_dtype!r}")
 
     def to_dict(self) -> dict:
         "A JSON-ready dict (the complex shift is stored as [re, im])."
-        d = asdict(self); d['z'] = [self.z.real, self.z.imag]; return d
+        d = asdict(self)
+        d['z'] = [self.z.real, self.z.imag]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ResNetBKConfig:
         "Inverse of `to_dict`; unknown keys are an error, so a foreign file is not silently misread."
         d = dict(d)
         unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown: raise InputError(f"unknown ResNetBKConfig fields {sorted(unknown)}: the file was written by another tool or a newer version")
-        if isinstance(d.get('z'), (list, tuple)): d['z'] = complex(*d['z'])
+        if unknown:
+            raise InputError(
+                f"unknown ResNetBKConfig fields {sorted(unknown)}: the file was written by another tool or a newer "
+                "version"
+            )
+        if isinstance(d.get('z'), (list, tuple)):
+            d['z'] = complex(*d['z'])
         return cls(**d)
 
 # %% ../nbs/00_model.ipynb #f4890223
 def _offdiag(a: torch.Tensor, b, c):
     "The products b_t c_t coupling positions t and t+1, shape (..., N-1) (all ones when b and c are None)."
     n = a.shape[-1]
-    if b is None and c is None: return torch.ones(*a.shape[:-1], n - 1, dtype=a.dtype, device=a.device)
+    if b is None and c is None:
+        return torch.ones(*a.shape[:-1], n - 1, dtype=a.dtype, device=a.device)
     b = torch.ones(n - 1, dtype=a.dtype, device=a.device) if b is None else b
     c = torch.ones(n - 1, dtype=a.dtype, device=a.device) if c is None else c
     if b.shape[-1] != n - 1 or c.shape[-1] != n - 1:
         raise ValueError(f"off-diagonals must have length N-1 = {n - 1}, got {b.shape[-1]} and {c.shape[-1]}")
     return torch.broadcast_to(b * c, (*a.shape[:-1], n - 1))
 
-def causal_resolvent_loop(a: torch.Tensor,  # diagonal of H, real, shape (..., N)
-                          b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
-                          c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
-                          z: complex = 1j,  # spectral shift
-                          dtype=torch.complex64):  # complex dtype of the computation
+
+def causal_resolvent_loop(
+    a: torch.Tensor,  # diagonal of H, real, shape (..., N)
+    b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
+    c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
+    z: complex = 1j,  # spectral shift
+    dtype=torch.complex64,
+):  # complex dtype of the computation
     "Causal resolvent diagonal by the sequential continued fraction (reference implementation)."
     alpha, bc = a.to(dtype) - z, _offdiag(a, b, c).to(dtype)
-    r = alpha[..., 0]; rs = [r]
+    r = alpha[..., 0]
+    rs = [r]
     for t in range(1, a.shape[-1]):
         r = alpha[..., t] - bc[..., t - 1] / r
         rs.append(r)
     return 1 / torch.stack(rs, -1)
 
 # %% ../nbs/00_model.ipynb #3d25a126
-def dense_resolvent(a: torch.Tensor,  # diagonal, shape (B, N)
-                    b: torch.Tensor | None = None,  # upper off-diagonal (B, N-1)
-                    c: torch.Tensor | None = None,  # lower off-diagonal (B, N-1)
-                    z: complex = 1j,  # spectral shift
-                    causal: bool = False,  # last diagonal entry of each leading block instead of the full inverse's diagonal
-                    positions=None):  # causal only: the positions to compute (default all)
+def dense_resolvent(
+    a: torch.Tensor,  # diagonal, shape (B, N)
+    b: torch.Tensor | None = None,  # upper off-diagonal (B, N-1)
+    c: torch.Tensor | None = None,  # lower off-diagonal (B, N-1)
+    z: complex = 1j,  # spectral shift
+    causal: bool = False,  # last diagonal entry of each leading block instead of the full inverse's diagonal
+    positions=None,
+):  # causal only: the positions to compute (default all)
     "Diagonal of (T)^-1 from dense `torch.linalg.inv` in complex128: the slow, obviously right reference."
     B, n = a.shape
     ones = torch.ones(B, n - 1, dtype=torch.float64)
@@ -117,17 +152,20 @@ def dense_resolvent(a: torch.Tensor,  # diagonal, shape (B, N)
     c = ones if c is None else torch.broadcast_to(c.double(), (B, n - 1))
     T = (torch.diag_embed(a.double()) + torch.diag_embed(b, 1) + torch.diag_embed(c, -1)).to(torch.complex128)
     T = T - z * torch.eye(n, dtype=torch.complex128)
-    if not causal: return torch.linalg.inv(T).diagonal(dim1=-2, dim2=-1)
+    if not causal:
+        return torch.linalg.inv(T).diagonal(dim1=-2, dim2=-1)
     out = torch.full((B, n), complex('nan'), dtype=torch.complex128)
-    for t in (range(n) if positions is None else positions):
-        out[:, t] = torch.linalg.inv(T[:, :t + 1, :t + 1])[:, t, t]
+    for t in range(n) if positions is None else positions:
+        out[:, t] = torch.linalg.inv(T[:, : t + 1, : t + 1])[:, t, t]
     return out
 
 # %% ../nbs/00_model.ipynb #c905323d
-_IDENTITY = (1., 0., 0., 1.)
+_IDENTITY = (1.0, 0.0, 0.0, 1.0)
+
 
 def _mat_mul(a: tuple, b: tuple) -> tuple:
-    "a @ b for batches of 2x2 matrices given as (m00, m01, m10, m11), each product divided by the size of its first column."
+    """a @ b for batches of 2x2 matrices given as (m00, m01, m10, m11), each product divided by the size of its first
+    column."""
     a00, a01, a10, a11 = a
     b00, b01, b10, b11 = b
     n00, n01 = a00 * b00 + a01 * b10, a00 * b01 + a01 * b11
@@ -146,10 +184,13 @@ def _hs_scan(m: tuple) -> tuple:
         k *= 2
     return m
 
+
 def _prefix_products(m: tuple, block: int = 8) -> tuple:
-    "Inclusive prefix products along the last dim: scans inside blocks, recursion over block totals, one combining step."
+    """Inclusive prefix products along the last dim: scans inside blocks, recursion over block totals, one combining
+    step."""
     n = m[0].shape[-1]
-    if n <= block: return _hs_scan(m)
+    if n <= block:
+        return _hs_scan(m)
     nb = -(-n // block)
     m = tuple(F.pad(x, (0, nb * block - n), value=v) for x, v in zip(m, _IDENTITY))  # pad with identities
     inner = _hs_scan(tuple(x.reshape(*x.shape[:-1], nb, block) for x in m))
@@ -158,30 +199,36 @@ def _prefix_products(m: tuple, block: int = 8) -> tuple:
     return tuple(x.reshape(*x.shape[:-2], nb * block)[..., :n] for x in _mat_mul(inner, before))
 
 # %% ../nbs/00_model.ipynb #45ee3a7b
-def _mobius_scan(alpha: torch.Tensor,  # complex diagonal of H - zI, (..., N)
-                 beta: torch.Tensor):  # complex couplings, beta_t = b_{t-1} c_{t-1}, beta_0 unused, (..., N)
+def _mobius_scan(
+    alpha: torch.Tensor,  # complex diagonal of H - zI, (..., N)
+    beta: torch.Tensor,
+):  # complex couplings, beta_t = b_{t-1} c_{t-1}, beta_0 unused, (..., N)
     "Continued-fraction values r_t = alpha_t - beta_t / r_{t-1} for every t, from prefix products of Mobius matrices."
     p00, _, p10, _ = _prefix_products((alpha, -beta, torch.ones_like(alpha), torch.zeros_like(alpha)))
     r = p00 / p10  # P_t applied to (1, 0)
     return torch.cat([alpha[..., :1], alpha[..., 1:] - beta[..., 1:] / r[..., :-1]], -1)  # one polishing step
 
 # %% ../nbs/00_model.ipynb #8ec3146a
-def causal_resolvent(a: torch.Tensor,  # diagonal of H, real, shape (..., N)
-                     b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
-                     c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
-                     z: complex = 1j,  # spectral shift
-                     dtype=torch.complex64):  # complex dtype of the computation
+def causal_resolvent(
+    a: torch.Tensor,  # diagonal of H, real, shape (..., N)
+    b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
+    c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
+    z: complex = 1j,  # spectral shift
+    dtype=torch.complex64,
+):  # complex dtype of the computation
     "G_t = [(T[:t+1, :t+1])^-1]_tt for T = H - zI: depends on positions <= t only. O(N) work, O(log N) depth."
     alpha = a.to(dtype) - z
     beta = F.pad(_offdiag(a, b, c).to(dtype), (1, 0))
     return 1 / _mobius_scan(alpha, beta)
 
 # %% ../nbs/00_model.ipynb #d4603183
-def two_sided_resolvent(a: torch.Tensor,  # diagonal of H, real, shape (..., N)
-                        b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
-                        c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
-                        z: complex = 1j,  # spectral shift
-                        dtype=torch.complex64):  # complex dtype of the computation
+def two_sided_resolvent(
+    a: torch.Tensor,  # diagonal of H, real, shape (..., N)
+    b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
+    c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
+    z: complex = 1j,  # spectral shift
+    dtype=torch.complex64,
+):  # complex dtype of the computation
     "G_ii = [(H - zI)^-1]_ii: every entry depends on every position (not causal)."
     alpha, bc = a.to(dtype) - z, _offdiag(a, b, c).to(dtype)
     # both continued fractions in one scan: the right one is the left one of the reversed sequence
@@ -191,12 +238,16 @@ def two_sided_resolvent(a: torch.Tensor,  # diagonal of H, real, shape (..., N)
 
 # %% ../nbs/00_model.ipynb #3ecefcfd
 class BKCore(nn.Module):
-    "Potential v (B, N) -> BK features (Re G, Im G) (B, N, 2), with G the causal or two-sided resolvent diagonal of H0 + diag(v)."
-    def __init__(self,
-                 causal: bool = True,  # causal resolvent (language model) or two-sided G_ii
-                 z: complex = 1j,  # spectral shift
-                 feature_clamp: float = 10.,  # clamp of the real features
-                 dtype: str = 'complex64'):  # 'complex64' or 'complex128'
+    """Potential v (B, N) -> BK features (Re G, Im G) (B, N, 2), with G the causal or two-sided resolvent diagonal of H0
+    + diag(v)."""
+
+    def __init__(
+        self,
+        causal: bool = True,  # causal resolvent (language model) or two-sided G_ii
+        z: complex = 1j,  # spectral shift
+        feature_clamp: float = 10.0,  # clamp of the real features
+        dtype: str = 'complex64',
+    ):  # 'complex64' or 'complex128'
         super().__init__()
         store_attr()
         self.cdtype = _BK_DTYPES[dtype]
@@ -215,37 +266,46 @@ class BKCore(nn.Module):
         return v
 
     def post(self, G: torch.Tensor, dtype=torch.float32, offset: int = 0) -> torch.Tensor:
-        "Features of G (B, N) whose first column is position `offset` (quantized cores quantize here; per-position grids need the offset)."
+        """Features of G (B, N) whose first column is position `offset` (quantized cores quantize here; per-position
+        grids need the offset)."""
         return self.features(G, dtype)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         return self.post(self.resolvent(self.pre(v)), v.dtype)
 
-    def extra_repr(self): return f"causal={self.causal}, z={self.z}, dtype={self.dtype}"
+    def extra_repr(self):
+        return f"causal={self.causal}, z={self.z}, dtype={self.dtype}"
 
 # %% ../nbs/00_model.ipynb #c53c34d4
 class MoE(nn.Module):
     "Mixture of `num_experts` two-layer experts with top-k routing, gate-scaled outputs and a load-balancing loss."
-    def __init__(self,
-                 d_model: int,  # input and output width
-                 num_experts: int = 4,  # number of experts
-                 top_k: int = 1,  # experts per token
-                 d_ff: int | None = None,  # hidden width (default 2 * d_model)
-                 dropout: float = 0.1):  # dropout between the expert's layers
+
+    def __init__(
+        self,
+        d_model: int,  # input and output width
+        num_experts: int = 4,  # number of experts
+        top_k: int = 1,  # experts per token
+        d_ff: int | None = None,  # hidden width (default 2 * d_model)
+        dropout: float = 0.1,
+    ):  # dropout between the expert's layers
         super().__init__()
-        if not 1 <= top_k <= num_experts: raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
         self.num_experts, self.top_k, d_ff = num_experts, top_k, d_ff or 2 * d_model
         self.gate = nn.Linear(d_model, num_experts)
-        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
-                                     for _ in range(num_experts))
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+            for _ in range(num_experts)
+        )
         self.register_buffer('token_counts', torch.zeros(num_experts, dtype=torch.long), persistent=False)
-        self.aux_loss = torch.tensor(0.)
+        self.aux_loss = torch.tensor(0.0)
 
     def route(self, x: torch.Tensor):
         "Gate probabilities (T, E), chosen experts (T, k) and their weights (T, k) for tokens x (T, d)."
         probs = self.gate(x).float().softmax(-1)
         w, idx = probs.topk(self.top_k, dim=-1)
-        if self.top_k > 1: w = w / w.sum(-1, keepdim=True)
+        if self.top_k > 1:
+            w = w / w.sum(-1, keepdim=True)
         return probs, idx, w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -254,13 +314,16 @@ class MoE(nn.Module):
         out = torch.zeros_like(xf)
         for e in range(self.num_experts):
             tok, slot = (idx == e).nonzero(as_tuple=True)
-            if tok.numel(): out.index_add_(0, tok, self.expert(e, xf[tok]) * w[tok, slot, None].to(xf.dtype))
+            if tok.numel():
+                out.index_add_(0, tok, self.expert(e, xf[tok]) * w[tok, slot, None].to(xf.dtype))
         counts = torch.bincount(idx.flatten(), minlength=self.num_experts)
         self.token_counts += counts
         self.aux_loss = self.num_experts * (counts.float() / idx.numel() * probs.mean(0)).sum()
         return out.reshape(x.shape)
 
-    def __getstate__(self):  # copy.deepcopy / pickle: the last aux_loss may hold an autograd graph, which cannot be copied
+    def __getstate__(
+        self,
+    ):  # copy.deepcopy / pickle: the last aux_loss may hold an autograd graph, which cannot be copied
         state = super().__getstate__()
         return {**state, 'aux_loss': state['aux_loss'].detach()}
 
@@ -275,6 +338,7 @@ class MoE(nn.Module):
 # %% ../nbs/00_model.ipynb #fe6147fe
 class ResNetBKBlock(nn.Module):
     "Pre-norm block: MoE feed-forward, a potential from its output, and the BK features added back."
+
     def __init__(self, cfg: ResNetBKConfig):
         super().__init__()
         self.v_clamp = cfg.v_clamp
@@ -297,29 +361,43 @@ class ResNetBKBlock(nn.Module):
 
 # %% ../nbs/00_model.ipynb #99ea9306
 def embedding_table(emb: nn.Module) -> torch.Tensor:
-    "The (V, r) table an embedding module looks rows up in: `weight`, or what a quantized embedding's `table()` computes."
+    """The (V, r) table an embedding module looks rows up in: `weight`, or what a quantized embedding's `table()`
+    computes."""
     return emb.table() if hasattr(emb, 'table') else emb.weight
 
+
 class OutputHead(nn.Module):
-    "LM head `logits = down(h) @ weight.T + bias`: `weight` the model's embedding table when tied, `down` a map to rank r when factorized."
-    def __init__(self, d_model: int, vocab_size: int,
-                 rank: int | None = None,  # map h to this rank first (None: no map)
-                 tied: bool = False):  # score with the owning model's token-embedding table (set by ResNetBKLM) instead of an own weight
+    """LM head `logits = down(h) @ weight.T + bias`: `weight` the model's embedding table when tied, `down` a map to
+    rank r when factorized."""
+
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        rank: int | None = None,  # map h to this rank first (None: no map)
+        tied: bool = False,
+    ):  # score with the owning model's token-embedding table (set by ResNetBKLM) instead of an own weight
         super().__init__()
         r = rank or d_model
         self.tied = tied
         self.down = nn.Linear(d_model, r, bias=False) if rank else None
-        if not tied: self.own = nn.Embedding(vocab_size, r)  # its own (V, r) table: an embedding, so quantization treats it like the input table
+        if not tied:
+            self.own = nn.Embedding(
+                vocab_size, r
+            )  # its own (V, r) table: an embedding, so quantization treats it like the input table
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     @property
     def weight(self) -> torch.Tensor:
-        # tied: the owner's tok_emb, looked up on each use, so that a quantized or replaced embedding is what the head scores with
+        # tied: the owner's tok_emb, looked up on each use, so that a quantized or replaced embedding is what the head
+        # scores with
         return embedding_table(self._owner.tok_emb if self.tied else self.own)
 
     def _input_and_bias(self, h: torch.Tensor):
         "The product's input (h, mapped to rank r when factorized) and the biases as floats."
-        bias = self.bias() if isinstance(self.bias, nn.Module) else self.bias  # stored in float16, or as a module that decodes it (4-bit codes)
+        bias = (
+            self.bias() if isinstance(self.bias, nn.Module) else self.bias
+        )  # stored in float16, or as a module that decodes it (4-bit codes)
         return (h if self.down is None else self.down(h)), bias.to(h.dtype)
 
     def operands(self, h: torch.Tensor):
@@ -328,26 +406,33 @@ class OutputHead(nn.Module):
         return x, self.weight, bias
 
     def shared_rows(self, h: torch.Tensor):
-        "(input, rows (S, r), group (V,), bias) when the table's V words share S < V rows (a codebook table, 03a_tables), else None."
+        """(input, rows (S, r), group (V,), bias) when the table's V words share S < V rows (a codebook table,
+        03a_tables), else None."""
         table = self._owner.tok_emb if self.tied else self.own
         rows = table.shared_rows() if hasattr(table, 'shared_rows') else None
-        if rows is None: return None
+        if rows is None:
+            return None
         x, bias = self._input_and_bias(h)
         return x, *rows, bias
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x, bias = self._input_and_bias(h)
         table = self._owner.tok_emb if self.tied else self.own
-        if hasattr(table, 'scores'): return table.scores(x) + bias  # a stored codebook table (03a_tables) scores without building its (V, r) matrix
+        if hasattr(table, 'scores'):
+            return (
+                table.scores(x) + bias
+            )  # a stored codebook table (03a_tables) scores without building its (V, r) matrix
         return F.linear(x, self.weight, bias)
 
     def _load_from_state_dict(self, sd, prefix, *args):
-        if prefix + 'own_weight' in sd: sd[prefix + 'own.weight'] = sd.pop(prefix + 'own_weight')  # files written before `own` was an embedding
+        if prefix + 'own_weight' in sd:
+            sd[prefix + 'own.weight'] = sd.pop(prefix + 'own_weight')  # files written before `own` was an embedding
         super()._load_from_state_dict(sd, prefix, *args)
 
 # %% ../nbs/00_model.ipynb #143d559d
 class ResNetBKLM(nn.Module):
     "ResNet-BK language model: token ids (B, N) -> next-token logits (B, N, vocab_size)."
+
     def __init__(self, cfg: ResNetBKConfig):
         super().__init__()
         self.cfg = cfg
@@ -357,15 +442,23 @@ class ResNetBKLM(nn.Module):
         self.pos_emb = nn.Embedding(cfg.n_seq, cfg.d_model)
         self.blocks = nn.ModuleList(ResNetBKBlock(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
-        self.head = (nn.Linear(cfg.d_model, cfg.vocab_size) if not (r or cfg.tie_embeddings) else
-                     OutputHead(cfg.d_model, cfg.vocab_size, r, cfg.tie_embeddings))
-        if cfg.tie_embeddings: object.__setattr__(self.head, '_owner', self)  # a reference, not a submodule: the table is stored once, under tok_emb
+        self.head = (
+            nn.Linear(cfg.d_model, cfg.vocab_size)
+            if not (r or cfg.tie_embeddings)
+            else OutputHead(cfg.d_model, cfg.vocab_size, r, cfg.tie_embeddings)
+        )
+        if cfg.tie_embeddings:
+            object.__setattr__(
+                self.head, '_owner', self
+            )  # a reference, not a submodule: the table is stored once, under tok_emb
         self.apply(self._init)
 
     @staticmethod
     def _init(m):
-        if isinstance(m, (nn.Linear, nn.Embedding)): nn.init.normal_(m.weight, std=0.02)
-        if isinstance(m, nn.Linear) and m.bias is not None: nn.init.zeros_(m.bias)
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         "Token embeddings (B, N, d) of ids (B, N)."
@@ -375,12 +468,18 @@ class ResNetBKLM(nn.Module):
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         "Final hidden states (B, N, d) after the last LayerNorm: the LM head's input."
         if idx.dim() != 2 or idx.dtype != torch.long:
-            raise ValueError(f"expected token ids as a (batch, positions) int64 tensor, got shape {tuple(idx.shape)} and {idx.dtype}")
+            raise ValueError(
+                f"expected token ids as a (batch, positions) int64 tensor, got shape {tuple(idx.shape)} and {idx.dtype}"
+            )
         n = idx.shape[1]
         if n > self.cfg.n_seq:
-            raise ValueError(f"window of {n} tokens is longer than the model's n_seq={self.cfg.n_seq}: cut the input into windows of at most n_seq")
+            raise ValueError(
+                f"window of {n} tokens is longer than the model's n_seq={self.cfg.n_seq}: cut the input into windows "
+                "of at most n_seq"
+            )
         x = self.embed(idx) + self.pos_emb(torch.arange(n, device=idx.device))
-        for blk in self.blocks: x = x + blk(x)
+        for blk in self.blocks:
+            x = x + blk(x)
         return self.ln_f(x)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -401,65 +500,95 @@ def logit_change(model: ResNetBKLM, idx: torch.Tensor, t: int) -> torch.Tensor:
     "Largest change of the logits at each position (N,) when token t of the first sequence is replaced."
     with torch.no_grad():
         base = model(idx)
-        idx2 = idx.clone(); idx2[0, t] = (idx2[0, t] + 1) % model.cfg.vocab_size
+        idx2 = idx.clone()
+        idx2[0, t] = (idx2[0, t] + 1) % model.cfg.vocab_size
         return (model(idx2) - base)[0].abs().amax(-1)
 
 # %% ../nbs/00_model.ipynb #f2420796
 def on_device(device: str | torch.device | None = None) -> torch.device:
-    "`device` as a torch.device (None: the GPU when PyTorch sees one, else the CPU); a CUDA device this PyTorch cannot see is refused, saying what to use instead."
-    try: dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
-    except RuntimeError: raise InputError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from None
+    """`device` as a torch.device (None: the GPU when PyTorch sees one, else the CPU); a CUDA device this PyTorch cannot
+    see is refused, saying what to use instead."""
+    try:
+        dev = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise InputError(f"device {str(dev)!r} asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU: pass device='cpu', "
-                         "or use a GPU runtime (Colab: Runtime > Change runtime type > GPU)")
+        raise InputError(
+            f"device {str(dev)!r} asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU: pass "
+            "device='cpu', "
+            "or use a GPU runtime (Colab: Runtime > Change runtime type > GPU)"
+        )
     return dev
 
+
 def model_device(model: nn.Module) -> torch.device:
-    "The device a model's parameters are on (every variant keeps float LayerNorms, so even a fully quantized model has parameters)."
+    """The device a model's parameters are on (every variant keeps float LayerNorms, so even a fully quantized model has
+    parameters)."""
     return next(model.parameters()).device
 
+
 def cuda_or_skip() -> torch.device | None:
-    "The GPU when PyTorch sees one; else None, after saying that the cell is skipped (the notebooks' `#| cuda` cells start with it)."
-    if torch.cuda.is_available(): return torch.device('cuda')
+    """The GPU when PyTorch sees one; else None, after saying that the cell is skipped (the notebooks' `#| cuda` cells
+    start with it)."""
+    if torch.cuda.is_available():
+        return torch.device('cuda')
     print('no GPU here: skipped (in Colab: Runtime > Change runtime type > GPU)')
+
 
 def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
     "max |got - want| / max |want|, `got` moved to `want`'s device and dtype: how far a result is from its reference."
     return ((got.detach().to(want.device, want.dtype) - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
 
+
 def moved_share(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-4) -> float:
-    "Share of the rows (last dim: a token's outputs or logits) of `got` that are more than `tol` (relative to the row's largest |want|) from `want`."
+    """Share of the rows (last dim: a token's outputs or logits) of `got` that are more than `tol` (relative to the
+    row's largest |want|) from `want`."""
     d = (got.detach().to(want.device, want.dtype) - want).abs().amax(-1) / want.abs().amax(-1).clamp_min(1e-30)
     return (d > tol).float().mean().item()
 
+
 def time_ms(fn, device, repeats: int = 10, warmup: int = 2) -> float:
-    "Median wall time of fn() in milliseconds over `repeats` calls after `warmup`, synchronizing a CUDA device around each (its kernels run asynchronously)."
+    """Median wall time of fn() in milliseconds over `repeats` calls after `warmup`, synchronizing a CUDA device around
+    each (its kernels run asynchronously)."""
     sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
     ts = []
     for i in range(warmup + repeats):
-        sync(); t = time.perf_counter(); fn(); sync()
-        if i >= warmup: ts.append((time.perf_counter() - t) * 1e3)
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        if i >= warmup:
+            ts.append((time.perf_counter() - t) * 1e3)
     return statistics.median(ts)
 
+
 def within(figures: dict, device) -> dict:
-    "{name: (error, tolerance)} -> {name: error}; any error over its tolerance (or NaN) raises, naming the figure and the device."
+    """{name: (error, tolerance)} -> {name: error}; any error over its tolerance (or NaN) raises, naming the figure and
+    the device."""
     if bad := [f"{k} {e:.2e} > {t:.0e}" for k, (e, t) in figures.items() if not e <= t]:
         raise AssertionError(f"on {device}: " + ', '.join(bad))
     return {k: e for k, (e, _) in figures.items()}
 
 # %% ../nbs/00_model.ipynb #b153119a
 def new_model(cfg: ResNetBKConfig, device: str | torch.device | None = 'cpu') -> ResNetBKLM:
-    "A freshly initialized model on `device`: drawn on the CPU, so that one seed gives the same weights on every device."
-    with torch.device('cpu'): model = ResNetBKLM(cfg)
+    """A freshly initialized model on `device`: drawn on the CPU, so that one seed gives the same weights on every
+    device."""
+    with torch.device('cpu'):
+        model = ResNetBKLM(cfg)
     return model.to(on_device(device))
 
 # %% ../nbs/00_model.ipynb #98c807a7
 def check_model(seed: int = 0, **cfg) -> ResNetBKLM:
-    "A small seeded ResNet-BK (width 32, 2 blocks, 300 words, windows of 64, no dropout) whose potential varies, as after training: the device checks' model."
+    """A small seeded ResNet-BK (width 32, 2 blocks, 300 words, windows of 64, no dropout) whose potential varies, as
+    after training: the device checks' model."""
     torch.manual_seed(seed)
-    lm = ResNetBKLM(ResNetBKConfig(**{'vocab_size': 300, 'd_model': 32, 'n_layers': 2, 'n_seq': 64, 'dropout': 0., **cfg}))
-    for blk in lm.blocks: nn.init.normal_(blk.v_proj.weight, std=1.)
+    lm = ResNetBKLM(
+        ResNetBKConfig(**{'vocab_size': 300, 'd_model': 32, 'n_layers': 2, 'n_seq': 64, 'dropout': 0.0, **cfg})
+    )
+    for blk in lm.blocks:
+        nn.init.normal_(blk.v_proj.weight, std=1.0)
     return lm
+
 
 def scan_check(device: str | torch.device = 'cuda', batch: int = 8, n: int = 4096, seed: int = 0) -> dict:
     "The BK-Core and a model on `device` against the CPU in float64: G, its gradient, the logits, and causality."
@@ -473,11 +602,22 @@ def scan_check(device: str | torch.device = 'cuda', batch: int = 8, n: int = 409
     ref = causal_resolvent_loop(a.double(), dtype=torch.complex128)  # the sequential recurrence: an independent route
     lm = check_model(seed).eval()
     idx = torch.randint(0, lm.cfg.vocab_size, (4, lm.cfg.n_seq), generator=g)
-    with torch.no_grad(): want = copy.deepcopy(lm).double()(idx)
+    with torch.no_grad():
+        want = copy.deepcopy(lm).double()(idx)
     lm.to(dev)
-    with torch.no_grad(): got = lm(idx.to(dev))
+    with torch.no_grad():
+        got = lm(idx.to(dev))
     delta = logit_change(lm, idx.to(dev), t=32)
-    if not delta[32:34].min() > 0: raise AssertionError(f"on {dev}: changing token 32 changed no logit at positions 32-33: the check would prove nothing")
-    return within({'G': (((G.detach().cpu().to(torch.complex128) - ref).abs() / ref.abs()).max().item(), 1e-5),
-                   'dG/da': (rel_error(ad.grad, a64.grad), 1e-4), 'logits': (rel_error(got, want), 1e-4),
-                   'causal leak': ((delta[:32].max() / delta[32:].max()).item(), 1e-6)}, dev)
+    if not delta[32:34].min() > 0:
+        raise AssertionError(
+            f"on {dev}: changing token 32 changed no logit at positions 32-33: the check would prove nothing"
+        )
+    return within(
+        {
+            'G': (((G.detach().cpu().to(torch.complex128) - ref).abs() / ref.abs()).max().item(), 1e-5),
+            'dG/da': (rel_error(ad.grad, a64.grad), 1e-4),
+            'logits': (rel_error(got, want), 1e-4),
+            'causal leak': ((delta[:32].max() / delta[32:].max()).item(), 1e-6),
+        },
+        dev,
+    )

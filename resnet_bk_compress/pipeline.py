@@ -1,4 +1,4 @@
-"""Distillation, expert pruning and quantization-aware training in one resumable run; one self-contained compressed file; a report that says which targets held; and the `rbk-compress` command line.
+"""Distillation, expert pruning and QAT in one resumable run, one compressed file, a report, and `rbk-compress`.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/pipeline.html.md"""
 
@@ -12,8 +12,18 @@ from pathlib import Path
 import torch
 from fastcore.basics import patch
 from safetensors import safe_open
-from .model import (ResNetBKConfig, ResNetBKLM, OutputHead, InputError, num_params, on_device, within, model_device, moved_share,
-                    new_model)
+from resnet_bk_compress.model import (
+    ResNetBKConfig,
+    ResNetBKLM,
+    OutputHead,
+    InputError,
+    num_params,
+    on_device,
+    within,
+    model_device,
+    moved_share,
+    new_model,
+)
 from .data import Corpus, synthetic_corpus, load_corpus, unigram_ppl, train_batches, batches_per_epoch
 from .files import save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError
 from .train import fit, evaluate, _cli
@@ -29,25 +39,47 @@ __all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCH
            'file_parts', 'gain_kept', 'plot_report', 'Plan', 'compress_main', 'rbk_compress', 'pipeline_check']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
-COMPRESSED_VERSION = 3  # 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
+COMPRESSED_VERSION = (
+    3  # 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
+)
 READS = (1, 2, 3)
 
-def save_compressed(model: ResNetBKLM, path: str | Path, vocab, info: dict | None = None, meta: dict | None = None) -> Path:
-    "`save_model` as the pipeline writes its files: word list and small tensors packed, byte tensors entropy-coded, a `compressed` entry."
-    return save_model(model, path, vocab, meta, header={'compressed': {'version': COMPRESSED_VERSION, **(info or {})}}, compress_vocab=True,
-                      pack_small=True, entropy_code=True)
+
+def save_compressed(
+    model: ResNetBKLM, path: str | Path, vocab, info: dict | None = None, meta: dict | None = None
+) -> Path:
+    """`save_model` as the pipeline writes its files: word list and small tensors packed, byte tensors entropy-coded, a
+    `compressed` entry."""
+    return save_model(
+        model,
+        path,
+        vocab,
+        meta,
+        header={'compressed': {'version': COMPRESSED_VERSION, **(info or {})}},
+        compress_vocab=True,
+        pack_small=True,
+        entropy_code=True,
+    )
+
 
 def compressed_info(path: str | Path) -> dict:
     "The `compressed` header entry of a file (its version and run history); clear errors for any other file."
     header, _ = read_model_file(path)  # missing, truncated, corrupt, foreign and newer model files are refused here
     if 'compressed' not in header:
-        raise ModelFileError(f"'{path}' is a resnet_bk_compress model file but not one the pipeline wrote: load it with load_model")
-    try: info = json.loads(header['compressed'])
-    except json.JSONDecodeError: raise ModelFileError(f"'{path}' has a malformed 'compressed' header entry: the file is corrupt") from None
+        raise ModelFileError(
+            f"'{path}' is a resnet_bk_compress model file but not one the pipeline wrote: load it with load_model"
+        )
+    try:
+        info = json.loads(header['compressed'])
+    except json.JSONDecodeError:
+        raise ModelFileError(f"'{path}' has a malformed 'compressed' header entry: the file is corrupt") from None
     if info.get('version') not in READS:
-        raise ModelFileError(f"'{path}' is compressed format version {info.get('version')!r}; this library reads versions {READS}: "
-                             f"upgrade resnet_bk_compress to read it")
+        raise ModelFileError(
+            f"'{path}' is compressed format version {info.get('version')!r}; this library reads versions {READS}: "
+            f"upgrade resnet_bk_compress to read it"
+        )
     return info
+
 
 def load_compressed(path: str | Path) -> tuple[ResNetBKLM, object, dict]:
     "(model in eval mode, vocabulary, compressed info): `load_model`, and the file's `compressed` entry checked."
@@ -57,222 +89,375 @@ def load_compressed(path: str | Path) -> tuple[ResNetBKLM, object, dict]:
 
 # %% ../nbs/06_pipeline.ipynb #a3d04e01
 STAGES = ('distill', 'prune', 'quantize')
-# epochs of each stage, for run_pipeline, rbk-compress and bench/pipeline_wt2.py alike: the README's WikiText-2 figure (about 43 minutes
+# epochs of each stage, for run_pipeline, rbk-compress and bench/pipeline_wt2.py alike: the README's WikiText-2 figure
+# (about 43 minutes
 # on 2 CPU cores, 19 of them the teacher's training) is a run with these. Pruning retrains only when it removed experts.
 RUN_EPOCHS = dict(distillation_epochs=2.5, pruning_epochs=0.5, qat_epochs=0.5)
-TEACHER_EPOCHS = 3  # epochs of the teacher rbk-compress trains when none is given (as bench/train_wt2.py's reference teacher)
+TEACHER_EPOCHS = (
+    3  # epochs of the teacher rbk-compress trains when none is given (as bench/train_wt2.py's reference teacher)
+)
 
-TABLE_DEFAULTS = dict(n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4, learn_codes=False)  # learn_codes: 03a_tables' straight-through codes
+TABLE_DEFAULTS = dict(
+    n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4, learn_codes=False
+)  # learn_codes: 03a_tables' straight-through codes
+
 
 def _peak_mb() -> float:
     "Peak resident memory of this process in MB (ru_maxrss counts kilobytes on Linux, bytes on macOS)."
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == 'darwin' else 1024)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == 'darwin' else 1024)
+
 
 class CompressionPipeline:
-    "Compress `model` (a trained float ResNet-BK) by the given stages to `target_compression` x fewer bytes, at most `max_ppl_increase` worse."
-    def __init__(self, model: ResNetBKLM, vocab,
-                 target_compression: float = 100.0,  # teacher bytes / compressed bytes to reach
-                 max_ppl_increase: float = 0.15,  # allowed relative increase of test perplexity
-                 stages: tuple = STAGES,  # which stages, in which order
-                 student: dict | None = None,  # make_student arguments of the distill stage (None with table None: planned for the target)
-                 keep_experts: int = 1,  # experts per layer after the prune stage (planned with the student)
-                 quant: QuantConfig | None = None,  # config of the quantize stage
-                 distill: dict | None = None,  # DistillationTrainer arguments (alpha, T, beta, targets, k)
-                 table: dict | None = None,  # codebook table of the student (TABLE_DEFAULTS' keys); None: a plain table
-                 lr: float = 3e-3,  # learning rate of distillation and of retraining after pruning
-                 qat_lr: float = 3e-4,  # learning rate of QAT
-                 batch_size: int = 32,
-                 calib_batches: int = 16,  # batches for expert statistics and quantization calibration
-                 checkpoint_every: int = 50,  # training steps between checkpoints inside a stage
-                 teacher_bytes: int | None = None):  # bytes of the teacher's file (default: the teacher saved by save_model)
-        if bad := [s for s in stages if s not in STAGES]: raise InputError(f"unknown stages {bad}: choose from {STAGES}")
-        if not stages: raise InputError(f"no stages given: choose some of {STAGES}")
-        if len(set(stages)) != len(stages): raise InputError(f"a stage appears twice in {list(stages)}")
+    """Compress `model` (a trained float ResNet-BK) by the given stages to `target_compression` x fewer bytes, at most
+    `max_ppl_increase` worse."""
+
+    def __init__(
+        self,
+        model: ResNetBKLM,
+        vocab,
+        target_compression: float = 100.0,  # teacher bytes / compressed bytes to reach
+        max_ppl_increase: float = 0.15,  # allowed relative increase of test perplexity
+        stages: tuple = STAGES,  # which stages, in which order
+        student: dict
+        | None = None,  # make_student arguments of the distill stage (None with table None: planned for the target)
+        keep_experts: int = 1,  # experts per layer after the prune stage (planned with the student)
+        quant: QuantConfig | None = None,  # config of the quantize stage
+        distill: dict | None = None,  # DistillationTrainer arguments (alpha, T, beta, targets, k)
+        table: dict | None = None,  # codebook table of the student (TABLE_DEFAULTS' keys); None: a plain table
+        lr: float = 3e-3,  # learning rate of distillation and of retraining after pruning
+        qat_lr: float = 3e-4,  # learning rate of QAT
+        batch_size: int = 32,
+        calib_batches: int = 16,  # batches for expert statistics and quantization calibration
+        checkpoint_every: int = 50,  # training steps between checkpoints inside a stage
+        teacher_bytes: int | None = None,
+    ):  # bytes of the teacher's file (default: the teacher saved by save_model)
+        if bad := [s for s in stages if s not in STAGES]:
+            raise InputError(f"unknown stages {bad}: choose from {STAGES}")
+        if not stages:
+            raise InputError(f"no stages given: choose some of {STAGES}")
+        if len(set(stages)) != len(stages):
+            raise InputError(f"a stage appears twice in {list(stages)}")
         if 'quantize' in stages and stages[-1] != 'quantize':
-            raise InputError(f"'quantize' must be the last stage (got {list(stages)}): distilling or pruning a quantized model would undo or break its quantization")
-        if target_compression <= 0 or max_ppl_increase < 0: raise InputError("target_compression must be > 0 and max_ppl_increase >= 0")
-        if len(vocab) != model.cfg.vocab_size: raise InputError(f"vocabulary has {len(vocab)} types, the model {model.cfg.vocab_size}")
+            raise InputError(
+                f"'quantize' must be the last stage (got {list(stages)}): distilling or pruning a quantized model "
+                "would undo or break its quantization"
+            )
+        if target_compression <= 0 or max_ppl_increase < 0:
+            raise InputError("target_compression must be > 0 and max_ppl_increase >= 0")
+        if len(vocab) != model.cfg.vocab_size:
+            raise InputError(f"vocabulary has {len(vocab)} types, the model {model.cfg.vocab_size}")
         self.teacher, self.vocab, self.stages = model.eval(), vocab, tuple(stages)
         self.target_compression, self.max_ppl_increase = target_compression, max_ppl_increase
-        self.auto, self.planned = student is None and table is None and 'distill' in stages, None  # auto: plan() chooses student, table and kept experts when the run starts
+        self.auto, self.planned = (
+            student is None and table is None and 'distill' in stages,
+            None,
+        )  # auto: plan() chooses student, table and kept experts when the run starts
         self.student = dict(tie_embeddings=True) if student is None else student
         self.keep_experts = keep_experts
         self.quant = Int4MoEConfig(group_size=128, embedding_bits=4) if quant is None else quant
-        self.distill = dict(targets='topk', k=32, T=1.) if distill is None else distill
-        for what, given, fn in (('student', student, make_student), ('distill', distill, DistillationTrainer)):  # a typo fails here, not hours later
+        self.distill = dict(targets='topk', k=32, T=1.0) if distill is None else distill
+        for what, given, fn in (
+            ('student', student, make_student),
+            ('distill', distill, DistillationTrainer),
+        ):  # a typo fails here, not hours later
             valid = set(inspect.signature(fn).parameters) - {'self', 'teacher', 'student', 'corpus', 'init'}
-            if given is not None and (bad := set(given) - valid): raise InputError(f"unknown {what} settings {sorted(bad)}: choose from {sorted(valid)}")
+            if given is not None and (bad := set(given) - valid):
+                raise InputError(f"unknown {what} settings {sorted(bad)}: choose from {sorted(valid)}")
         check_distill_settings(**self.distill)  # and a bad value too, before a run directory is touched
-        try: make_student(model, **self.student, init=False)  # the student's config validates its values
-        except InputError as e: raise InputError(f"student settings {self.student}: {e}") from None
+        try:
+            make_student(model, **self.student, init=False)  # the student's config validates its values
+        except InputError as e:
+            raise InputError(f"student settings {self.student}: {e}") from None
         self.table = None if table is None else {**TABLE_DEFAULTS, **table}
         if self.table is not None:
-            if bad := set(table) - set(TABLE_DEFAULTS): raise InputError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
-            if self.table['bias_bits'] not in (4, 16): raise InputError(f"table bias_bits must be 4 or 16, got {self.table['bias_bits']!r}")
-            if not self.student.get('tie_embeddings'): raise InputError("a codebook table is tied to the head: give the student tie_embeddings=True")
-            CodebookTable(model.cfg.vocab_size, self.student.get('embed_rank') or self.student.get('d_model') or model.cfg.d_model,
-                          self.table['n_dense'], self.table['n_codebooks'], self.table['codebook_size'])  # validates the shape now, not after hours
-        self.lr, self.qat_lr, self.batch_size, self.calib_batches, self.checkpoint_every = lr, qat_lr, batch_size, calib_batches, checkpoint_every
+            if bad := set(table) - set(TABLE_DEFAULTS):
+                raise InputError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
+            if self.table['bias_bits'] not in (4, 16):
+                raise InputError(f"table bias_bits must be 4 or 16, got {self.table['bias_bits']!r}")
+            if not self.student.get('tie_embeddings'):
+                raise InputError("a codebook table is tied to the head: give the student tie_embeddings=True")
+            CodebookTable(
+                model.cfg.vocab_size,
+                self.student.get('embed_rank') or self.student.get('d_model') or model.cfg.d_model,
+                self.table['n_dense'],
+                self.table['n_codebooks'],
+                self.table['codebook_size'],
+            )  # validates the shape now, not after hours
+        self.lr, self.qat_lr, self.batch_size, self.calib_batches, self.checkpoint_every = (
+            lr,
+            qat_lr,
+            batch_size,
+            calib_batches,
+            checkpoint_every,
+        )
         self.teacher_bytes = teacher_bytes
 
     def __repr__(self):
-        what = ('student, table and kept experts planned for the target' if self.auto and self.planned is None else
-                f"student={self.student}, table={self.table}, keep_experts={self.keep_experts}")
-        return (f"CompressionPipeline(stages={list(self.stages)}, target {self.target_compression:g}x, ppl +{self.max_ppl_increase:.0%} at most, "
-                f"{what}, quant={self.quant})")
+        what = (
+            'student, table and kept experts planned for the target'
+            if self.auto and self.planned is None
+            else f"student={self.student}, table={self.table}, keep_experts={self.keep_experts}"
+        )
+        return (
+            f"CompressionPipeline(stages={list(self.stages)}, target {self.target_compression:g}x, ppl "
+            f"+{self.max_ppl_increase:.0%} at most, "
+            f"{what}, quant={self.quant})"
+        )
 
 # %% ../nbs/06_pipeline.ipynb #497f6ddf
 @patch
-def _steps(self: CompressionPipeline, corpus: Corpus, n_seq: int, epochs: float | None, max_steps: int | None) -> int | None:
-    if epochs is None: return None  # sized by the time budget when the stage starts (distill)
-    if epochs <= 0: return 0  # the stage still restructures (new student, fewer experts, integer weights), without training
+def _steps(
+    self: CompressionPipeline, corpus: Corpus, n_seq: int, epochs: float | None, max_steps: int | None
+) -> int | None:
+    if epochs is None:
+        return None  # sized by the time budget when the stage starts (distill)
+    if epochs <= 0:
+        return 0  # the stage still restructures (new student, fewer experts, integer weights), without training
     n = max(1, round(epochs * batches_per_epoch(len(corpus.train), n_seq, self.batch_size)))
     return min(n, max_steps) if max_steps else n
 
-@patch
-def _calib(self: CompressionPipeline, corpus: Corpus, n_seq: int) -> list:
-    return [x for x, _ in list(train_batches(corpus.train, n_seq, self.batch_size, seed=123))[:self.calib_batches]]
 
 @patch
-def _fit_args(self: CompressionPipeline, corpus: Corpus, n_seq: int, steps: int, ckpt, progress, lr: float, seed: int) -> dict:
+def _calib(self: CompressionPipeline, corpus: Corpus, n_seq: int) -> list:
+    return [x for x, _ in list(train_batches(corpus.train, n_seq, self.batch_size, seed=123))[: self.calib_batches]]
+
+
+@patch
+def _fit_args(
+    self: CompressionPipeline, corpus: Corpus, n_seq: int, steps: int, ckpt, progress, lr: float, seed: int
+) -> dict:
     "train.fit arguments for `steps` steps of a stage, checkpointed to `ckpt`."
     epochs = 1 + steps // max(1, batches_per_epoch(len(corpus.train), n_seq, self.batch_size))
-    return dict(epochs=epochs, max_steps=steps, batch_size=self.batch_size, lr=lr, eval_split=None, progress=progress, seed=seed,
-                checkpoint=ckpt, checkpoint_every=self.checkpoint_every)
+    return dict(
+        epochs=epochs,
+        max_steps=steps,
+        batch_size=self.batch_size,
+        lr=lr,
+        eval_split=None,
+        progress=progress,
+        seed=seed,
+        checkpoint=ckpt,
+        checkpoint_every=self.checkpoint_every,
+    )
+
 
 @patch
 def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
     dev = model_device(model)
     torch.manual_seed(0)
-    student = self.make_student(model.cpu(), corpus).to(dev)  # built on the CPU (least squares, k-means), trained on the device
+    student = self.make_student(model.cpu(), corpus).to(
+        dev
+    )  # built on the CPU (least squares, k-means), trained on the device
     tr = DistillationTrainer(model.to(dev), student, corpus, **self.distill)
-    if steps is None: steps = self._budget_steps(tr, corpus)  # --minutes: as many steps as the time left allows
-    if steps: tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0))
-    if hasattr(tr.student.tok_emb, 'freeze_codes_'): tr.student.tok_emb.freeze_codes_()  # learned codes: the stage file stores the assignment
+    if steps is None:
+        steps = self._budget_steps(tr, corpus)  # --minutes: as many steps as the time left allows
+    if steps:
+        tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0))
+    if hasattr(tr.student.tok_emb, 'freeze_codes_'):
+        tr.student.tok_emb.freeze_codes_()  # learned codes: the stage file stores the assignment
     return tr.student
+
 
 @patch
 def _stage_prune(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
     model.eval()
-    with torch.no_grad(): stats = expert_stats(model, self._calib(corpus, model.cfg.n_seq))
+    with torch.no_grad():
+        stats = expert_stats(model, self._calib(corpus, model.cfg.n_seq))
     before = [m.num_experts for m in _moes(model)]
     prune_experts_(model, stats, keep=min(self.keep_experts, model.cfg.num_experts))
-    if steps and before != [m.num_experts for m in _moes(model)]: fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=1))
+    if steps and before != [m.num_experts for m in _moes(model)]:
+        fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=1))
     return model
+
 
 @patch
 def _stage_quantize(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
     quantize_(model, self.quant)
     model.eval()
     with calibrating(model), torch.no_grad():
-        for x in self._calib(corpus, model.cfg.n_seq): model(x.to(model_device(model)))
-    if steps: fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.qat_lr, seed=2))
+        for x in self._calib(corpus, model.cfg.n_seq):
+            model(x.to(model_device(model)))
+    if steps:
+        fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.qat_lr, seed=2))
     quantize_(model.eval(), self.quant, 'convert')
-    if self.table and self.table['bias_bits'] == 4: quantize_bias_(model, _counts(corpus))
+    if self.table and self.table['bias_bits'] == 4:
+        quantize_bias_(model, _counts(corpus))
     return model
 
 # %% ../nbs/06_pipeline.ipynb #bde957f3
-def _counts(corpus: Corpus) -> torch.Tensor: return torch.bincount(corpus.train, minlength=len(corpus.vocab)).float()
+def _counts(corpus: Corpus) -> torch.Tensor:
+    return torch.bincount(corpus.train, minlength=len(corpus.vocab)).float()
+
 
 def _head_rows(teacher: ResNetBKLM) -> torch.Tensor:
     "The teacher head's effective (V, d) weight: what a codebook table of the teacher's width is fitted to."
     with torch.no_grad(), torch.device(model_device(teacher)):
         return teacher.head(torch.eye(teacher.cfg.d_model)).T - teacher.head.bias[:, None]
 
+
 def _fits_teacher_rows(student: dict, st: ResNetBKLM, teacher: ResNetBKLM) -> bool:
-    "Whether the student's table is fitted to the teacher head's rows (same width, initialized from the teacher), not to its own."
+    """Whether the student's table is fitted to the teacher head's rows (same width, initialized from the teacher), not
+    to its own."""
     d_t = teacher.cfg.d_model
     return st.cfg.d_model == d_t and student.get('init', True) and (st.emb_up is None or st.cfg.embed_rank == d_t)
 
+
 @patch
 def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus) -> ResNetBKLM:
-    "The distill stage's student: make_student(teacher, **student), the most salient experts at the teacher's width, a codebook table with `table`."
+    """The distill stage's student: make_student(teacher, **student), the most salient experts at the teacher's width, a
+    codebook table with `table`."""
     s = dict(self.student)
     want, d_t = s.pop('num_experts', None) or teacher.cfg.num_experts, teacher.cfg.d_model
     same = (s.get('d_model') or d_t) == d_t
     st = make_student(teacher, num_experts=None if same and s.get('init', True) else want, **s)
     if same and s.get('init', True) and want < st.cfg.num_experts:
         st.eval()
-        with torch.no_grad(): stats = expert_stats(st, self._calib(corpus, teacher.cfg.n_seq))
+        with torch.no_grad():
+            stats = expert_stats(st, self._calib(corpus, teacher.cfg.n_seq))
         prune_experts_(st, stats, keep=want)
-    if self.table is None: return st
+    if self.table is None:
+        return st
     W = st.tok_emb.weight.detach()
     if _fits_teacher_rows(s, st, teacher):
         W = _head_rows(teacher)
         with torch.no_grad(), torch.device(W.device):
             if st.emb_up is not None:
                 E = teacher.embed(torch.arange(teacher.cfg.vocab_size)[None])[0]
-                st.emb_up.weight.copy_(torch.linalg.lstsq(W, E).solution.T)  # W @ A ~ E: head rows mapped to the input side
+                st.emb_up.weight.copy_(
+                    torch.linalg.lstsq(W, E).solution.T
+                )  # W @ A ~ E: head rows mapped to the input side
                 st.head.down.weight.copy_(torch.eye(d_t))
     t = self.table
-    st.tok_emb = CodebookTable.from_table(W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus))
-    if t['learn_codes']: st.tok_emb.learn_codes_()
+    st.tok_emb = CodebookTable.from_table(
+        W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus)
+    )
+    if t['learn_codes']:
+        st.tok_emb.learn_codes_()
     return st
 
 # %% ../nbs/06_pipeline.ipynb #f457b188
 class PipelineError(InputError):
     "A pipeline run that cannot start or resume as asked."
 
+
 def _measure(model, corpus, path) -> dict:
-    return dict(bytes=file_bytes(path), ppl=evaluate(model, corpus.test)['ppl'], params=num_params(model), file=Path(path).name)
+    return dict(
+        bytes=file_bytes(path), ppl=evaluate(model, corpus.test)['ppl'], params=num_params(model), file=Path(path).name
+    )
+
 
 @patch
 def canonical_teacher(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBKLM, object]:
-    "(a copy of the teacher, its vocabulary) in the canonical word order: frequency bands (cut at the table's n_dense), sorted inside each."
+    """(a copy of the teacher, its vocabulary) in the canonical word order: frequency bands (cut at the table's
+    n_dense), sorted inside each."""
     n, V = (self.table or {}).get('n_dense', 0), len(self.vocab)
     order = canonical_order(self.vocab, _counts(corpus), [n] if 0 < n < V else [])
     return permute_vocab_(copy.deepcopy(self.teacher).cpu(), order), permute_vocab(self.vocab, order)
 
+
 @patch
-def run_pipeline(self: CompressionPipeline, corpus: Corpus,
-                 qat_epochs: float = RUN_EPOCHS['qat_epochs'], pruning_epochs: float = RUN_EPOCHS['pruning_epochs'],
-                 distillation_epochs: float = RUN_EPOCHS['distillation_epochs'],
-                 save_dir: str | Path = 'compressed',  # where stage files, checkpoints, state.json, report.json and plots go
-                 resume: bool = False,  # continue a killed run in save_dir
-                 max_steps: int | None = None,  # cap on the training steps of every stage (quick runs)
-                 baseline: bool = False,  # also train the same-size scratch baseline (a measurement: not counted in the run's seconds)
-                 progress: bool = True,
-                 device: str | torch.device | None = None,  # where stages train and models are scored (None: the GPU if PyTorch sees one); files are the same
-                 minutes: float | None = None,  # a time budget: distillation trains for what is left of it after the other stages (measured)
-                 spent_seconds: float = 0.) -> dict:  # of the budget, spent before this call (rbk-compress: the teacher's training)
+def run_pipeline(
+    self: CompressionPipeline,
+    corpus: Corpus,
+    qat_epochs: float = RUN_EPOCHS['qat_epochs'],
+    pruning_epochs: float = RUN_EPOCHS['pruning_epochs'],
+    distillation_epochs: float = RUN_EPOCHS['distillation_epochs'],
+    save_dir: str | Path = 'compressed',  # where stage files, checkpoints, state.json, report.json and plots go
+    resume: bool = False,  # continue a killed run in save_dir
+    max_steps: int | None = None,  # cap on the training steps of every stage (quick runs)
+    # also train the same-size scratch baseline (a measurement: not counted in the run's seconds)
+    baseline: bool = False,
+    progress: bool = True,
+    device: str
+    | torch.device
+    | None = None,  # where stages train and models are scored (None: the GPU if PyTorch sees one); files are the same
+    minutes: float
+    | None = None,  # a time budget: distillation trains for what is left of it after the other stages (measured)
+    spent_seconds: float = 0.0,
+) -> dict:  # of the budget, spent before this call (rbk-compress: the teacher's training)
     "Run the stages on `corpus`; returns the report (also written to save_dir/report.json)."
     t_start = time.perf_counter()
     if len(corpus.vocab) != len(self.vocab) or corpus.vocab.itos != self.vocab.itos:
         raise PipelineError("the corpus vocabulary is not the model's: encode the corpus with the model's vocabulary")
     if minutes is not None and not (minutes > 0 and 'distill' in self.stages):
-        raise InputError(f"minutes={minutes!r}: a time budget needs minutes > 0 and the distill stage (it sizes distillation)")
+        raise InputError(
+            f"minutes={minutes!r}: a time budget needs minutes > 0 and the distill stage (it sizes distillation)"
+        )
     dev = on_device(device)
-    if self.auto and self.planned is None: self.use_plan(self.plan(corpus))  # before anything is written: a target no student reaches is refused here
-    out = Path(save_dir); state_path = out / 'state.json'
+    if self.auto and self.planned is None:
+        self.use_plan(self.plan(corpus))  # before anything is written: a target no student reaches is refused here
+    out = Path(save_dir)
+    state_path = out / 'state.json'
     epochs = dict(distill=None if minutes else distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
-    settings = dict(stages=list(self.stages), student=self.student, table=self.table, keep_experts=self.keep_experts, quant=self.quant.to_dict(),
-                    distill=self.distill, epochs=epochs, max_steps=max_steps, lr=self.lr, qat_lr=self.qat_lr, batch_size=self.batch_size, corpus=corpus.name,
-                    minutes=minutes)
+    settings = dict(
+        stages=list(self.stages),
+        student=self.student,
+        table=self.table,
+        keep_experts=self.keep_experts,
+        quant=self.quant.to_dict(),
+        distill=self.distill,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=self.lr,
+        qat_lr=self.qat_lr,
+        batch_size=self.batch_size,
+        corpus=corpus.name,
+        minutes=minutes,
+    )
     if state_path.is_file():
-        if not resume: raise PipelineError(f"'{out}' already holds a pipeline run: pass resume=True (--resume) to continue it, or choose another directory")
+        if not resume:
+            raise PipelineError(
+                f"'{out}' already holds a pipeline run: pass resume=True (--resume) to continue it, or choose another "
+                "directory"
+            )
         state = json.loads(state_path.read_text())
-        if state['settings'] != settings: raise PipelineError(f"the run in '{out}' used other settings; start a new run in another directory")
+        if state['settings'] != settings:
+            raise PipelineError(f"the run in '{out}' used other settings; start a new run in another directory")
     else:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         teacher, vocab = self.canonical_teacher(corpus)  # the word order every stage file stores (03a_tables)
         teacher_file = save_compressed(teacher, out / 'stage0_teacher.safetensors', vocab, dict(stage='teacher'))
         plain = save_model(self.teacher, out / '.teacher_plain.safetensors', self.vocab)
-        teacher = dict(name='teacher', **_measure(teacher.to(dev), corpus.with_vocab(vocab), teacher_file), seconds=time.perf_counter() - t0,
-                       peak_mb=_peak_mb(), plain_bytes=file_bytes(plain))
+        teacher = dict(
+            name='teacher',
+            **_measure(teacher.to(dev), corpus.with_vocab(vocab), teacher_file),
+            seconds=time.perf_counter() - t0,
+            peak_mb=_peak_mb(),
+            plain_bytes=file_bytes(plain),
+        )
         plain.unlink()
-        state = dict(settings=settings, teacher=teacher, stages=[],
-                     unigram_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)), teacher_bytes=self.teacher_bytes or teacher['plain_bytes'])
+        state = dict(
+            settings=settings,
+            teacher=teacher,
+            stages=[],
+            unigram_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)),
+            teacher_bytes=self.teacher_bytes or teacher['plain_bytes'],
+        )
     save_state = lambda: atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
-    if not state_path.is_file(): save_state()
-    if minutes and 'budget' not in state:  # the deadline, and what is kept for after distillation (3 scorings, calibration, files)
+    if not state_path.is_file():
+        save_state()
+    if (
+        minutes and 'budget' not in state
+    ):  # the deadline, and what is kept for after distillation (3 scorings, calibration, files)
         n_seq = self.teacher.cfg.n_seq
-        state['budget'] = dict(minutes=minutes, spent_before_s=spent_seconds, qat_steps=self._steps(corpus, n_seq, qat_epochs, max_steps),
-                               reserve_s=3 * state['teacher']['seconds'] + 30, started_s=time.perf_counter() - t_start, max_steps=max_steps)
+        state['budget'] = dict(
+            minutes=minutes,
+            spent_before_s=spent_seconds,
+            qat_steps=self._steps(corpus, n_seq, qat_epochs, max_steps),
+            reserve_s=3 * state['teacher']['seconds'] + 30,
+            started_s=time.perf_counter() - t_start,
+            max_steps=max_steps,
+        )
     self.budget = state.get('budget')
     if self.budget is not None:  # seconds from now: a resumed run keeps the steps its distill stage decided on
-        self._deadline = time.perf_counter() + minutes * 60 - self.budget['spent_before_s'] - self.budget['started_s'] - sum(
-            st['seconds'] for st in state['stages'])
+        self._deadline = (
+            time.perf_counter()
+            + minutes * 60
+            - self.budget['spent_before_s']
+            - self.budget['started_s']
+            - sum(st['seconds'] for st in state['stages'])
+        )
         self._save_state = save_state
     done = len(state['stages'])
     model, vocab, _ = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))
@@ -280,62 +465,114 @@ def run_pipeline(self: CompressionPipeline, corpus: Corpus,
     for i, name in enumerate(self.stages[done:], start=done + 1):
         t0 = time.perf_counter()
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
-        if steps is None and 'distill_steps' in (self.budget or {}): steps = self.budget['distill_steps']  # decided before a kill
+        if steps is None and 'distill_steps' in (self.budget or {}):
+            steps = self.budget['distill_steps']  # decided before a kill
         ckpt = out / f'stage{i}.ckpt'
         model = getattr(self, f'_stage_{name}')(model, corpus, steps, ckpt, progress)
-        if steps is None: steps = self.budget['distill_steps']
-        path = save_compressed(model, out / f'stage{i}_{name}.safetensors', vocab, dict(stage=name, history=[s['name'] for s in state['stages']] + [name]))
-        rec = dict(name=name, steps=steps, **_measure(model.eval(), corpus, path), seconds=time.perf_counter() - t0, peak_mb=_peak_mb())
+        if steps is None:
+            steps = self.budget['distill_steps']
+        path = save_compressed(
+            model,
+            out / f'stage{i}_{name}.safetensors',
+            vocab,
+            dict(stage=name, history=[s['name'] for s in state['stages']] + [name]),
+        )
+        rec = dict(
+            name=name,
+            steps=steps,
+            **_measure(model.eval(), corpus, path),
+            seconds=time.perf_counter() - t0,
+            peak_mb=_peak_mb(),
+        )
         state['stages'].append(rec)
         save_state()
-        if ckpt.exists(): ckpt.unlink()
-        if progress: print(f"stage {i} {name}: {rec['bytes']:,} bytes, test ppl {rec['ppl']:.2f}, {rec['seconds']:.0f} s", flush=True)
+        if ckpt.exists():
+            ckpt.unlink()
+        if progress:
+            print(
+                f"stage {i} {name}: {rec['bytes']:,} bytes, test ppl {rec['ppl']:.2f}, {rec['seconds']:.0f} s",
+                flush=True,
+            )
     if baseline and 'baseline' not in state:
         secs = sum(s['seconds'] for s in state['stages'] if s['name'] != 'quantize')
         q = next((s['steps'] for s in state['stages'] if s['name'] == 'quantize'), 0)
-        state['baseline'] = self.scratch_baseline(load_compressed(out / state['teacher']['file'])[0], corpus, secs, q, out, progress, dev)
+        state['baseline'] = self.scratch_baseline(
+            load_compressed(out / state['teacher']['file'])[0], corpus, secs, q, out, progress, dev
+        )
         save_state()
     return self.report(state, out)
 
 # %% ../nbs/06_pipeline.ipynb #b71ecc46
 @patch
-def _seconds_per_step(self: CompressionPipeline, model, corpus,
-                      objective=None,  # model -> the objective to train it with (None: fit's own)
-                      lr: float = 3e-3, steps: int = 3) -> float:
+def _seconds_per_step(
+    self: CompressionPipeline,
+    model,
+    corpus,
+    objective=None,  # model -> the objective to train it with (None: fit's own)
+    lr: float = 3e-3,
+    steps: int = 3,
+) -> float:
     "Wall seconds of one training step of a copy of `model` (after a warm-up step): what the time budget is sized with."
     m = copy.deepcopy(model)
     obj = None if objective is None else objective(m)
-    kw = dict(eval_split=None, progress=False, lr=lr, batch_size=self.batch_size, objective=obj, **({'offset': 0} if obj is not None else {}))
+    kw = dict(
+        eval_split=None,
+        progress=False,
+        lr=lr,
+        batch_size=self.batch_size,
+        objective=obj,
+        **({'offset': 0} if obj is not None else {}),
+    )
     fit(m, corpus, max_steps=1, **kw)
-    t0 = time.perf_counter(); fit(m, corpus, max_steps=steps, **kw)
+    t0 = time.perf_counter()
+    fit(m, corpus, max_steps=steps, **kw)
     return (time.perf_counter() - t0) / steps
+
 
 @patch
 def _budget_steps(self: CompressionPipeline, tr, corpus: Corpus) -> int:
-    "Distillation steps that fill the time left before the budget's deadline, after what the later stages will take (measured)."
+    """Distillation steps that fill the time left before the budget's deadline, after what the later stages will take
+    (measured)."""
     b, n_seq = self.budget, tr.student.cfg.n_seq
     o = tr.objective
-    same = lambda m: DistillationObjective(m, o.teacher, o.alpha, o.T, o.beta, o.features, o.layers, o.targets, o.aux_coef, o.chunk)
+    same = lambda m: DistillationObjective(
+        m, o.teacher, o.alpha, o.T, o.beta, o.features, o.layers, o.targets, o.aux_coef, o.chunk
+    )
     b['distill_step_s'] = self._seconds_per_step(tr.student, corpus, same, self.lr, steps=10)
     q = copy.deepcopy(tr.student).eval()
     if 'quantize' in self.stages:  # the QAT step, on a prepared and calibrated copy of the student
         quantize_(q, self.quant)
-        with calibrating(q), torch.no_grad(): q(self._calib(corpus, n_seq)[0].to(model_device(q)))
+        with calibrating(q), torch.no_grad():
+            q(self._calib(corpus, n_seq)[0].to(model_device(q)))
         b['qat_step_s'] = self._seconds_per_step(q.train(), corpus, None, self.qat_lr)
-    later = b['qat_steps'] * b.get('qat_step_s', 0.) + b['reserve_s']  # QAT, then scoring, calibration, conversion and files
-    # a long run's steps came out 13% slower than its 3-step probe on WikiText-2 (the run went 2.6 minutes over an hour): 10% margin
+    later = (
+        b['qat_steps'] * b.get('qat_step_s', 0.0) + b['reserve_s']
+    )  # QAT, then scoring, calibration, conversion and files
+    # a long run's steps came out 13% slower than its 3-step probe on WikiText-2 (the run went 2.6 minutes over an
+    # hour): 10% margin
     b['distill_steps'] = max(1, int((self._deadline - time.perf_counter() - later) / (1.1 * b['distill_step_s'])))
-    if b.get('max_steps'): b['distill_steps'] = min(b['distill_steps'], b['max_steps'])
+    if b.get('max_steps'):
+        b['distill_steps'] = min(b['distill_steps'], b['max_steps'])
     self._save_state()  # before training: a killed run resumes with the same schedule
     return b['distill_steps']
 
 # %% ../nbs/06_pipeline.ipynb #6b66abca
 @patch
-def scratch_baseline(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus, seconds: float, quantize_steps: int, out: Path, progress=False,
-                     device: str | torch.device = 'cpu') -> dict:
-    "Train the run's final architecture from scratch on hard targets for `seconds`, quantize it as the run did, save and measure it."
+def scratch_baseline(
+    self: CompressionPipeline,
+    teacher: ResNetBKLM,
+    corpus: Corpus,
+    seconds: float,
+    quantize_steps: int,
+    out: Path,
+    progress=False,
+    device: str | torch.device = 'cpu',
+) -> dict:
+    """Train the run's final architecture from scratch on hard targets for `seconds`, quantize it as the run did, save
+    and measure it."""
     t0 = time.perf_counter()
-    base = copy.copy(self); base.student = {**self.student, 'init': False}
+    base = copy.copy(self)
+    base.student = {**self.student, 'init': False}
     torch.manual_seed(0)
     probe = base.make_student(teacher.cpu(), corpus).to(device)
     n_seq = teacher.cfg.n_seq
@@ -347,33 +584,57 @@ def scratch_baseline(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Cor
     torch.manual_seed(0)
     model = base.make_student(teacher, corpus).to(device)
     fit(model, corpus, **{**base._fit_args(corpus, n_seq, steps, None, progress, self.lr, seed=3), 'checkpoint': None})
-    if 'quantize' in self.stages: model = base._stage_quantize(model, corpus, quantize_steps, None, progress)
+    if 'quantize' in self.stages:
+        model = base._stage_quantize(model, corpus, quantize_steps, None, progress)
     path = save_compressed(model, out / 'baseline.safetensors', corpus.vocab, dict(stage='baseline'))
-    return dict(name='scratch baseline', steps=steps, quantize_steps=quantize_steps, **_measure(model.eval(), corpus, path),
-                seconds=time.perf_counter() - t0, matched_seconds=seconds)
+    return dict(
+        name='scratch baseline',
+        steps=steps,
+        quantize_steps=quantize_steps,
+        **_measure(model.eval(), corpus, path),
+        seconds=time.perf_counter() - t0,
+        matched_seconds=seconds,
+    )
 
 # %% ../nbs/06_pipeline.ipynb #ec03e0c0
-_PARTS = (('vocab@', 'word list'), ('tok_emb.dense', 'table: rows of their own'), ('tok_emb.codebooks', 'table: codebooks'),
-          ('tok_emb.codes', 'table: codes'), ('tok_emb', 'table'), ('head.bias', 'head biases'), ('head', 'head'), ('emb_up', 'input map'),
-          ('blocks.', 'blocks'), ('pos_emb', 'position table'), ('ln_f', 'final norm'))
+_PARTS = (
+    ('vocab@', 'word list'),
+    ('tok_emb.dense', 'table: rows of their own'),
+    ('tok_emb.codebooks', 'table: codebooks'),
+    ('tok_emb.codes', 'table: codes'),
+    ('tok_emb', 'table'),
+    ('head.bias', 'head biases'),
+    ('head', 'head'),
+    ('emb_up', 'input map'),
+    ('blocks.', 'blocks'),
+    ('pos_emb', 'position table'),
+    ('ln_f', 'final norm'),
+)
 _DTYPE_BYTES = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8, 'I32': 4, 'I16': 2, 'U8': 1, 'I8': 1, 'BOOL': 1}
 
+
 def file_parts(path: str | Path) -> dict:
-    "Bytes of a model file by part of the model (tensors as stored), the header and tensor index as the rest, largest first."
+    """Bytes of a model file by part of the model (tensors as stored), the header and tensor index as the rest, largest
+    first."""
     parts, sizes = {}, {}
     with safe_open(str(path), 'pt') as f:
         for k in f.keys():
             sl = f.get_slice(k)
             sizes[k] = _DTYPE_BYTES[sl.get_dtype()] * math.prod(sl.get_shape())
         small = json.loads((f.metadata() or {}).get('small', '{}'))
-    for dt, entries in small.items():  # tensors packed together (save_model(pack_small=True)): each counted in its own part
+    for (
+        dt,
+        entries,
+    ) in small.items():  # tensors packed together (save_model(pack_small=True)): each counted in its own part
         del sizes[f'@small.{dt}']
-        for k, shape in entries: sizes[k] = torch.empty(0, dtype=getattr(torch, dt)).element_size() * math.prod(shape)
+        for k, shape in entries:
+            sizes[k] = torch.empty(0, dtype=getattr(torch, dt)).element_size() * math.prod(shape)
     for k, n in sizes.items():
         name = next((v for p, v in _PARTS if k.startswith(p)), k.split('.')[0])
         parts[name] = parts.get(name, 0) + n
     parts['header and tensor index'] = file_bytes(path) - sum(parts.values())
     return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
+
 
 def gain_kept(teacher_ppl: float, ppl: float, unigram_ppl: float) -> float:
     "Share of the teacher's gain over the unigram floor that a model keeps, in log-perplexity."
@@ -386,55 +647,113 @@ def report(self: CompressionPipeline, state: dict, out: Path) -> dict:
     t, last = state['teacher'], (state['stages'] or [state['teacher']])[-1]
     ratio, inc = state['teacher_bytes'] / last['bytes'], last['ppl'] / t['ppl'] - 1
     size_ok, ppl_ok = ratio >= self.target_compression, inc <= self.max_ppl_increase
-    rep = dict(teacher_bytes=state['teacher_bytes'], compressed_bytes=last['bytes'], compression_ratio=ratio,
-               teacher_ppl=t['ppl'], compressed_ppl=last['ppl'], ppl_increase=inc, unigram_ppl=state['unigram_ppl'],
-               target_compression=self.target_compression, max_ppl_increase=self.max_ppl_increase,
-               size_target_met=size_ok, ppl_target_met=ppl_ok, target_met=size_ok and ppl_ok,
-               verdict=[f"compression {ratio:.1f}x: target {self.target_compression:g}x {'met' if size_ok else 'NOT met'}",
-                        f"perplexity {t['ppl']:.2f} -> {last['ppl']:.2f} ({inc:+.1%}): limit +{self.max_ppl_increase:.0%} {'held' if ppl_ok else 'NOT held'}"],
-               seconds=sum(s['seconds'] for s in [t] + state['stages']), peak_mb=max(s['peak_mb'] for s in [t] + state['stages']),
-               compressed_file=str(out / last['file']), stages=state['stages'], teacher=t, settings=state['settings'],
-               gain_kept=gain_kept(t['ppl'], last['ppl'], state['unigram_ppl']), parts=file_parts(out / last['file']),
-               plan=None if self.planned is None else self.planned.to_dict())
+    rep = dict(
+        teacher_bytes=state['teacher_bytes'],
+        compressed_bytes=last['bytes'],
+        compression_ratio=ratio,
+        teacher_ppl=t['ppl'],
+        compressed_ppl=last['ppl'],
+        ppl_increase=inc,
+        unigram_ppl=state['unigram_ppl'],
+        target_compression=self.target_compression,
+        max_ppl_increase=self.max_ppl_increase,
+        size_target_met=size_ok,
+        ppl_target_met=ppl_ok,
+        target_met=size_ok and ppl_ok,
+        verdict=[
+            f"compression {ratio:.1f}x: target {self.target_compression:g}x {'met' if size_ok else 'NOT met'}",
+            f"perplexity {t['ppl']:.2f} -> {last['ppl']:.2f} ({inc:+.1%}): limit +{self.max_ppl_increase:.0%} "
+            f"{'held' if ppl_ok else 'NOT held'}",
+        ],
+        seconds=sum(s['seconds'] for s in [t] + state['stages']),
+        peak_mb=max(s['peak_mb'] for s in [t] + state['stages']),
+        compressed_file=str(out / last['file']),
+        stages=state['stages'],
+        teacher=t,
+        settings=state['settings'],
+        gain_kept=gain_kept(t['ppl'], last['ppl'], state['unigram_ppl']),
+        parts=file_parts(out / last['file']),
+        plan=None if self.planned is None else self.planned.to_dict(),
+    )
     if (b := state.get('budget')) is not None:  # how the time budget was spent
         used = b['spent_before_s'] + b['started_s'] + sum(s['seconds'] for s in state['stages'])
         rep['budget'] = dict(b, used_s=used, stage_seconds={s['name']: s['seconds'] for s in state['stages']})
-        rep['verdict'].append(f"time budget {b['minutes']:g} min: {used / 60:.1f} min used ({b['spent_before_s'] / 60:.1f} before the run, "
-                              f"distillation {b.get('distill_steps', 0):,} steps at {b.get('distill_step_s', 0):.2f} s)")
+        rep['verdict'].append(
+            f"time budget {b['minutes']:g} min: {used / 60:.1f} min used ({b['spent_before_s'] / 60:.1f} before the "
+            "run, "
+            f"distillation {b.get('distill_steps', 0):,} steps at {b.get('distill_step_s', 0):.2f} s)"
+        )
     if 'baseline' in state:
         b = state['baseline']
-        rep['baseline'] = dict(b, gain_kept=gain_kept(t['ppl'], b['ppl'], state['unigram_ppl']), beaten=last['ppl'] < b['ppl'])
-        rep['verdict'].append(f"same-size scratch baseline ({b['bytes']:,} bytes, {b['steps']} steps in {b['matched_seconds']:.0f} s): "
-                              f"test ppl {b['ppl']:.2f}, {'beaten' if last['ppl'] < b['ppl'] else 'NOT beaten'} by the compressed model")
+        rep['baseline'] = dict(
+            b, gain_kept=gain_kept(t['ppl'], b['ppl'], state['unigram_ppl']), beaten=last['ppl'] < b['ppl']
+        )
+        rep['verdict'].append(
+            f"same-size scratch baseline ({b['bytes']:,} bytes, {b['steps']} steps in {b['matched_seconds']:.0f} s): "
+            f"test ppl {b['ppl']:.2f}, {'beaten' if last['ppl'] < b['ppl'] else 'NOT beaten'} by the compressed model"
+        )
     atomic_write(out / 'report.json', lambda p: Path(p).write_text(json.dumps(rep, indent=1)))
     import matplotlib.pyplot as plt
-    for f in plot_report(rep, out): plt.close(f)  # saved, not shown: a notebook shows them with plot_report(rep)
+
+    for f in plot_report(rep, out):
+        plt.close(f)  # saved, not shown: a notebook shows them with plot_report(rep)
     return rep
 
 
 def plot_report(rep: dict, out: Path | None = None):
     "Bytes and perplexity per stage, and the perplexity-vs-bytes frontier of the run's models (saved as PNGs in `out`)."
     import matplotlib.pyplot as plt
+
     rows = [rep['teacher'] | dict(name='teacher', bytes=rep['teacher_bytes'])] + rep['stages']
     names = [r['name'] for r in rows]
     fig, axs = plt.subplots(1, 2, figsize=(10, 3.2))
-    axs[0].bar(names, [r['bytes'] / 1e6 for r in rows], color='C0'); axs[0].set_yscale('log'); axs[0].set_ylabel('file MB (log)')
-    axs[0].axhline(rep['teacher_bytes'] / rep['target_compression'] / 1e6, color='C3', ls='--', label=f"target {rep['target_compression']:g}x"); axs[0].legend(fontsize=8)
-    axs[1].bar(names, [r['ppl'] for r in rows], color='C1'); axs[1].set_ylabel('test perplexity')
-    axs[1].axhline(rep['teacher_ppl'] * (1 + rep['max_ppl_increase']), color='C3', ls='--', label=f"limit +{rep['max_ppl_increase']:.0%}")
-    axs[1].axhline(rep['unigram_ppl'], color='grey', ls=':', label='unigram'); axs[1].legend(fontsize=8)
-    for a, t in zip(axs, ('bytes after each stage', 'perplexity after each stage')): a.set_title(t)
+    axs[0].bar(names, [r['bytes'] / 1e6 for r in rows], color='C0')
+    axs[0].set_yscale('log')
+    axs[0].set_ylabel('file MB (log)')
+    axs[0].axhline(
+        rep['teacher_bytes'] / rep['target_compression'] / 1e6,
+        color='C3',
+        ls='--',
+        label=f"target {rep['target_compression']:g}x",
+    )
+    axs[0].legend(fontsize=8)
+    axs[1].bar(names, [r['ppl'] for r in rows], color='C1')
+    axs[1].set_ylabel('test perplexity')
+    axs[1].axhline(
+        rep['teacher_ppl'] * (1 + rep['max_ppl_increase']),
+        color='C3',
+        ls='--',
+        label=f"limit +{rep['max_ppl_increase']:.0%}",
+    )
+    axs[1].axhline(rep['unigram_ppl'], color='grey', ls=':', label='unigram')
+    axs[1].legend(fontsize=8)
+    for a, t in zip(axs, ('bytes after each stage', 'perplexity after each stage')):
+        a.set_title(t)
     fig.tight_layout()
-    if out: fig.savefig(Path(out) / 'report_stages.png', dpi=110)
+    if out:
+        fig.savefig(Path(out) / 'report_stages.png', dpi=110)
     fig2, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot([r['bytes'] for r in rows], [r['ppl'] for r in rows], 'o-', color='C0')
-    for r in rows: ax.annotate(r['name'], (r['bytes'], r['ppl']), textcoords='offset points', xytext=(4, 4), fontsize=8)
-    if 'baseline' in rep: ax.plot(rep['baseline']['bytes'], rep['baseline']['ppl'], 's', color='C3', label='scratch baseline (same bytes and time)')
+    for r in rows:
+        ax.annotate(r['name'], (r['bytes'], r['ppl']), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    if 'baseline' in rep:
+        ax.plot(
+            rep['baseline']['bytes'],
+            rep['baseline']['ppl'],
+            's',
+            color='C3',
+            label='scratch baseline (same bytes and time)',
+        )
     ax.axvline(rep['teacher_bytes'] / rep['target_compression'], color='C3', ls='--', lw=1, label='size target')
     ax.axhline(rep['teacher_ppl'] * (1 + rep['max_ppl_increase']), color='C3', ls=':', lw=1, label='perplexity limit')
-    ax.set_xscale('log'); ax.set_xlabel('file bytes (log)'); ax.set_ylabel('test perplexity'); ax.set_title('every model of the run'); ax.legend(fontsize=8)
+    ax.set_xscale('log')
+    ax.set_xlabel('file bytes (log)')
+    ax.set_ylabel('test perplexity')
+    ax.set_title('every model of the run')
+    ax.legend(fontsize=8)
     fig2.tight_layout()
-    if out: fig2.savefig(Path(out) / 'report_frontier.png', dpi=110)
+    if out:
+        fig2.savefig(Path(out) / 'report_frontier.png', dpi=110)
     return fig, fig2
 
 # %% ../nbs/06_pipeline.ipynb #fc98eb7b
@@ -446,40 +765,69 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
     want = s.pop('num_experts', None) or teacher.cfg.num_experts
     st = make_student(teacher, num_experts=want, init=False, **s) if 'distill' in self.stages else teacher
     g = torch.Generator(model_device(st)).manual_seed(0)  # seeded draws: the same plan every time
-    if self.table is not None:  # the codes the run will store: its k-means is seeded, and the codes stay fixed in training
+    if (
+        self.table is not None
+    ):  # the codes the run will store: its k-means is seeded, and the codes stay fixed in training
         t, fitted = self.table, _fits_teacher_rows(s, st, teacher)
-        W = _head_rows(teacher) if fitted else torch.randn(st.cfg.vocab_size, st.tok_emb.embedding_dim, generator=g, device=g.device)
-        st.tok_emb = CodebookTable.from_table(W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus.with_vocab(vocab)))
-    with torch.no_grad():  # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors)
-        for p in st.parameters(): p.normal_(0, 0.02, generator=g)
+        W = (
+            _head_rows(teacher)
+            if fitted
+            else torch.randn(st.cfg.vocab_size, st.tok_emb.embedding_dim, generator=g, device=g.device)
+        )
+        st.tok_emb = CodebookTable.from_table(
+            W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus.with_vocab(vocab))
+        )
+    with (
+        torch.no_grad()
+    ):  # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors)
+        for p in st.parameters():
+            p.normal_(0, 0.02, generator=g)
     if 'prune' in self.stages:
-        for m in _moes(st): prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes
+        for m in _moes(st):
+            prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes
     if 'quantize' in self.stages:
         quantize_(st, self.quant).eval()
-        with calibrating(st), torch.no_grad(): st(torch.zeros(1, st.cfg.n_seq, dtype=torch.long, device=model_device(st)))
+        with calibrating(st), torch.no_grad():
+            st(torch.zeros(1, st.cfg.n_seq, dtype=torch.long, device=model_device(st)))
         quantize_(st, self.quant, 'convert')
-        if self.table and self.table['bias_bits'] == 4: quantize_bias_(st, _counts(corpus.with_vocab(vocab)))
-        with torch.no_grad():  # integer weights and biases as uniform codes: what training makes them is not known yet, so they are
-            for name, b in st.named_buffers():  # predicted at their full width (coding.MIN_SAVING: trained INT4 weights are stored so)
+        if self.table and self.table['bias_bits'] == 4:
+            quantize_bias_(st, _counts(corpus.with_vocab(vocab)))
+        with (
+            torch.no_grad()
+        ):  # integer weights and biases as uniform codes: what training makes them is not known yet, so they are
+            for (
+                name,
+                b,
+            ) in (
+                st.named_buffers()
+            ):  # predicted at their full width (coding.MIN_SAVING: trained INT4 weights are stored so)
                 if name.endswith(('qdata', 'bias.codes')) and b.dtype in (torch.uint8, torch.int8):
                     b.random_(*((0, 256) if b.dtype == torch.uint8 else (-128, 128)), generator=g)
     return st.eval(), vocab
+
 
 @patch
 def predict_bytes(self: CompressionPipeline, corpus: Corpus) -> int:
     "Bytes of the compressed file the run will write, measured on a file of the final structure with untrained weights."
     import tempfile
+
     model, vocab = self.final_structure(corpus)
     with tempfile.TemporaryDirectory() as d:
         info = dict(stage=self.stages[-1], history=list(self.stages))
         return file_bytes(save_compressed(model, Path(d) / 'plan.safetensors', vocab, info))
 
 # %% ../nbs/06_pipeline.ipynb #d0994a03
-PLAN_DENSE = (250, 1250)  # the two dense-row counts the linear prediction is fitted on; the first is also the fewest a planned table gets
+PLAN_DENSE = (
+    250,
+    1250,
+)  # the two dense-row counts the linear prediction is fitted on; the first is also the fewest a planned table gets
+
 
 @dataclass(frozen=True)
 class Plan:
-    "What `plan` chose for a target: the student (`make_student` arguments), its codebook table, the experts kept, its file."
+    """What `plan` chose for a target: the student (`make_student` arguments), its codebook table, the experts kept, its
+    file."""
+
     student: dict
     table: dict | None
     keep_experts: int
@@ -489,8 +837,14 @@ class Plan:
 
     def to_dict(self) -> dict:
         "The plan as the report shows it (without the candidates tried)."
-        return dict(budget=self.budget, predicted_bytes=self.predicted_bytes, student=self.student, table=self.table,
-                    keep_experts=self.keep_experts)
+        return dict(
+            budget=self.budget,
+            predicted_bytes=self.predicted_bytes,
+            student=self.student,
+            table=self.table,
+            keep_experts=self.keep_experts,
+        )
+
 
 @patch
 def _try(self: CompressionPipeline, corpus, tried: list, student: dict, table: dict | None, keep: int) -> int:
@@ -501,85 +855,154 @@ def _try(self: CompressionPipeline, corpus, tried: list, student: dict, table: d
     tried.append(dict(student=student, table=cand.table, keep_experts=keep, bytes=b))
     return b
 
+
 @patch
 def use_plan(self: CompressionPipeline, plan: Plan):
     "Run `plan`: its student, table and kept experts replace the pipeline's."
     self.planned, self.student, self.table, self.keep_experts = plan, plan.student, plan.table, plan.keep_experts
 
+
 @patch
 def plan(self: CompressionPipeline, corpus: Corpus) -> Plan:
-    "Choose the student, its table and the kept experts for the target (the pipeline is not changed: `use_plan` runs it)."
+    """Choose the student, its table and the kept experts for the target (the pipeline is not changed: `use_plan` runs
+    it)."""
     budget = self.teacher_file_bytes() / self.target_compression
     tc, V, tried = self.teacher.cfg, self.teacher.cfg.vocab_size, []
+
     def done(b):  # the candidate just tried fits
         last = tried[-1]
         return Plan(last['student'], last['table'], last['keep_experts'], b, budget, tuple(tried))
+
     tied = dict(tie_embeddings=True)
-    K = 256 if V >= 8192 else 16  # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
+    K = (
+        256 if V >= 8192 else 16
+    )  # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
     for keep in sorted({tc.num_experts, 1}, reverse=True):  # a plain tied INT4 table, all experts, then one
-        if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= budget: return done(b)
-    for d in (tc.d_model, tc.d_model // 2, tc.d_model // 4):  # the teacher's width first (its blocks initialize the student's), then narrower
-        if d < 8: break
+        if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= budget:
+            return done(b)
+    for d in (
+        tc.d_model,
+        tc.d_model // 2,
+        tc.d_model // 4,
+    ):  # the teacher's width first (its blocks initialize the student's), then narrower
+        if d < 8:
+            break
         for L in range(tc.n_layers, 0, -1):  # as deep as the bytes allow, with as many rows of their own as fit
             st = dict(tied, n_layers=L, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
-            n0, n1 = min(PLAN_DENSE[0], V // 4), min(PLAN_DENSE[1], V // 2)  # (small vocabularies: a quarter and a half of the words)
+            n0, n1 = (
+                min(PLAN_DENSE[0], V // 4),
+                min(PLAN_DENSE[1], V // 2),
+            )  # (small vocabularies: a quarter and a half of the words)
             lo, hi = (self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1) for n in (n0, n1))
-            if lo > budget: continue
+            if lo > budget:
+                continue
             n = max(n0, min(V - 256, n0 + int((budget - lo) / max(1e-9, (hi - lo) / (n1 - n0)))) // 50 * 50)
-            while (b := self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1)) > budget and n > n0: n = max(n0, n - 50)
-            if b <= budget: return done(b)
+            while (b := self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1)) > budget and n > n0:
+                n = max(n0, n - 50)
+            if b <= budget:
+                return done(b)
         st = dict(tied, n_layers=1, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
-        if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= budget: return done(b)  # one block, codes for every word
+        if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= budget:
+            return done(b)  # one block, codes for every word
     best = min(tried, key=lambda t: t['bytes'])
-    raise PipelineError(f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes): the smallest the planner found is {best['bytes']:,} bytes "
-                        f"({self.teacher_file_bytes() / best['bytes']:.1f}x; {best['student']}, table {best['table']}): lower the target")
+    raise PipelineError(
+        f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes): the smallest the planner found is "
+        f"{best['bytes']:,} bytes "
+        f"({self.teacher_file_bytes() / best['bytes']:.1f}x; {best['student']}, table {best['table']}): lower the "
+        "target"
+    )
+
 
 @patch
 def teacher_file_bytes(self: CompressionPipeline) -> int:
     "Bytes of the teacher's file: as given, else those of the teacher written by save_model."
-    if self.teacher_bytes is not None: return self.teacher_bytes
+    if self.teacher_bytes is not None:
+        return self.teacher_bytes
     import tempfile
-    with tempfile.TemporaryDirectory() as d: return file_bytes(save_model(self.teacher, Path(d) / 't.safetensors', self.vocab))
+
+    with tempfile.TemporaryDirectory() as d:
+        return file_bytes(save_model(self.teacher, Path(d) / 't.safetensors', self.vocab))
 
 # %% ../nbs/06_pipeline.ipynb #22d29520
 def _compress_args(argv=None):
-    p = argparse.ArgumentParser(prog='rbk-compress', description='Compress a ResNet-BK model (distill, prune, quantize) and report measured bytes and perplexity.')
-    p.add_argument('--data', default='synthetic', help="'synthetic' (the embedded corpus) or a directory with train/valid/test files")
-    p.add_argument('--teacher', default=None, help='model file of the trained teacher (default: train one on --data first)')
-    p.add_argument('--out', default='rbk-compress-out', help='directory for stage files, checkpoints, report.json and plots')
-    p.add_argument('--target', type=float, default=100., help='compression ratio to reach (teacher bytes / compressed bytes)')
+    p = argparse.ArgumentParser(
+        prog='rbk-compress',
+        description='Compress a ResNet-BK model (distill, prune, quantize) and report measured bytes and perplexity.',
+    )
+    p.add_argument(
+        '--data',
+        default='synthetic',
+        help="'synthetic' (the embedded corpus) or a directory with train/valid/test files",
+    )
+    p.add_argument(
+        '--teacher', default=None, help='model file of the trained teacher (default: train one on --data first)'
+    )
+    p.add_argument(
+        '--out', default='rbk-compress-out', help='directory for stage files, checkpoints, report.json and plots'
+    )
+    p.add_argument(
+        '--target', type=float, default=100.0, help='compression ratio to reach (teacher bytes / compressed bytes)'
+    )
     p.add_argument('--max-ppl-increase', type=float, default=0.15, help='allowed relative increase of test perplexity')
     p.add_argument('--stages', default=','.join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
     p.add_argument('--resume', action='store_true', help='continue a killed run in --out')
-    p.add_argument('--device', default=None, help="where to train and score: 'cpu', 'cuda', 'cuda:1' (default: the GPU if PyTorch sees one)")
-    for k, v in RUN_EPOCHS.items(): p.add_argument(f"--{k.replace('_', '-')}", type=float, default=v, help='default: %(default)s')
-    p.add_argument('--minutes', type=float, default=None, help='a time budget for the whole job, teacher training included: '
-                   'distillation gets what the other stages leave (measured); --distillation-epochs is then ignored')
+    p.add_argument(
+        '--device',
+        default=None,
+        help="where to train and score: 'cpu', 'cuda', 'cuda:1' (default: the GPU if PyTorch sees one)",
+    )
+    for k, v in RUN_EPOCHS.items():
+        p.add_argument(f"--{k.replace('_', '-')}", type=float, default=v, help='default: %(default)s')
+    p.add_argument(
+        '--minutes',
+        type=float,
+        default=None,
+        help='a time budget for the whole job, teacher training included: '
+        'distillation gets what the other stages leave (measured); --distillation-epochs is then ignored',
+    )
     p.add_argument('--max-steps', type=int, default=None, help='cap on the training steps of every stage')
-    p.add_argument('--teacher-epochs', type=int, default=None, help=f'epochs of the teacher trained when --teacher is not given (default: {TEACHER_EPOCHS})')
-    g = p.add_argument_group('student', "default: planned for --target (the teacher's width and depth with a codebook table, as the bytes allow); "
-                             "any of these fixes the student instead")
+    p.add_argument(
+        '--teacher-epochs',
+        type=int,
+        default=None,
+        help=f'epochs of the teacher trained when --teacher is not given (default: {TEACHER_EPOCHS})',
+    )
+    g = p.add_argument_group(
+        'student',
+        "default: planned for --target (the teacher's width and depth with a codebook table, as the bytes allow); "
+        "any of these fixes the student instead",
+    )
     g.add_argument('--student-d-model', type=int, default=None, help="width (default: the teacher's)")
     g.add_argument('--student-layers', type=int, default=None, help="blocks (default: the teacher's)")
-    g.add_argument('--student-experts', type=int, default=None, help='experts per block (default: 1 with a table, else 2)')
+    g.add_argument(
+        '--student-experts', type=int, default=None, help='experts per block (default: 1 with a table, else 2)'
+    )
     g.add_argument('--embed-rank', type=int, default=None, help='factorize the table through this rank')
-    g.add_argument('--n-dense', type=int, default=None, help='a codebook table with rows of their own for this many words (1 code of 256 for the rest)')
+    g.add_argument(
+        '--n-dense',
+        type=int,
+        default=None,
+        help='a codebook table with rows of their own for this many words (1 code of 256 for the rest)',
+    )
     g.add_argument('--keep-experts', type=int, default=1, help='experts per block after the prune stage')
     p.add_argument('--no-progress', action='store_true')
     return p.parse_args(argv)
+
 
 def compress_main(argv=None) -> dict:
     "Body of `rbk-compress`; returns the report."
     a = _compress_args(argv)
     syn, dev = a.data == 'synthetic', on_device(a.device)
-    if a.teacher is not None and not Path(a.teacher).is_file(): raise FileNotFoundError(f"--teacher {a.teacher}: no such file")
+    if a.teacher is not None and not Path(a.teacher).is_file():
+        raise FileNotFoundError(f"--teacher {a.teacher}: no such file")
     t_job = time.perf_counter()
     for k in ('target', 'max_ppl_increase', 'distillation_epochs', 'pruning_epochs', 'qat_epochs', 'minutes'):
         v = getattr(a, k)
         if v is not None and (v < 0 or (k in ('target', 'minutes') and v == 0)):
             raise InputError(f"--{k.replace('_', '-')} must be positive, got {v}")
     stages = tuple(s for s in a.stages.split(',') if s)
-    if bad := [s for s in stages if s not in STAGES]: raise InputError(f"--stages: unknown stages {bad}: choose from {','.join(STAGES)}")
+    if bad := [s for s in stages if s not in STAGES]:
+        raise InputError(f"--stages: unknown stages {bad}: choose from {','.join(STAGES)}")
     corpus = synthetic_corpus() if syn else load_corpus(a.data)
     out = Path(a.out)
     if a.teacher is not None:
@@ -587,48 +1010,125 @@ def compress_main(argv=None) -> dict:
         teacher_file = Path(a.teacher)
     else:  # train the reference configuration (synthetic: a smaller one) and keep it with the run
         teacher_file = out / 'teacher.safetensors'
-        if teacher_file.is_file() and a.resume: teacher, vocab, _ = load_model(teacher_file)
+        if teacher_file.is_file() and a.resume:
+            teacher, vocab, _ = load_model(teacher_file)
         else:
-            if (out / 'state.json').is_file() and not a.resume: raise PipelineError(f"'{out}' already holds a pipeline run: pass --resume or choose another --out")
+            if (out / 'state.json').is_file() and not a.resume:
+                raise PipelineError(f"'{out}' already holds a pipeline run: pass --resume or choose another --out")
             vocab = corpus.vocab
             cfg = ResNetBKConfig(vocab_size=len(vocab), **(dict(d_model=64, n_layers=4, n_seq=64) if syn else {}))
-            torch.manual_seed(0); teacher = new_model(cfg, dev)
-            fit(teacher, corpus, epochs=a.teacher_epochs or TEACHER_EPOCHS, lr=5e-3 if syn else 3e-3, eval_split=None, progress=not a.no_progress)
+            torch.manual_seed(0)
+            teacher = new_model(cfg, dev)
+            fit(
+                teacher,
+                corpus,
+                epochs=a.teacher_epochs or TEACHER_EPOCHS,
+                lr=5e-3 if syn else 3e-3,
+                eval_split=None,
+                progress=not a.no_progress,
+            )
             save_model(teacher, teacher_file, vocab, dict(data=a.data))
     corpus = corpus.with_vocab(vocab)
-    fixed = any(v is not None for v in (a.student_d_model, a.student_layers, a.student_experts, a.embed_rank, a.n_dense))
-    student = dict(d_model=a.student_d_model, n_layers=a.student_layers, num_experts=a.student_experts or (1 if a.n_dense is not None else 2),
-                   tie_embeddings=True, embed_rank=a.embed_rank) if fixed else None
-    pipe = CompressionPipeline(teacher, vocab, a.target, a.max_ppl_increase, stages, student=student,
-                               table=None if a.n_dense is None else dict(n_dense=a.n_dense), keep_experts=a.keep_experts,
-                               teacher_bytes=file_bytes(teacher_file))
+    fixed = any(
+        v is not None for v in (a.student_d_model, a.student_layers, a.student_experts, a.embed_rank, a.n_dense)
+    )
+    student = (
+        dict(
+            d_model=a.student_d_model,
+            n_layers=a.student_layers,
+            num_experts=a.student_experts or (1 if a.n_dense is not None else 2),
+            tie_embeddings=True,
+            embed_rank=a.embed_rank,
+        )
+        if fixed
+        else None
+    )
+    pipe = CompressionPipeline(
+        teacher,
+        vocab,
+        a.target,
+        a.max_ppl_increase,
+        stages,
+        student=student,
+        table=None if a.n_dense is None else dict(n_dense=a.n_dense),
+        keep_experts=a.keep_experts,
+        teacher_bytes=file_bytes(teacher_file),
+    )
     epochs = {k: getattr(a, k) for k in RUN_EPOCHS}
-    spent = time.perf_counter() - t_job if a.teacher is None and not a.resume else 0.  # a teacher trained here counts in --minutes
-    return pipe.run_pipeline(corpus, save_dir=out, resume=a.resume, max_steps=a.max_steps, progress=not a.no_progress, device=dev,
-                             minutes=a.minutes, spent_seconds=spent, **epochs)
+    spent = (
+        time.perf_counter() - t_job if a.teacher is None and not a.resume else 0.0
+    )  # a teacher trained here counts in --minutes
+    return pipe.run_pipeline(
+        corpus,
+        save_dir=out,
+        resume=a.resume,
+        max_steps=a.max_steps,
+        progress=not a.no_progress,
+        device=dev,
+        minutes=a.minutes,
+        spent_seconds=spent,
+        **epochs,
+    )
+
 
 def rbk_compress(argv=None):
     "Console script: `rbk-compress [--data DIR] [--teacher FILE] [--out DIR] [--target X] [--stages ...] [--resume]`."
     rep = _cli(compress_main, argv, 'rbk-compress')
-    print(json.dumps({k: rep[k] for k in ('teacher_bytes', 'compressed_bytes', 'compression_ratio', 'teacher_ppl', 'compressed_ppl',
-                                          'ppl_increase', 'unigram_ppl', 'target_met', 'seconds', 'peak_mb', 'compressed_file')}, indent=1))
-    for line in rep['verdict']: print(line)
+    print(
+        json.dumps(
+            {
+                k: rep[k]
+                for k in (
+                    'teacher_bytes',
+                    'compressed_bytes',
+                    'compression_ratio',
+                    'teacher_ppl',
+                    'compressed_ppl',
+                    'ppl_increase',
+                    'unigram_ppl',
+                    'target_met',
+                    'seconds',
+                    'peak_mb',
+                    'compressed_file',
+                )
+            },
+            indent=1,
+        )
+    )
+    for line in rep['verdict']:
+        print(line)
 
 # %% ../nbs/06_pipeline.ipynb #7a9dcb92
 def pipeline_check(device: str | torch.device = 'cuda', seed: int = 0, steps: int = 5) -> dict:
-    "A short pipeline run on `device` (teacher included); its file, loaded on the CPU, must score what the run reported and compute the logits it computes on the device."
+    """A short pipeline run on `device` (teacher included); its file, loaded on the CPU, must score what the run
+    reported and compute the logits it computes on the device."""
     import tempfile
+
     dev, syn = on_device(device), synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
     torch.manual_seed(seed)
     teacher = new_model(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32), dev)
     fit(teacher, syn, max_steps=4 * steps, batch_size=16, lr=5e-3, eval_split=None, progress=False)
-    pipe = CompressionPipeline(teacher.eval(), syn.vocab, target_compression=2, student=dict(n_layers=1, num_experts=2, tie_embeddings=True),
-                               table=dict(n_dense=100, codebook_size=16), batch_size=16, calib_batches=2)
+    pipe = CompressionPipeline(
+        teacher.eval(),
+        syn.vocab,
+        target_compression=2,
+        student=dict(n_layers=1, num_experts=2, tie_embeddings=True),
+        table=dict(n_dense=100, codebook_size=16),
+        batch_size=16,
+        calib_batches=2,
+    )
     with tempfile.TemporaryDirectory() as d:
         rep = pipe.run_pipeline(syn, max_steps=steps, save_dir=Path(d) / 'run', progress=False, device=dev)
         model, vocab, _ = load_compressed(rep['compressed_file'])  # on the CPU
-        x = syn.with_vocab(vocab).test[:2 * 32].reshape(2, 32)
-        with torch.no_grad(): cpu, on = model(x), copy.deepcopy(model).to(dev)(x.to(dev)).cpu()
+        x = syn.with_vocab(vocab).test[: 2 * 32].reshape(2, 32)
+        with torch.no_grad():
+            cpu, on = model(x), copy.deepcopy(model).to(dev)(x.to(dev)).cpu()
         ppl = evaluate(model, syn.with_vocab(vocab).test)['ppl']
-    figs = within({'positions moved': (moved_share(on, cpu), 0.01), 'ppl, file on the CPU vs the run': (abs(ppl - rep['compressed_ppl']) / ppl, 1e-3)}, dev)
+    figs = within(
+        {
+            'positions moved': (moved_share(on, cpu), 0.01),
+            'ppl, file on the CPU vs the run': (abs(ppl - rep['compressed_ppl']) / ppl, 1e-3),
+        },
+        dev,
+    )
     return {**figs, 'stages': [s['name'] for s in rep['stages']], 'seconds': rep['seconds']}

@@ -1,4 +1,4 @@
-"""Expert usage and saliency, experts removed physically (modules, router rows, bytes), progressive expert pruning with retraining, magnitude pruning whose masks hold through later training, and sparse storage whose bytes shrink.
+"""Expert usage and saliency, experts removed physically, progressive and magnitude pruning, sparse storage.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/pruning.html.md"""
 
@@ -27,47 +27,71 @@ __all__ = ['RANKINGS', 'ExpertStats', 'expert_stats', 'plot_expert_stats', 'prun
 @dataclass
 class ExpertStats:
     "Usage and saliency of the experts of one MoE layer over calibration batches."
+
     tokens: torch.Tensor  # tokens routed to each expert (E,)
     gate_mass: torch.Tensor  # each expert's gate probability summed over all tokens (E,)
     saliency_sum: torch.Tensor  # sum over each expert's tokens of gate weight x ||expert output|| (E,)
     total: int  # tokens seen
 
     @property
-    def usage(self) -> torch.Tensor: return self.tokens.double() / max(1, self.total)  # share of tokens routed to each expert
+    def usage(self) -> torch.Tensor:
+        return self.tokens.double() / max(1, self.total)  # share of tokens routed to each expert
+
     @property
-    def gate_share(self) -> torch.Tensor: return self.gate_mass.double() / max(1, self.total)
+    def gate_share(self) -> torch.Tensor:
+        return self.gate_mass.double() / max(1, self.total)
+
     @property
-    def saliency(self) -> torch.Tensor: return self.saliency_sum.double() / self.tokens.clamp(min=1)  # REAP
+    def saliency(self) -> torch.Tensor:
+        return self.saliency_sum.double() / self.tokens.clamp(min=1)  # REAP
+
 
 def _moes(model: nn.Module) -> list[MoE]:
     moes = [m for m in model.modules() if isinstance(m, MoE)]
-    if not moes: raise ValueError("the model has no MoE layer to prune")
+    if not moes:
+        raise ValueError("the model has no MoE layer to prune")
     return moes
 
+
 def expert_stats(model: nn.Module, batches) -> list[ExpertStats]:
-    "Per-layer expert statistics over token batches (model in eval mode; hooks removed afterwards; batches go to the model's device)."
+    """Per-layer expert statistics over token batches (model in eval mode; hooks removed afterwards; batches go to the
+    model's device)."""
     moes, dev = _moes(model), model_device(model)
     cpu = dict(device='cpu')  # the statistics are summed on the CPU, wherever the model runs
-    acc = [dict(tokens=torch.zeros(m.num_experts, dtype=torch.long, **cpu), gate=torch.zeros(m.num_experts, dtype=torch.float64, **cpu),
-                sal=torch.zeros(m.num_experts, dtype=torch.float64, **cpu), total=0) for m in moes]
+    acc = [
+        dict(
+            tokens=torch.zeros(m.num_experts, dtype=torch.long, **cpu),
+            gate=torch.zeros(m.num_experts, dtype=torch.float64, **cpu),
+            sal=torch.zeros(m.num_experts, dtype=torch.float64, **cpu),
+            total=0,
+        )
+        for m in moes
+    ]
+
     def hook(i):
         def f(m, inp, out):
             xf = inp[0].detach().reshape(-1, inp[0].shape[-1])
             probs, idx, w = m.route(xf)
-            a = acc[i]; a['total'] += xf.shape[0]; a['gate'] += probs.sum(0).double().cpu()
+            a = acc[i]
+            a['total'] += xf.shape[0]
+            a['gate'] += probs.sum(0).double().cpu()
             for e in range(m.num_experts):
                 tok, slot = (idx == e).nonzero(as_tuple=True)
                 if tok.numel():
                     a['tokens'][e] += tok.numel()
                     a['sal'][e] += (w[tok, slot] * m.expert(e, xf[tok]).norm(dim=-1)).sum().double().cpu()
+
         return f
+
     hooks, was = [m.register_forward_hook(hook(i)) for i, m in enumerate(moes)], model.training
     try:
         model.eval()
         with torch.no_grad():
-            for x in batches: model(x.to(dev))
+            for x in batches:
+                model(x.to(dev))
     finally:
-        for h in hooks: h.remove()
+        for h in hooks:
+            h.remove()
         model.train(was)
     return [ExpertStats(a['tokens'], a['gate'], a['sal'], a['total']) for a in acc]
 
@@ -75,12 +99,18 @@ def expert_stats(model: nn.Module, batches) -> list[ExpertStats]:
 def plot_expert_stats(stats: list[ExpertStats], axs=None):
     "Bar plot per layer: each expert's usage share and its saliency (relative to the layer's most salient expert)."
     import matplotlib.pyplot as plt
-    if axs is None: _, axs = plt.subplots(1, len(stats), figsize=(3.2 * len(stats), 2.8), squeeze=False); axs = axs[0]
+
+    if axs is None:
+        _, axs = plt.subplots(1, len(stats), figsize=(3.2 * len(stats), 2.8), squeeze=False)
+        axs = axs[0]
     for i, (s, ax) in enumerate(zip(stats, axs)):
         e = torch.arange(len(s.tokens))
         ax.bar(e - 0.2, s.usage.numpy(), 0.4, label='usage (share of tokens)')
         ax.bar(e + 0.2, (s.saliency / s.saliency.max().clamp(min=1e-12)).numpy(), 0.4, label='saliency / max')
-        ax.axhline(0.05, color='k', lw=0.8, ls='--'); ax.set_title(f'layer {i}'); ax.set_xlabel('expert'); ax.set_xticks(e.tolist())
+        ax.axhline(0.05, color='k', lw=0.8, ls='--')
+        ax.set_title(f'layer {i}')
+        ax.set_xlabel('expert')
+        ax.set_xticks(e.tolist())
     axs[0].legend(fontsize=7)
     return axs
 
@@ -89,23 +119,32 @@ def _rows(layer: nn.Module, idx: torch.Tensor):
     "Keep only the output rows idx of a Linear-like router (float, QAT or INT8)."
     if isinstance(layer, Int8Linear):
         layer.qdata, layer.scale = layer.qdata[idx].clone(), layer.scale[idx].clone()
-        if layer.bias is not None: layer.bias = layer.bias[idx].clone()
+        if layer.bias is not None:
+            layer.bias = layer.bias[idx].clone()
     else:
         layer.weight = nn.Parameter(layer.weight.detach()[idx].clone())
-        if layer.bias is not None: layer.bias = nn.Parameter(layer.bias.detach()[idx].clone())
+        if layer.bias is not None:
+            layer.bias = nn.Parameter(layer.bias.detach()[idx].clone())
     layer.out_features = len(idx)
+
 
 def prune_moe_(moe: MoE, keep: list[int]) -> MoE:
     "Keep only experts `keep` (indices into the layer's current experts) of one MoE layer, in place."
     keep = sorted(set(int(e) for e in keep))
     if len(keep) < moe.top_k:
-        raise ValueError(f"cannot keep {len(keep)} experts in a layer with top_k={moe.top_k}: every token needs top_k experts; keep at least {moe.top_k}")
-    if keep[0] < 0 or keep[-1] >= moe.num_experts: raise ValueError(f"expert indices {keep} out of range for {moe.num_experts} experts")
+        raise ValueError(
+            f"cannot keep {len(keep)} experts in a layer with top_k={moe.top_k}: every token needs top_k experts; keep "
+            f"at least {moe.top_k}"
+        )
+    if keep[0] < 0 or keep[-1] >= moe.num_experts:
+        raise ValueError(f"expert indices {keep} out of range for {moe.num_experts} experts")
     idx = torch.tensor(keep, device=moe.token_counts.device)  # where the layer lives
     if isinstance(moe, QuantizedMoELayer):
         for name, buf in list(moe.named_buffers(recurse=False)):
-            if name.startswith(('w1_', 'w2_')): setattr(moe, name, buf[idx].clone())
-    else: moe.experts = nn.ModuleList(moe.experts[e] for e in keep)
+            if name.startswith(('w1_', 'w2_')):
+                setattr(moe, name, buf[idx].clone())
+    else:
+        moe.experts = nn.ModuleList(moe.experts[e] for e in keep)
     _rows(moe.gate, idx)
     moe.kept = [getattr(moe, 'kept', list(range(moe.num_experts)))[e] for e in keep]
     moe.num_experts = len(keep)
@@ -115,20 +154,31 @@ def prune_moe_(moe: MoE, keep: list[int]) -> MoE:
 # %% ../nbs/04_pruning.ipynb #a56c1d33
 RANKINGS = ('usage', 'saliency')
 
-def prune_experts_(model: nn.Module, stats: list[ExpertStats],  # from expert_stats on calibration batches
-                   threshold: float = 0.05,  # experts routed fewer than this share of tokens are removed...
-                   keep: int | list[int] | None = None,  # ...unless the number to keep per layer is given
-                   ranking: str = 'saliency',  # which experts go first: the least 'usage' or the least 'saliency'
-                   ) -> list[list[int]]:
+
+def prune_experts_(
+    model: nn.Module,
+    stats: list[ExpertStats],  # from expert_stats on calibration batches
+    threshold: float = 0.05,  # experts routed fewer than this share of tokens are removed...
+    keep: int | list[int] | None = None,  # ...unless the number to keep per layer is given
+    ranking: str = 'saliency',  # which experts go first: the least 'usage' or the least 'saliency'
+) -> list[list[int]]:
     "Remove the least useful experts of every MoE layer physically; returns the original indices kept per layer."
-    if ranking not in RANKINGS: raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
     moes = _moes(model)
-    if len(stats) != len(moes): raise ValueError(f"{len(stats)} ExpertStats for {len(moes)} MoE layers: collect them on this model")
+    if len(stats) != len(moes):
+        raise ValueError(f"{len(stats)} ExpertStats for {len(moes)} MoE layers: collect them on this model")
     keeps = keep if isinstance(keep, (list, tuple)) else [keep] * len(moes)
     for i, (moe, s, k) in enumerate(zip(moes, stats, keeps)):
-        if len(s.tokens) != moe.num_experts: raise ValueError(f"layer {i} has {moe.num_experts} experts but its stats have {len(s.tokens)}: collect them again")
+        if len(s.tokens) != moe.num_experts:
+            raise ValueError(
+                f"layer {i} has {moe.num_experts} experts but its stats have {len(s.tokens)}: collect them again"
+            )
         n = int((s.usage >= threshold).sum()) if k is None else k
-        if n < moe.top_k: raise ValueError(f"layer {i}: keeping {n} experts is fewer than top_k={moe.top_k}; lower the threshold or keep more")
+        if n < moe.top_k:
+            raise ValueError(
+                f"layer {i}: keeping {n} experts is fewer than top_k={moe.top_k}; lower the threshold or keep more"
+            )
         score = s.usage if ranking == 'usage' else s.saliency
         prune_moe_(moe, score.topk(min(n, moe.num_experts)).indices.tolist())
     return [m.kept for m in moes]
@@ -137,52 +187,98 @@ def prune_experts_(model: nn.Module, stats: list[ExpertStats],  # from expert_st
 def _describe_pruned(model: nn.Module) -> dict | None:
     "The kept experts of each MoE layer (indices into the unpruned layer), or None when no layer was pruned."
     moes = [m for m in model.modules() if isinstance(m, MoE)]
-    if not any(hasattr(m, 'kept') or m.num_experts != model.cfg.num_experts for m in moes): return None
+    if not any(hasattr(m, 'kept') or m.num_experts != model.cfg.num_experts for m in moes):
+        return None
     return {'kept': [getattr(m, 'kept', list(range(m.num_experts))) for m in moes]}
+
 
 def _rebuild_pruned(model: nn.Module, spec: dict):
     kept, moes = spec['kept'], _moes(model)
-    if len(kept) != len(moes): raise ValueError(f"it lists {len(kept)} MoE layers, the config builds {len(moes)}")
+    if len(kept) != len(moes):
+        raise ValueError(f"it lists {len(kept)} MoE layers, the config builds {len(moes)}")
     for m, k in zip(moes, kept):
-        prune_moe_(m, range(len(k))); m.kept = list(k)
+        prune_moe_(m, range(len(k)))
+        m.kept = list(k)
+
 
 register_structure('pruned', _describe_pruned, _rebuild_pruned, order=30)
 
 # %% ../nbs/04_pruning.ipynb #0835cff0
 class ProgressivePruningScheduler:
     "Prune every MoE layer from its current number of experts to `target` over `stages`, retraining between stages."
-    def __init__(self, model: ResNetBKLM, corpus, target: int,  # experts left per layer at the end
-                 stages: int | None = None,  # pruning rounds (default: one expert per layer per round)
-                 steps_per_stage: int = 100,  # training steps after each round
-                 ranking: str = 'saliency', calib_batches: int = 8, eval_split: str = 'valid', **fit_kwargs):
+
+    def __init__(
+        self,
+        model: ResNetBKLM,
+        corpus,
+        target: int,  # experts left per layer at the end
+        stages: int | None = None,  # pruning rounds (default: one expert per layer per round)
+        steps_per_stage: int = 100,  # training steps after each round
+        ranking: str = 'saliency',
+        calib_batches: int = 8,
+        eval_split: str = 'valid',
+        **fit_kwargs,
+    ):
         moes = _moes(model)
         start = max(m.num_experts for m in moes)
-        if target < max(m.top_k for m in moes): raise ValueError(f"target={target} is below top_k={max(m.top_k for m in moes)}")
-        if target > start: raise ValueError(f"target={target} is more than the {start} experts the layers have")
+        if target < max(m.top_k for m in moes):
+            raise ValueError(f"target={target} is below top_k={max(m.top_k for m in moes)}")
+        if target > start:
+            raise ValueError(f"target={target} is more than the {start} experts the layers have")
         self.model, self.corpus, self.target, self.ranking = model, corpus, target, ranking
         self.stages = stages or max(1, start - target)
-        self.steps, self.calib_batches, self.eval_split, self.fit_kwargs = steps_per_stage, calib_batches, eval_split, fit_kwargs
+        self.steps, self.calib_batches, self.eval_split, self.fit_kwargs = (
+            steps_per_stage,
+            calib_batches,
+            eval_split,
+            fit_kwargs,
+        )
         self.counts = [round(start - (start - target) * (i + 1) / self.stages) for i in range(self.stages)]
         self.history = []
 
-    def _ppl(self): return evaluate(self.model, self.corpus.split(self.eval_split))['ppl']
+    def _ppl(self):
+        return evaluate(self.model, self.corpus.split(self.eval_split))['ppl']
 
     def run(self, progress: bool = False) -> list[dict]:
         "Run every stage; returns the history (one record per stage and layer)."
         for stage, n in enumerate(self.counts):
-            batches = [x for x, _ in list(train_batches(self.corpus.train, self.model.cfg.n_seq, 16, seed=100 + stage))[:self.calib_batches]]
+            batches = [
+                x
+                for x, _ in list(train_batches(self.corpus.train, self.model.cfg.n_seq, 16, seed=100 + stage))[
+                    : self.calib_batches
+                ]
+            ]
             stats, before = expert_stats(self.model, batches), self._ppl()
             old = [list(m.kept) if hasattr(m, 'kept') else list(range(m.num_experts)) for m in _moes(self.model)]
             kept = prune_experts_(self.model, stats, keep=n, ranking=self.ranking)
             after_prune = self._ppl()
             if self.steps:
-                fit(self.model, self.corpus, epochs=1, max_steps=self.steps, eval_split=None, progress=progress, seed=stage, **self.fit_kwargs)
+                fit(
+                    self.model,
+                    self.corpus,
+                    epochs=1,
+                    max_steps=self.steps,
+                    eval_split=None,
+                    progress=progress,
+                    seed=stage,
+                    **self.fit_kwargs,
+                )
             after = self._ppl()
             for layer, (o, k, s) in enumerate(zip(old, kept, stats)):
                 gone = [i for i, e in enumerate(o) if e not in k]
-                self.history.append(dict(stage=stage, layer=layer, experts=len(k), pruned=[o[i] for i in gone],
-                                         usage=[s.usage[i].item() for i in gone], saliency=[s.saliency[i].item() for i in gone],
-                                         ppl_before=before, ppl_after_pruning=after_prune, ppl_after_training=after))
+                self.history.append(
+                    dict(
+                        stage=stage,
+                        layer=layer,
+                        experts=len(k),
+                        pruned=[o[i] for i in gone],
+                        usage=[s.usage[i].item() for i in gone],
+                        saliency=[s.saliency[i].item() for i in gone],
+                        ppl_before=before,
+                        ppl_after_pruning=after_prune,
+                        ppl_after_training=after,
+                    )
+                )
         return self.history
 
     def save(self, path) -> Path:
@@ -192,58 +288,96 @@ class ProgressivePruningScheduler:
     def plot(self, ax=None):
         "Perplexity through the stages: before, right after pruning, after retraining."
         import matplotlib.pyplot as plt
+
         ax = ax or plt.subplots(figsize=(5, 3))[1]
         per_stage = [h for h in self.history if h['layer'] == 0]
         xs = []
-        for h in per_stage: xs += [(f"{h['experts'] + len(h['pruned'])}", h['ppl_before']), (f"-> {h['experts']}", h['ppl_after_pruning']), (f"{h['experts']} trained", h['ppl_after_training'])]
-        ax.plot(range(len(xs)), [v for _, v in xs], 'o-'); ax.set_xticks(range(len(xs)), [k for k, _ in xs], rotation=45, fontsize=7)
-        ax.set_ylabel(f'{self.eval_split} ppl'); ax.set_title('progressive expert pruning')
+        for h in per_stage:
+            xs += [
+                (f"{h['experts'] + len(h['pruned'])}", h['ppl_before']),
+                (f"-> {h['experts']}", h['ppl_after_pruning']),
+                (f"{h['experts']} trained", h['ppl_after_training']),
+            ]
+        ax.plot(range(len(xs)), [v for _, v in xs], 'o-')
+        ax.set_xticks(range(len(xs)), [k for k, _ in xs], rotation=45, fontsize=7)
+        ax.set_ylabel(f'{self.eval_split} ppl')
+        ax.set_title('progressive expert pruning')
         return ax
 
     def __repr__(self):
-        return '\n'.join(f"stage {h['stage']} layer {h['layer']}: pruned {h['pruned']} (usage {[round(u, 3) for u in h['usage']]}), "
-                         f"{h['experts']} left; ppl {h['ppl_before']:.2f} -> {h['ppl_after_pruning']:.2f} -> {h['ppl_after_training']:.2f}" for h in self.history)
+        return '\n'.join(
+            f"stage {h['stage']} layer {h['layer']}: pruned {h['pruned']} (usage {[round(u, 3) for u in h['usage']]}), "
+            f"{h['experts']} left; ppl {h['ppl_before']:.2f} -> {h['ppl_after_pruning']:.2f} -> "
+            f"{h['ppl_after_training']:.2f}"
+            for h in self.history
+        )
 
 # %% ../nbs/04_pruning.ipynb #04a019f4
 class _Mask(nn.Module):
     def __init__(self, mask: torch.Tensor):
         super().__init__()
         self.register_buffer('mask', mask)
-    def forward(self, w): return w * self.mask
+
+    def forward(self, w):
+        return w * self.mask
+
 
 def _default_targets(model: nn.Module) -> dict[str, nn.Module]:
     routers = {id(m.gate) for m in model.modules() if isinstance(m, MoE)}
     return {n: m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Embedding)) and id(m) not in routers}
 
+
 class MagnitudePruner:
     "Magnitude pruning of a model's weights with masks that stay enforced through any later training."
-    def __init__(self, model: nn.Module, scope: str = 'global',  # 'global': one threshold across layers; 'layer': the sparsity in each layer
-                 targets: dict[str, nn.Module] | None = None):  # modules whose `weight` is pruned (default: Linear/Embedding, not routers)
-        if scope not in ('global', 'layer'): raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        scope: str = 'global',  # 'global': one threshold across layers; 'layer': the sparsity in each layer
+        targets: dict[str, nn.Module] | None = None,
+    ):  # modules whose `weight` is pruned (default: Linear/Embedding, not routers)
+        if scope not in ('global', 'layer'):
+            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
         self.model, self.scope = model, scope
         self.targets = targets if targets is not None else _default_targets(model)
-        if not self.targets: raise ValueError("nothing to prune: the model has no Linear or Embedding weights outside its routers")
+        if not self.targets:
+            raise ValueError("nothing to prune: the model has no Linear or Embedding weights outside its routers")
 
-    def _mask(self, m): return m.parametrizations.weight[0].mask if parametrize.is_parametrized(m, 'weight') else None
+    def _mask(self, m):
+        return m.parametrizations.weight[0].mask if parametrize.is_parametrized(m, 'weight') else None
 
-    def prune(self, sparsity: float | None = None,  # share of weights to zero, in (0, 1)
-              threshold: float | None = None):  # or: zero every weight with |w| below this
+    def prune(
+        self,
+        sparsity: float | None = None,  # share of weights to zero, in (0, 1)
+        threshold: float | None = None,
+    ):  # or: zero every weight with |w| below this
         "Zero more weights (masks only grow); returns the sparsity per target."
-        if (sparsity is None) == (threshold is None): raise ValueError("give exactly one of sparsity or threshold")
-        if sparsity is not None and not 0 <= sparsity < 1: raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        if (sparsity is None) == (threshold is None):
+            raise ValueError("give exactly one of sparsity or threshold")
+        if sparsity is not None and not 0 <= sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
         ws = {n: m.weight.detach().abs() for n, m in self.targets.items()}
-        if threshold is not None: cut = {n: threshold for n in ws}
+        if threshold is not None:
+            cut = {n: threshold for n in ws}
         elif self.scope == 'global':
             allw = torch.cat([w.flatten() for w in ws.values()])
             k = int(sparsity * allw.numel())
-            t = allw.kthvalue(k).values.item() if k else -1.
+            t = allw.kthvalue(k).values.item() if k else -1.0
             cut = {n: t for n in ws}
-        else: cut = {n: (w.flatten().kthvalue(int(sparsity * w.numel())).values.item() if int(sparsity * w.numel()) else -1.) for n, w in ws.items()}
+        else:
+            cut = {
+                n: (
+                    w.flatten().kthvalue(int(sparsity * w.numel())).values.item() if int(sparsity * w.numel()) else -1.0
+                )
+                for n, w in ws.items()
+            }
         for n, m in self.targets.items():
             keep = (ws[n] > cut[n]).to(m.weight.dtype)
             old = self._mask(m)
-            if old is not None: old.mul_(keep)  # cumulative
-            else: parametrize.register_parametrization(m, 'weight', _Mask(keep))
+            if old is not None:
+                old.mul_(keep)  # cumulative
+            else:
+                parametrize.register_parametrization(m, 'weight', _Mask(keep))
         return self.sparsity()
 
     def sparsity(self) -> dict[str, float]:
@@ -258,20 +392,41 @@ class MagnitudePruner:
     def plot(self, ax=None):
         "Bar plot of the sparsity of each target."
         import matplotlib.pyplot as plt
+
         s = self.sparsity()
         ax = ax or plt.subplots(figsize=(8, 2.8))[1]
-        ax.bar(range(len(s)), list(s.values())); ax.set_xticks(range(len(s)), list(s), rotation=90, fontsize=6)
-        ax.set_ylabel('sparsity'); ax.set_ylim(0, 1); ax.set_title(f'{self.scope} magnitude pruning: {self.overall():.1%} overall')
+        ax.bar(range(len(s)), list(s.values()))
+        ax.set_xticks(range(len(s)), list(s), rotation=90, fontsize=6)
+        ax.set_ylabel('sparsity')
+        ax.set_ylim(0, 1)
+        ax.set_title(f'{self.scope} magnitude pruning: {self.overall():.1%} overall')
         return ax
 
     def run(self, corpus, schedule, steps_per_stage: int = 100, eval_split: str = 'valid', **fit_kwargs) -> list[dict]:
-        "Iterative pruning: for each sparsity of `schedule`, prune to it, then train `steps_per_stage` steps; returns the history."
+        """Iterative pruning: for each sparsity of `schedule`, prune to it, then train `steps_per_stage` steps; returns
+        the history."""
         hist = []
         for i, sp in enumerate(schedule):
             self.prune(sparsity=sp)
             pruned = evaluate(self.model, corpus.split(eval_split))['ppl']
-            if steps_per_stage: fit(self.model, corpus, epochs=1, max_steps=steps_per_stage, eval_split=None, progress=False, seed=i, **fit_kwargs)
-            hist.append(dict(sparsity=self.overall(), ppl_after_pruning=pruned, ppl_after_training=evaluate(self.model, corpus.split(eval_split))['ppl']))
+            if steps_per_stage:
+                fit(
+                    self.model,
+                    corpus,
+                    epochs=1,
+                    max_steps=steps_per_stage,
+                    eval_split=None,
+                    progress=False,
+                    seed=i,
+                    **fit_kwargs,
+                )
+            hist.append(
+                dict(
+                    sparsity=self.overall(),
+                    ppl_after_pruning=pruned,
+                    ppl_after_training=evaluate(self.model, corpus.split(eval_split))['ppl'],
+                )
+            )
         return hist
 
 # %% ../nbs/04_pruning.ipynb #b4347945
@@ -288,9 +443,22 @@ def pruning_check(device: str | torch.device = 'cuda', seed: int = 0) -> dict:
     sal = max(rel_error(s.saliency_sum, r.saliency_sum) for s, r in zip(s_dev, s_ref))
     kept = float(prune_experts_(lm, s_dev, keep=2) != prune_experts_(ref, s_ref, keep=2))
     p_dev, p_ref = MagnitudePruner(lm), MagnitudePruner(ref)
-    p_dev.prune(sparsity=0.5); p_ref.prune(sparsity=0.5)
-    masks = max((p_dev._mask(m).cpu() != p_ref._mask(p_ref.targets[k])).double().mean().item() for k, m in p_dev.targets.items())
+    p_dev.prune(sparsity=0.5)
+    p_ref.prune(sparsity=0.5)
+    masks = max(
+        (p_dev._mask(m).cpu() != p_ref._mask(p_ref.targets[k])).double().mean().item() for k, m in p_dev.targets.items()
+    )
     idx = torch.randint(0, V, (2, n), generator=g)
-    with torch.no_grad(): logits = rel_error(lm(idx.to(dev)), ref(idx))
-    return within({'tokens routed differently': (moved, 1e-3), 'gate mass': (gate, 1e-5), 'saliency': (sal, 1e-4),
-                   'kept experts differ': (kept, 0), 'magnitude masks': (masks, 0), 'pruned logits': (logits, 1e-4)}, dev)
+    with torch.no_grad():
+        logits = rel_error(lm(idx.to(dev)), ref(idx))
+    return within(
+        {
+            'tokens routed differently': (moved, 1e-3),
+            'gate mass': (gate, 1e-5),
+            'saliency': (sal, 1e-4),
+            'kept experts differ': (kept, 0),
+            'magnitude masks': (masks, 0),
+            'pruned logits': (logits, 1e-4),
+        },
+        dev,
+    )

@@ -1,4 +1,4 @@
-"""INT8 from the bottom up: granularities, scales, fake quantization with a straight-through gradient, four calibration observers, the quantized BK-Core, and `quantize_` for post-training quantization and QAT of a whole ResNet-BK model, with real int8 storage.
+"""INT8 from the bottom up: scales, fake quantization, observers, the quantized BK-Core, `quantize_` for PTQ and QAT.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/quant.html.md"""
 
@@ -13,7 +13,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
-from .model import BKCore, OutputHead, InputError, check_model, on_device, rel_error, within, model_device
+from resnet_bk_compress.model import (
+    BKCore,
+    OutputHead,
+    InputError,
+    check_model,
+    on_device,
+    rel_error,
+    within,
+    model_device,
+)
 from .files import register_structure
 from .train import lm_loss
 
@@ -29,15 +38,20 @@ __all__ = ['OBSERVERS', 'QUANT_KINDS', 'PerTensor', 'PerChannel', 'PerGroup', 'q
 class PerTensor:
     "One scale (and zero point) for the whole tensor."
 
+
 @dataclass(frozen=True)
 class PerChannel:
     "One scale per index along `axis` (per output channel of a Linear weight: axis 0)."
+
     axis: int = 0
+
 
 @dataclass(frozen=True)
 class PerGroup:
     "One scale per `group_size` consecutive elements along the last dimension (zero-padded at the end)."
+
     group_size: int = 128
+
     def __post_init__(self):
         if not isinstance(self.group_size, int) or self.group_size < 1:
             raise ValueError(f"PerGroup.group_size must be a positive integer, got {self.group_size!r}")
@@ -54,16 +68,20 @@ def qrange(bits: int = 8, symmetric: bool = True) -> tuple[int, int]:
 def group_view(x: torch.Tensor, group_size: int) -> torch.Tensor:
     "x (..., L) as (..., ceil(L / group_size), group_size), zero-padded at the end of the last dimension."
     pad = -x.shape[-1] % group_size
-    if pad: x = nn.functional.pad(x, (0, pad))
+    if pad:
+        x = nn.functional.pad(x, (0, pad))
     return x.reshape(*x.shape[:-1], -1, group_size)
+
 
 def min_max(x: torch.Tensor, granularity=PerTensor()) -> tuple[torch.Tensor, torch.Tensor]:
     "Per-slice minimum and maximum of x under `granularity` (keepdim shapes)."
-    if isinstance(granularity, PerTensor): return x.amin(), x.amax()
+    if isinstance(granularity, PerTensor):
+        return x.amin(), x.amax()
     if isinstance(granularity, PerChannel):
         axis = granularity.axis % x.dim()
         dims = tuple(d for d in range(x.dim()) if d != axis)
-        if not dims: return x, x  # a 1-D tensor: every element is its own channel (amin over () would reduce all)
+        if not dims:
+            return x, x  # a 1-D tensor: every element is its own channel (amin over () would reduce all)
         return x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
     if isinstance(granularity, PerGroup):
         g = group_view(x, granularity.group_size)
@@ -74,25 +92,32 @@ def min_max(x: torch.Tensor, granularity=PerTensor()) -> tuple[torch.Tensor, tor
 def _check_finite(x: torch.Tensor, what: str = 'tensor'):
     if not torch.isfinite(x).all():
         n = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"cannot quantize a {what} with {n} NaN/inf values: fix the model or the data that produced them")
+        raise ValueError(
+            f"cannot quantize a {what} with {n} NaN/inf values: fix the model or the data that produced them"
+        )
+
 
 def qparams_from_min_max(min_val: torch.Tensor, max_val: torch.Tensor, bits: int = 8, symmetric: bool = True):
     "(scale float32, zero_point int32) that map [min_val, max_val] (widened to include 0) onto the code range."
     qmin, qmax = qrange(bits, symmetric)
-    min_val, max_val = torch.clamp(min_val, max=0.).float(), torch.clamp(max_val, min=0.).float()
+    min_val, max_val = torch.clamp(min_val, max=0.0).float(), torch.clamp(max_val, min=0.0).float()
     if symmetric:
         scale = torch.maximum(-min_val, max_val) / qmax
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
         scale = (max_val - min_val) / (qmax - qmin)
-    scale = torch.where(scale > torch.finfo(torch.float32).tiny * 2 ** 10, scale, torch.ones_like(scale))
-    if not symmetric: zero_point = (qmin - torch.round(min_val / scale)).clamp(qmin, qmax).to(torch.int32)
+    scale = torch.where(scale > torch.finfo(torch.float32).tiny * 2**10, scale, torch.ones_like(scale))
+    if not symmetric:
+        zero_point = (qmin - torch.round(min_val / scale)).clamp(qmin, qmax).to(torch.int32)
     return scale, zero_point
 
-def choose_qparams(x: torch.Tensor,  # the tensor to quantize
-                   bits: int = 8,  # code width
-                   symmetric: bool = True,  # zero point fixed at 0
-                   granularity=PerTensor()):  # which elements share a scale
+
+def choose_qparams(
+    x: torch.Tensor,  # the tensor to quantize
+    bits: int = 8,  # code width
+    symmetric: bool = True,  # zero point fixed at 0
+    granularity=PerTensor(),
+):  # which elements share a scale
     "Scale and zero point for x from its range (min-max), per tensor, channel or group."
     _check_finite(x)
     return qparams_from_min_max(*min_max(x.detach(), granularity), bits, symmetric)
@@ -102,40 +127,69 @@ def _flat_scale(scale: torch.Tensor, x: torch.Tensor, granularity) -> torch.Tens
     "Per-channel keepdim parameters as the 1-D vectors PyTorch's per-channel kernels expect."
     return scale.reshape(x.shape[granularity.axis % x.dim()])
 
-def quantize_tensor(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int = 8,
-                    symmetric: bool = True, granularity=PerTensor()) -> torch.Tensor:
+
+def quantize_tensor(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    bits: int = 8,
+    symmetric: bool = True,
+    granularity=PerTensor(),
+) -> torch.Tensor:
     "Integer codes round(x / scale) + zero_point, clamped to the code range, as torch.int8 (same shape as x)."
     _check_finite(x)
     qmin, qmax = qrange(bits, symmetric)
     xs = group_view(x, granularity.group_size) if isinstance(granularity, PerGroup) else x
     q = (torch.round(xs / scale) + zero_point).clamp(qmin, qmax).to(torch.int8)
-    return q.reshape(*x.shape[:-1], -1)[..., :x.shape[-1]] if isinstance(granularity, PerGroup) else q
+    return q.reshape(*x.shape[:-1], -1)[..., : x.shape[-1]] if isinstance(granularity, PerGroup) else q
 
-def dequantize_tensor(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, granularity=PerTensor(),
-                      dtype=torch.float32) -> torch.Tensor:
+
+def dequantize_tensor(
+    q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, granularity=PerTensor(), dtype=torch.float32
+) -> torch.Tensor:
     "Float values scale * (q - zero_point)."
     qs = group_view(q, granularity.group_size) if isinstance(granularity, PerGroup) else q
     x = (qs.to(dtype) - zero_point.to(dtype)) * scale.to(dtype)
-    return x.reshape(*q.shape[:-1], -1)[..., :q.shape[-1]] if isinstance(granularity, PerGroup) else x
+    return x.reshape(*q.shape[:-1], -1)[..., : q.shape[-1]] if isinstance(granularity, PerGroup) else x
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int = 8,
-                  symmetric: bool = True, granularity=PerTensor()) -> torch.Tensor:
+
+def fake_quantize(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    bits: int = 8,
+    symmetric: bool = True,
+    granularity=PerTensor(),
+) -> torch.Tensor:
     "dequantize(quantize(x)) in float, with a straight-through gradient inside the representable range."
     qmin, qmax = qrange(bits, symmetric)
     if isinstance(granularity, PerTensor):
         return torch.fake_quantize_per_tensor_affine(x, scale.float(), zero_point.to(torch.int32), qmin, qmax)
     if isinstance(granularity, PerChannel):
-        return torch.fake_quantize_per_channel_affine(x, _flat_scale(scale.float(), x, granularity),
-                                                      _flat_scale(zero_point.to(torch.int32), x, granularity),
-                                                      granularity.axis % x.dim(), qmin, qmax)
-    xq = dequantize_tensor(quantize_tensor(x.detach(), scale, zero_point, bits, symmetric, granularity), scale, zero_point, granularity, x.dtype)
+        return torch.fake_quantize_per_channel_affine(
+            x,
+            _flat_scale(scale.float(), x, granularity),
+            _flat_scale(zero_point.to(torch.int32), x, granularity),
+            granularity.axis % x.dim(),
+            qmin,
+            qmax,
+        )
+    xq = dequantize_tensor(
+        quantize_tensor(x.detach(), scale, zero_point, bits, symmetric, granularity),
+        scale,
+        zero_point,
+        granularity,
+        x.dtype,
+    )
     codes = group_view(x.detach(), granularity.group_size) / scale + zero_point
-    inside = ((codes >= qmin - .5) & (codes <= qmax + .5)).reshape(*x.shape[:-1], -1)[..., :x.shape[-1]]
+    inside = ((codes >= qmin - 0.5) & (codes <= qmax + 0.5)).reshape(*x.shape[:-1], -1)[..., : x.shape[-1]]
     return xq + (x - x.detach()) * inside
 
 # %% ../nbs/01_quant.ipynb #1da179f0
-def sqnr(x: torch.Tensor,  # reference (real or complex)
-         xq: torch.Tensor) -> float:  # its approximation
+def sqnr(
+    x: torch.Tensor,  # reference (real or complex)
+    xq: torch.Tensor,
+) -> float:  # its approximation
     "Signal-to-quantization-noise ratio in dB: 10 log10(sum |x|^2 / sum |x - xq|^2); inf when equal."
     x, xq = x.detach(), xq.detach()
     noise = (x - xq).abs().pow(2).sum().item()
@@ -143,55 +197,73 @@ def sqnr(x: torch.Tensor,  # reference (real or complex)
 
 # %% ../nbs/01_quant.ipynb #c8ac4ad0
 class MinMaxObserver(nn.Module):
-    "Running min and max of the tensors passed through it; `qparams()` turns them into (scale, zero_point). Base of the other observers."
+    """Running min and max of the tensors passed through it; `qparams()` turns them into (scale, zero_point). Base of
+    the other observers."""
+
     def __init__(self, bits: int = 8, symmetric: bool = True, granularity=PerTensor()):
         super().__init__()
         qrange(bits, symmetric)  # validates bits
-        if isinstance(granularity, PerGroup): raise ValueError("observers support PerTensor() and PerChannel(axis); group-wise scales come from the weights themselves")
+        if isinstance(granularity, PerGroup):
+            raise ValueError(
+                "observers support PerTensor() and PerChannel(axis); group-wise scales come from the weights themselves"
+            )
         self.bits, self.symmetric, self.granularity = bits, symmetric, granularity
         self.register_buffer('min_val', torch.tensor([]))
         self.register_buffer('max_val', torch.tensor([]))
 
     @property
-    def calibrated(self) -> bool: return self.min_val.numel() > 0
+    def calibrated(self) -> bool:
+        return self.min_val.numel() > 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_finite(x, f'calibration tensor for {type(self).__name__}')
-        with torch.no_grad(): self.update(x.detach().float())
+        with torch.no_grad():
+            self.update(x.detach().float())
         return x
 
     def update(self, x: torch.Tensor):
         lo, hi = min_max(x, self.granularity)
-        if not self.calibrated: self.min_val, self.max_val = lo.clone(), hi.clone()
-        else: self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
+        if not self.calibrated:
+            self.min_val, self.max_val = lo.clone(), hi.clone()
+        else:
+            self.min_val, self.max_val = torch.minimum(self.min_val, lo), torch.maximum(self.max_val, hi)
 
     def qparams(self):
         "(scale, zero_point) from the statistics seen so far."
         if not self.calibrated:
-            raise RuntimeError(f"{type(self).__name__} has seen no data: run calibration batches through the model "
-                               f"(inside `calibrating(model)`) before using its scales")
+            raise RuntimeError(
+                f"{type(self).__name__} has seen no data: run calibration batches through the model "
+                f"(inside `calibrating(model)`) before using its scales"
+            )
         return qparams_from_min_max(self.min_val, self.max_val, self.bits, self.symmetric)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for k in ('min_val', 'max_val'):  # statistics have the shape of what was observed: adopt it
-            if prefix + k in state_dict: setattr(self, k, torch.empty_like(state_dict[prefix + k]))
+            if prefix + k in state_dict:
+                setattr(self, k, torch.empty_like(state_dict[prefix + k]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def extra_repr(self): return f"bits={self.bits}, symmetric={self.symmetric}, granularity={self.granularity}"
+    def extra_repr(self):
+        return f"bits={self.bits}, symmetric={self.symmetric}, granularity={self.granularity}"
 
 # %% ../nbs/01_quant.ipynb #02790ddf
 class MovingAverageMinMaxObserver(MinMaxObserver):
     "Exponential moving average of each batch's min and max."
-    def __init__(self, bits: int = 8, symmetric: bool = True, granularity=PerTensor(),
-                 averaging_constant: float = 0.01):  # weight of the newest batch
+
+    def __init__(
+        self, bits: int = 8, symmetric: bool = True, granularity=PerTensor(), averaging_constant: float = 0.01
+    ):  # weight of the newest batch
         super().__init__(bits, symmetric, granularity)
-        if not 0 < averaging_constant <= 1: raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
+        if not 0 < averaging_constant <= 1:
+            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
         self.c = averaging_constant
 
     def update(self, x):
         lo, hi = min_max(x, self.granularity)
-        if not self.calibrated: self.min_val, self.max_val = lo.clone(), hi.clone()
-        else: self.min_val, self.max_val = torch.lerp(self.min_val, lo, self.c), torch.lerp(self.max_val, hi, self.c)
+        if not self.calibrated:
+            self.min_val, self.max_val = lo.clone(), hi.clone()
+        else:
+            self.min_val, self.max_val = torch.lerp(self.min_val, lo, self.c), torch.lerp(self.max_val, hi, self.c)
 
 # %% ../nbs/01_quant.ipynb #496d7265
 def _sample(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -199,31 +271,51 @@ def _sample(x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor
     x = x.flatten()
     return x if x.numel() <= n else x[torch.randperm(x.numel(), generator=generator, device=generator.device)[:n]]
 
+
 class PercentileObserver(MinMaxObserver):
     "Clips at the `percentile` of the values (per tensor), averaged over batches."
-    def __init__(self, bits: int = 8, symmetric: bool = True, granularity=PerTensor(),
-                 percentile: float = 99.99,  # in (50, 100]
-                 max_samples: int = 1 << 20):  # values per batch used to estimate the percentile
+
+    def __init__(
+        self,
+        bits: int = 8,
+        symmetric: bool = True,
+        granularity=PerTensor(),
+        percentile: float = 99.99,  # in (50, 100]
+        max_samples: int = 1 << 20,
+    ):  # values per batch used to estimate the percentile
         super().__init__(bits, symmetric, granularity)
-        if not isinstance(granularity, PerTensor): raise ValueError("PercentileObserver is per-tensor: use PerTensor()")
-        if not 50 < percentile <= 100: raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+        if not isinstance(granularity, PerTensor):
+            raise ValueError("PercentileObserver is per-tensor: use PerTensor()")
+        if not 50 < percentile <= 100:
+            raise ValueError(f"percentile must be in (50, 100], got {percentile}")
         self.q, self.max_samples, self.n = percentile / 100, max_samples, 0
         self.g = torch.Generator().manual_seed(0)
 
     def update(self, x):
         xs = _sample(x, self.max_samples, self.g)
         lo, hi = torch.quantile(xs, 1 - self.q), torch.quantile(xs, self.q)
-        if not self.calibrated: self.min_val, self.max_val, self.n = lo, hi, 1
+        if not self.calibrated:
+            self.min_val, self.max_val, self.n = lo, hi, 1
         else:  # running mean over batches
             self.n += 1
-            self.min_val, self.max_val = self.min_val + (lo - self.min_val) / self.n, self.max_val + (hi - self.max_val) / self.n
+            self.min_val, self.max_val = (
+                self.min_val + (lo - self.min_val) / self.n,
+                self.max_val + (hi - self.max_val) / self.n,
+            )
 
 # %% ../nbs/01_quant.ipynb #bc5915bd
 class MSEObserver(MinMaxObserver):
-    "Keeps the most recent `max_samples` values (a random subset of each batch) and picks the clipping range that minimises the squared round-trip error on them."
-    def __init__(self, bits: int = 8, symmetric: bool = True, granularity=PerTensor(),
-                 max_samples: int = 1 << 16,  # values kept (per channel for PerChannel)
-                 ratios=torch.cat([torch.logspace(-2, -0.31, 24), torch.linspace(0.5, 1.0, 26)])):  # clipping ratios of the min-max range tried
+    """Keeps the most recent `max_samples` values (a random subset of each batch) and picks the clipping range that
+    minimises the squared round-trip error on them."""
+
+    def __init__(
+        self,
+        bits: int = 8,
+        symmetric: bool = True,
+        granularity=PerTensor(),
+        max_samples: int = 1 << 16,  # values kept (per channel for PerChannel)
+        ratios=torch.cat([torch.logspace(-2, -0.31, 24), torch.linspace(0.5, 1.0, 26)]),
+    ):  # clipping ratios of the min-max range tried
         super().__init__(bits, symmetric, granularity)
         self.max_samples, self.ratios, self.samples = max_samples, ratios, None
         self.g = torch.Generator().manual_seed(0)
@@ -232,11 +324,11 @@ class MSEObserver(MinMaxObserver):
         super().update(x)
         if isinstance(self.granularity, PerChannel):  # (C, values) keeping the channel axis
             x = x.movedim(self.granularity.axis, 0).reshape(x.shape[self.granularity.axis], -1)
-            s = x[:, torch.randperm(x.shape[1], generator=self.g, device=self.g.device)[:self.max_samples]]
-            self.samples = s if self.samples is None else torch.cat([self.samples, s], 1)[:, -self.max_samples:]
+            s = x[:, torch.randperm(x.shape[1], generator=self.g, device=self.g.device)[: self.max_samples]]
+            self.samples = s if self.samples is None else torch.cat([self.samples, s], 1)[:, -self.max_samples :]
         else:
             s = _sample(x, self.max_samples, self.g)
-            self.samples = s if self.samples is None else torch.cat([self.samples, s])[-self.max_samples:]
+            self.samples = s if self.samples is None else torch.cat([self.samples, s])[-self.max_samples :]
 
     def qparams(self):
         scale, zp = super().qparams()  # raises if nothing was seen
@@ -247,29 +339,43 @@ class MSEObserver(MinMaxObserver):
         for r in self.ratios:
             s, z = qparams_from_min_max(lo * r, hi * r, self.bits, self.symmetric)
             err = (fake_quantize(xs, s, z, self.bits, self.symmetric, PerChannel(0)) - xs).pow(2).mean(1)
-            if best is None: best, best_err = (s, z), err
+            if best is None:
+                best, best_err = (s, z), err
             else:
                 better = err < best_err
                 best = (torch.where(better[:, None], s, best[0]), torch.where(better[:, None], z, best[1]))
                 best_err = torch.minimum(err, best_err)
         return best[0].reshape(scale.shape), best[1].reshape(zp.shape)
 
+
 # the calibration rules by name (as configs and files spell them), each a factory of a fresh observer that takes
 # the observers' common arguments (bits, symmetric, granularity)
-OBSERVERS = {'min_max': MinMaxObserver, 'moving_average': partial(MovingAverageMinMaxObserver, averaging_constant=0.1),
-             'percentile': PercentileObserver, 'mse': MSEObserver}
+OBSERVERS = {
+    'min_max': MinMaxObserver,
+    'moving_average': partial(MovingAverageMinMaxObserver, averaging_constant=0.1),
+    'percentile': PercentileObserver,
+    'mse': MSEObserver,
+}
 
 # %% ../nbs/01_quant.ipynb #89f10731
 class Calibratable(nn.Module):
-    "Base of the modules that learn from calibration batches: inside `calibrating(model)` they observe, on exit they `freeze()`."
+    """Base of the modules that learn from calibration batches: inside `calibrating(model)` they observe, on exit they
+    `freeze()`."""
+
     def __init__(self):
         super().__init__()
         self.observing = False
-    def observe(self, x: torch.Tensor): raise NotImplementedError  # feed calibration statistics
-    def freeze(self): pass  # turn the statistics into parameters
+
+    def observe(self, x: torch.Tensor):
+        raise NotImplementedError  # feed calibration statistics
+
+    def freeze(self):
+        pass  # turn the statistics into parameters
+
 
 class Quantizer(Calibratable):
     "Base of the modules that calibrate a `scale` and `zero_point` on data, then fake-quantize (QAT in train mode)."
+
     def __init__(self):
         super().__init__()
         self.register_buffer('scale', torch.tensor([]))
@@ -277,30 +383,38 @@ class Quantizer(Calibratable):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observing:
-            with torch.no_grad(): self.observe(x)
+            with torch.no_grad():
+                self.observe(x)
             return x
         if self.scale.numel() == 0:
-            raise RuntimeError(f"{type(self).__name__} was never calibrated: run batches inside `with calibrating(model):` first")
+            raise RuntimeError(
+                f"{type(self).__name__} was never calibrated: run batches inside `with calibrating(model):` first"
+            )
         if self.training:  # QAT: the grid follows the values
-            with torch.no_grad(): self.observe(x)
+            with torch.no_grad():
+                self.observe(x)
             self.freeze()
         return self.fake_quantize(x)
 
-    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor: raise NotImplementedError
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for k in ('scale', 'zero_point'):  # calibrated parameters have the shape of what was observed: adopt it
-            if prefix + k in state_dict: setattr(self, k, torch.empty_like(state_dict[prefix + k]))
+            if prefix + k in state_dict:
+                setattr(self, k, torch.empty_like(state_dict[prefix + k]))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 # %% ../nbs/01_quant.ipynb #c53a5aca
 class FakeQuantizer(Quantizer):
     "Fake quantization of activations at one point of a model, with scales calibrated by an observer."
+
     def __init__(self, observer: MinMaxObserver):
         super().__init__()
         self.observer = observer
 
-    def observe(self, x): self.observer(x)
+    def observe(self, x):
+        self.observer(x)
 
     def freeze(self):
         "Fix the scale and zero point from the observer's statistics."
@@ -313,26 +427,39 @@ class FakeQuantizer(Quantizer):
 # %% ../nbs/01_quant.ipynb #78d66a12
 class calibrating:
     "Context manager: inside, every Calibratable of `model` observes; on a clean exit they all freeze."
-    def __init__(self, model: nn.Module): self.fqs = [m for m in model.modules() if isinstance(m, Calibratable)]
+
+    def __init__(self, model: nn.Module):
+        self.fqs = [m for m in model.modules() if isinstance(m, Calibratable)]
+
     def __enter__(self):
-        if not self.fqs: raise ValueError("the model has nothing to calibrate: prepare it with quantize_(model, config) first")
-        for q in self.fqs: q.observing = True
+        if not self.fqs:
+            raise ValueError("the model has nothing to calibrate: prepare it with quantize_(model, config) first")
+        for q in self.fqs:
+            q.observing = True
         return self
+
     def __exit__(self, exc_type, *_):
-        for q in self.fqs: q.observing = False
+        for q in self.fqs:
+            q.observing = False
         if exc_type is None:
-            for q in self.fqs: q.freeze()
+            for q in self.fqs:
+                q.freeze()
 
 # %% ../nbs/01_quant.ipynb #5eac5e63
 class QuantizedBKCore(BKCore):
     "BK-Core whose potential v and output features Re G, Im G are fake-quantized, each with its own observer and scale."
-    def __init__(self, core: BKCore,  # the float core (its causal flag, z, clamp and dtype are kept)
-                 observer=None):  # factory of a fresh observer for each quantizer (default: moving average)
+
+    def __init__(
+        self,
+        core: BKCore,  # the float core (its causal flag, z, clamp and dtype are kept)
+        observer=None,
+    ):  # factory of a fresh observer for each quantizer (default: moving average)
         super().__init__(core.causal, core.z, core.feature_clamp, core.dtype)
         make = observer or OBSERVERS['moving_average']  # called with no arguments: 8 bits, symmetric, per tensor
         self.v_q, self.re_q, self.im_q = FakeQuantizer(make()), FakeQuantizer(make()), FakeQuantizer(make())
 
-    def pre(self, v: torch.Tensor) -> torch.Tensor: return self.v_q(v)
+    def pre(self, v: torch.Tensor) -> torch.Tensor:
+        return self.v_q(v)
 
     def post(self, G: torch.Tensor, dtype=torch.float32, offset: int = 0) -> torch.Tensor:
         f = self.features(G, dtype)  # per-tensor grids: the offset does not matter
@@ -341,27 +468,40 @@ class QuantizedBKCore(BKCore):
 # %% ../nbs/01_quant.ipynb #8c5e68c2
 _GRANULARITIES = {c.__name__: c for c in (PerTensor, PerChannel, PerGroup)}
 
+
 def _to_json(v):
-    if type(v).__name__ in _GRANULARITIES: return {'granularity': type(v).__name__, **{f.name: getattr(v, f.name) for f in fields(v)}}
+    if type(v).__name__ in _GRANULARITIES:
+        return {'granularity': type(v).__name__, **{f.name: getattr(v, f.name) for f in fields(v)}}
     return v
+
 
 def _from_json(v):
     if isinstance(v, dict) and v.get('granularity') in _GRANULARITIES:
         return _GRANULARITIES[v['granularity']](**{k: x for k, x in v.items() if k != 'granularity'})
     return v
 
-QUANT_KINDS = {'int8': 'resnet_bk_compress.quant', 'int8_complex': 'resnet_bk_compress.complex_quant',
-               'int4_moe': 'resnet_bk_compress.int4_moe'}  # every kind of QuantConfig a file can name, and the module that defines it
+
+QUANT_KINDS = {
+    'int8': 'resnet_bk_compress.quant',
+    'int8_complex': 'resnet_bk_compress.complex_quant',
+    'int4_moe': 'resnet_bk_compress.int4_moe',
+}  # every kind of QuantConfig a file can name, and the module that defines it
+
 
 class QuantConfig:
     "Base of the quantization configs: JSON round trip and a registry of kinds, so that a file names its config."
+
     _kinds: dict = {}
+
     def __init_subclass__(cls, kind: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
-        if kind is None: return
+        if kind is None:
+            return
         cls.kind = kind
-        # the library's class wins: a notebook that re-defines a config (as nbdev notebooks do) must not replace what files load
-        if kind not in QuantConfig._kinds or cls.__module__.startswith('resnet_bk_compress.'): QuantConfig._kinds[kind] = cls
+        # the library's class wins: a notebook that re-defines a config (as nbdev notebooks do) must not replace what
+        # files load
+        if kind not in QuantConfig._kinds or cls.__module__.startswith('resnet_bk_compress.'):
+            QuantConfig._kinds[kind] = cls
 
     def to_dict(self) -> dict:
         return dict(kind=self.kind, **{f.name: _to_json(getattr(self, f.name)) for f in fields(self)})
@@ -370,15 +510,21 @@ class QuantConfig:
     def from_dict(d: dict) -> QuantConfig:
         "The config of kind d['kind'] with d's fields (its module, named by QUANT_KINDS, is imported if it is not yet)."
         kind = d.get('kind')
-        if kind not in QuantConfig._kinds and kind in QUANT_KINDS: importlib.import_module(QUANT_KINDS[kind])
+        if kind not in QuantConfig._kinds and kind in QUANT_KINDS:
+            importlib.import_module(QUANT_KINDS[kind])
         if kind not in QuantConfig._kinds:
-            raise ValueError(f"unknown quantization kind {kind!r} (known: {sorted(QuantConfig._kinds)}): the file was written by a newer version or another library")
+            raise ValueError(
+                f"unknown quantization kind {kind!r} (known: {sorted(QuantConfig._kinds)}): the file was written by a "
+                "newer version or another library"
+            )
         return QuantConfig._kinds[kind](**{k: _from_json(v) for k, v in d.items() if k not in ('kind', 'module')})
 
 # %% ../nbs/01_quant.ipynb #8cde36c1
 @dataclass
 class Int8Config(QuantConfig, kind='int8'):
-    "INT8 for a ResNet-BK model: Linear weights per output channel, embedding rows, the BK-Core's v and G; activations optional."
+    """INT8 for a ResNet-BK model: Linear weights per output channel, embedding rows, the BK-Core's v and G; activations
+    optional."""
+
     linear: bool = True  # Linear weights -> int8, one scale per output channel
     embedding: bool = True  # embedding tables -> int8, one scale per row
     bk_core: bool = True  # fake-quantize the BK-Core's potential and features
@@ -386,28 +532,47 @@ class Int8Config(QuantConfig, kind='int8'):
     observer: str = 'moving_average'  # calibration rule for activations and the BK-Core: one of OBSERVERS
 
     def __post_init__(self):
-        if self.observer not in OBSERVERS: raise ValueError(f"Int8Config.observer must be one of {sorted(OBSERVERS)}, got {self.observer!r}")
+        if self.observer not in OBSERVERS:
+            raise ValueError(f"Int8Config.observer must be one of {sorted(OBSERVERS)}, got {self.observer!r}")
         if not self.quantizes_anything():
-            raise ValueError(f"{type(self).__name__} quantizes nothing: enable at least one of linear, embedding, bk_core")
-        if self.activations and not self.linear: raise ValueError("Int8Config.activations needs linear=True (they are the Linear layers' inputs)")
+            raise ValueError(
+                f"{type(self).__name__} quantizes nothing: enable at least one of linear, embedding, bk_core"
+            )
+        if self.activations and not self.linear:
+            raise ValueError("Int8Config.activations needs linear=True (they are the Linear layers' inputs)")
 
-    def quantizes_anything(self) -> bool: return self.linear or self.embedding or self.bk_core
-    def make_observer(self) -> MinMaxObserver: return OBSERVERS[self.observer]()
-    def make_bk_core(self, core: BKCore) -> nn.Module: return QuantizedBKCore(core, self.make_observer)
+    def quantizes_anything(self) -> bool:
+        return self.linear or self.embedding or self.bk_core
+
+    def make_observer(self) -> MinMaxObserver:
+        return OBSERVERS[self.observer]()
+
+    def make_bk_core(self, core: BKCore) -> nn.Module:
+        return QuantizedBKCore(core, self.make_observer)
 
     def prepare_module(self, m: nn.Module) -> nn.Module | None:
         "The fake-quantized replacement of m, or None to leave it (and look inside it)."
-        if self.embedding and hasattr(m, 'prepare_quant'): return m.prepare_quant(self)  # a layer of a later notebook that knows its own grids
-        if self.linear and _plain_type(m) is nn.Linear: return QATLinear.from_float(m, FakeQuantizer(self.make_observer()) if self.activations else None)
-        if self.embedding and _plain_type(m) is nn.Embedding: return QATEmbedding.from_float(m)
-        if self.bk_core and type(m) is BKCore: return self.make_bk_core(m)
+        if self.embedding and hasattr(m, 'prepare_quant'):
+            return m.prepare_quant(self)  # a layer of a later notebook that knows its own grids
+        if self.linear and _plain_type(m) is nn.Linear:
+            return QATLinear.from_float(m, FakeQuantizer(self.make_observer()) if self.activations else None)
+        if self.embedding and _plain_type(m) is nn.Embedding:
+            return QATEmbedding.from_float(m)
+        if self.bk_core and type(m) is BKCore:
+            return self.make_bk_core(m)
 
     def convert_module(self, m: nn.Module) -> nn.Module | None:
         "The stored-integer replacement of a prepared module m, or None."
-        if self.embedding and hasattr(m, 'convert_quant'): return m.convert_quant(self)
-        if _plain_type(m) is QATLinear: return Int8Linear.from_qat(m)
-        if _plain_type(m) is QATEmbedding: return Int8Embedding.from_qat(m)
-        if type(m) is OutputHead and self.linear: m.bias.data = m.bias.detach().half()  # a tied/factorized head's V biases: float16, as QuantizedLinear stores them
+        if self.embedding and hasattr(m, 'convert_quant'):
+            return m.convert_quant(self)
+        if _plain_type(m) is QATLinear:
+            return Int8Linear.from_qat(m)
+        if _plain_type(m) is QATEmbedding:
+            return Int8Embedding.from_qat(m)
+        if type(m) is OutputHead and self.linear:
+            m.bias.data = (
+                m.bias.detach().half()
+            )  # a tied/factorized head's V biases: float16, as QuantizedLinear stores them
 
 # %% ../nbs/01_quant.ipynb #3e3df7d1
 def _fq_rows(w: torch.Tensor) -> torch.Tensor:
@@ -415,26 +580,34 @@ def _fq_rows(w: torch.Tensor) -> torch.Tensor:
     s, z = choose_qparams(w.detach(), 8, True, PerChannel(0))
     return fake_quantize(w, s, z, 8, True, PerChannel(0))
 
+
 def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "(int8 codes, float scales (rows, 1)) of w, symmetric per row: what `_fq_rows` simulates, stored."
     s, z = choose_qparams(w.detach(), 8, True, PerChannel(0))
     return quantize_tensor(w.detach(), s, z, 8, True, PerChannel(0)), s
 
+
 def _plain_type(m: nn.Module) -> type:
     "The class of m, seen through a parametrization (which wraps it in a generated subclass)."
     return type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
 
+
 def copy_float_(dst: nn.Module, src: nn.Module) -> nn.Module:
-    "Copy src's weight (as src computes it) and bias into dst, and carry src's weight parametrizations (pruning masks) over."
+    """Copy src's weight (as src computes it) and bias into dst, and carry src's weight parametrizations (pruning masks)
+    over."""
     with torch.no_grad():
         dst.weight.copy_(src.weight)
-        if getattr(src, 'bias', None) is not None: dst.bias.copy_(src.bias)
+        if getattr(src, 'bias', None) is not None:
+            dst.bias.copy_(src.bias)
     if parametrize.is_parametrized(src, 'weight'):
-        for p in src.parametrizations.weight: parametrize.register_parametrization(dst, 'weight', p)
+        for p in src.parametrizations.weight:
+            parametrize.register_parametrization(dst, 'weight', p)
     return dst
+
 
 class QATLinear(nn.Linear):
     "Linear layer whose weight (per output channel) and optionally input (per tensor) are fake-quantized to INT8."
+
     @classmethod
     def from_float(cls, lin: nn.Linear, act_q: FakeQuantizer | None = None) -> QATLinear:
         m = copy_float_(cls(lin.in_features, lin.out_features, lin.bias is not None, device=lin.weight.device), lin)
@@ -444,20 +617,27 @@ class QATLinear(nn.Linear):
     def operands(self, x):
         return (self.act_q(x) if self.act_q is not None else x), _fq_rows(self.weight), self.bias
 
-    def forward(self, x): return F.linear(*self.operands(x))
+    def forward(self, x):
+        return F.linear(*self.operands(x))
+
 
 class QATEmbedding(nn.Embedding):
     "Embedding whose rows are fake-quantized to INT8, one scale per row."
+
     @classmethod
     def from_float(cls, emb: nn.Embedding) -> QATEmbedding:
         return copy_float_(cls(emb.num_embeddings, emb.embedding_dim, device=emb.weight.device), emb)
 
-    def table(self) -> torch.Tensor: return _fq_rows(self.weight)  # what a tied LM head scores with
-    def forward(self, idx): return F.embedding(idx, self.table())
+    def table(self) -> torch.Tensor:
+        return _fq_rows(self.weight)  # what a tied LM head scores with
+
+    def forward(self, idx):
+        return F.embedding(idx, self.table())
 
 # %% ../nbs/01_quant.ipynb #d7e47d77
 class Int8Linear(nn.Module):
     "Linear layer with int8 weights (`qdata`) and per-output-channel float scales, dequantized on the fly."
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, act_q: FakeQuantizer | None = None):
         super().__init__()
         self.in_features, self.out_features, self.act_q = in_features, out_features, act_q
@@ -469,16 +649,26 @@ class Int8Linear(nn.Module):
     def from_qat(cls, m: QATLinear) -> Int8Linear:
         q = cls(m.in_features, m.out_features, m.bias is not None, m.act_q)
         q.qdata, q.scale = _int8_rows(m.weight)
-        if m.bias is not None: q.bias = m.bias.detach().clone()
+        if m.bias is not None:
+            q.bias = m.bias.detach().clone()
         return q
 
-    def weight(self) -> torch.Tensor: return self.qdata.float() * self.scale
-    def operands(self, x): return (self.act_q(x) if self.act_q is not None else x), self.weight(), self.bias
-    def forward(self, x): return F.linear(*self.operands(x))
-    def extra_repr(self): return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+    def weight(self) -> torch.Tensor:
+        return self.qdata.float() * self.scale
+
+    def operands(self, x):
+        return (self.act_q(x) if self.act_q is not None else x), self.weight(), self.bias
+
+    def forward(self, x):
+        return F.linear(*self.operands(x))
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
+
 
 class Int8Embedding(nn.Module):
     "Embedding with int8 rows (`qdata`) and one float scale per row; only the looked-up rows are dequantized."
+
     def __init__(self, num_embeddings: int, embedding_dim: int):
         super().__init__()
         self.register_buffer('qdata', torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
@@ -490,64 +680,96 @@ class Int8Embedding(nn.Module):
         q.qdata, q.scale = _int8_rows(m.weight)
         return q
 
-    def table(self) -> torch.Tensor: return self.qdata.float() * self.scale  # the whole table, for a tied LM head
-    def forward(self, idx): return self.qdata[idx].float() * self.scale[idx]
+    def table(self) -> torch.Tensor:
+        return self.qdata.float() * self.scale  # the whole table, for a tied LM head
+
+    def forward(self, idx):
+        return self.qdata[idx].float() * self.scale[idx]
 
 # %% ../nbs/01_quant.ipynb #b161a834
 def _swap(module: nn.Module, fn):
     "Replace every descendant m of `module` by fn(m) where that is not None (depth first, in place)."
     for name, child in module.named_children():
         new = fn(child)
-        if new is not None: setattr(module, name, new)
-        else: _swap(child, fn)
+        if new is not None:
+            setattr(module, name, new)
+        else:
+            _swap(child, fn)
+
 
 def quantize_(model: nn.Module, config: Int8Config = Int8Config(), step: str = 'prepare') -> nn.Module:
-    "In-place INT8 quantization: step 'prepare' inserts fake quantization (calibrate, then QAT), 'convert' stores int8 weights."
+    """In-place INT8 quantization: step 'prepare' inserts fake quantization (calibrate, then QAT), 'convert' stores int8
+    weights."""
     prepared, dev = getattr(model, 'quant_config', None), model_device(model)
     if step == 'prepare':
-        if prepared is not None: raise ValueError("model is already quantized: prepare a fresh float model")
-        with torch.device(dev): _swap(model, config.prepare_module)  # new layers are built where the ones they replace live
+        if prepared is not None:
+            raise ValueError("model is already quantized: prepare a fresh float model")
+        with torch.device(dev):
+            _swap(model, config.prepare_module)  # new layers are built where the ones they replace live
     elif step == 'convert':
-        if prepared is None: raise ValueError("nothing to convert: run quantize_(model, config, 'prepare') and calibrate first")
-        if prepared != config: raise ValueError(f"model was prepared with {prepared}: convert it with that config")
-        if model.quant_step == 'convert': raise ValueError("model is already converted")
-        with torch.device(dev): _swap(model, config.convert_module)
-    else: raise ValueError(f"step must be 'prepare' or 'convert', got {step!r}")
+        if prepared is None:
+            raise ValueError("nothing to convert: run quantize_(model, config, 'prepare') and calibrate first")
+        if prepared != config:
+            raise ValueError(f"model was prepared with {prepared}: convert it with that config")
+        if model.quant_step == 'convert':
+            raise ValueError("model is already converted")
+        with torch.device(dev):
+            _swap(model, config.convert_module)
+    else:
+        raise ValueError(f"step must be 'prepare' or 'convert', got {step!r}")
     model.quant_config, model.quant_step = config, step
     return model
 
 # %% ../nbs/01_quant.ipynb #053d13de
 def _describe_quant(model: nn.Module) -> dict | None:
     "The quantization spec of a converted model; a model prepared but not converted is refused."
-    if (config := getattr(model, 'quant_config', None)) is None: return None
+    if (config := getattr(model, 'quant_config', None)) is None:
+        return None
     if model.quant_step != 'convert':
-        raise InputError("the model is prepared for quantization but not converted, and its fake-quantized weights have no integer form: "
-                         "run quantize_(model, config, 'convert') before saving it")
+        raise InputError(
+            "the model is prepared for quantization but not converted, and its fake-quantized weights have no integer "
+            "form: "
+            "run quantize_(model, config, 'convert') before saving it"
+        )
     return config.to_dict()
+
 
 def _rebuild_quant(model: nn.Module, spec: dict):
     config = QuantConfig.from_dict(spec)
-    quantize_(model, config, 'prepare'); quantize_(model, config, 'convert')
+    quantize_(model, config, 'prepare')
+    quantize_(model, config, 'convert')
+
 
 register_structure('quant', _describe_quant, _rebuild_quant, order=20)
 
 # %% ../nbs/01_quant.ipynb #4e2cfe9b
 def qat_check(device: str | torch.device = 'cuda', seed: int = 0, config: Int8Config | None = None) -> dict:
-    "One QAT backward pass and the converted int8 model on `device`, against a float64 copy on the CPU: loss, gradients, logits."
+    """One QAT backward pass and the converted int8 model on `device`, against a float64 copy on the CPU: loss,
+    gradients, logits."""
     dev, g, config = on_device(device), torch.Generator().manual_seed(seed), config or Int8Config()
     lm = quantize_(check_model(seed), config).eval()
     V, n = lm.cfg.vocab_size, lm.cfg.n_seq
     with calibrating(lm), torch.no_grad():
-        for _ in range(4): lm(torch.randint(0, V, (8, n), generator=g))
+        for _ in range(4):
+            lm(torch.randint(0, V, (8, n), generator=g))
     x, y = torch.randint(0, V, (2, 8, n), generator=g)
     ref = copy.deepcopy(lm).double()
     runs = []
     for m in (ref, lm.to(dev)):  # eval mode: the observers stay as calibrated
-        ce, aux = lm_loss(m, x, y); (ce + 0.01 * aux).backward()
+        ce, aux = lm_loss(m, x, y)
+        (ce + 0.01 * aux).backward()
         runs.append((ce.item(), {k: p.grad for k, p in m.named_parameters() if p.grad is not None}))
     (l64, g64), (l32, g32) = runs
-    if set(g32) != set(g64) or not g64: raise AssertionError(f"on {dev}: gradients reached {sorted(g32)}, on the CPU {sorted(g64)}")
+    if set(g32) != set(g64) or not g64:
+        raise AssertionError(f"on {dev}: gradients reached {sorted(g32)}, on the CPU {sorted(g64)}")
     quantize_(lm, config, 'convert')
-    with torch.no_grad(): int8, fake = lm(x.to(dev)), ref(x)
-    return within({'loss': (abs(l32 - l64) / l64, 1e-5), 'gradients': (max(rel_error(g32[k], g64[k]) for k in g64), 1e-4),
-                   'int8 logits': (rel_error(int8, fake), 1e-4)}, dev)
+    with torch.no_grad():
+        int8, fake = lm(x.to(dev)), ref(x)
+    return within(
+        {
+            'loss': (abs(l32 - l64) / l64, 1e-5),
+            'gradients': (max(rel_error(g32[k], g64[k]) for k in g64), 1e-4),
+            'int8 logits': (rel_error(int8, fake), 1e-4),
+        },
+        dev,
+    )

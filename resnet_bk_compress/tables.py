@@ -1,4 +1,4 @@
-"""Codebook (product-quantized) word tables tied to the LM head, frequency bands with rows of their own for the frequent words, a canonical word order that lets the word list shrink, 4-bit head biases, and the bytes of each part measured.
+"""Codebook word tables tied to the LM head, rows of their own for frequent words, 4-bit biases, every byte measured.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/tables.html.md"""
 
@@ -21,13 +21,18 @@ __all__ = ['canonical_order', 'permute_vocab_', 'permute_vocab', 'kmeans', 'Code
            'QuantizedBias', 'quantize_bias_', 'table_spec']
 
 # %% ../nbs/03a_tables.ipynb #fae119a2
-def canonical_order(vocab: Vocab, counts: torch.Tensor,  # training-set count of each id (V,)
-                    cuts: list[int] = ()) -> torch.Tensor:  # band boundaries in frequency rank: [1000] = the 1,000 most frequent words, then the rest
+def canonical_order(
+    vocab: Vocab,
+    counts: torch.Tensor,  # training-set count of each id (V,)
+    cuts: list[int] = (),
+) -> torch.Tensor:  # band boundaries in frequency rank: [1000] = the 1,000 most frequent words, then the rest
     "Ids in their new order: bands by descending frequency (ties by id), each band sorted by its words."
     V = len(vocab)
-    if counts.shape != (V,): raise ValueError(f"counts must have one entry per word ({V},), got {tuple(counts.shape)}")
+    if counts.shape != (V,):
+        raise ValueError(f"counts must have one entry per word ({V},), got {tuple(counts.shape)}")
     cuts = list(cuts)
-    if cuts != sorted(set(cuts)) or any(not 0 < c < V for c in cuts): raise ValueError(f"cuts must be increasing ranks in (0, {V}), got {cuts}")
+    if cuts != sorted(set(cuts)) or any(not 0 < c < V for c in cuts):
+        raise ValueError(f"cuts must be increasing ranks in (0, {V}), got {cuts}")
     rank = sorted(range(V), key=lambda i: (-int(counts[i]), i))
     bands = [rank[a:b] for a, b in zip([0] + cuts, cuts + [V])]
     return torch.tensor([i for band in bands for i in sorted(band, key=vocab.itos.__getitem__)], device=counts.device)
@@ -36,33 +41,52 @@ def canonical_order(vocab: Vocab, counts: torch.Tensor,  # training-set count of
 def permute_vocab_(model: ResNetBKLM, order: torch.Tensor) -> ResNetBKLM:
     "Reorder every word-indexed tensor of a float model in place: new id i is old id order[i]."
     V = model.cfg.vocab_size
-    if sorted(order.tolist()) != list(range(V)): raise ValueError(f"order must be a permutation of range({V})")
+    if sorted(order.tolist()) != list(range(V)):
+        raise ValueError(f"order must be a permutation of range({V})")
     emb, head = model.tok_emb, model.head
-    if type(emb) is not nn.Embedding and not hasattr(emb, 'permute_') or (type(head) is not nn.Linear and type(head) is not OutputHead):
-        raise ValueError(f"permute_vocab_ takes float models (nn.Embedding or CodebookTable, nn.Linear or OutputHead); got {type(emb).__name__} and "
-                         f"{type(head).__name__}: permute before quantizing")
+    if (
+        type(emb) is not nn.Embedding
+        and not hasattr(emb, 'permute_')
+        or (type(head) is not nn.Linear and type(head) is not OutputHead)
+    ):
+        raise ValueError(
+            "permute_vocab_ takes float models (nn.Embedding or CodebookTable, nn.Linear or OutputHead); got "
+            f"{type(emb).__name__} and "
+            f"{type(head).__name__}: permute before quantizing"
+        )
     with torch.no_grad():
-        if hasattr(emb, 'permute_'): emb.permute_(order)  # a table that knows its own layout (CodebookTable, below)
-        else: emb.weight.copy_(emb.weight[order])
+        if hasattr(emb, 'permute_'):
+            emb.permute_(order)  # a table that knows its own layout (CodebookTable, below)
+        else:
+            emb.weight.copy_(emb.weight[order])
         head.bias.copy_(head.bias[order])
-        if type(head) is nn.Linear: head.weight.copy_(head.weight[order])
-        elif not head.tied: head.own.weight.copy_(head.own.weight[order])
+        if type(head) is nn.Linear:
+            head.weight.copy_(head.weight[order])
+        elif not head.tied:
+            head.own.weight.copy_(head.own.weight[order])
     return model
+
 
 def permute_vocab(vocab: Vocab, order: torch.Tensor) -> Vocab:
     "The vocabulary whose id i is the word of old id order[i]."
     return Vocab([vocab.itos[i] for i in order.tolist()])
 
 # %% ../nbs/03a_tables.ipynb #7d0e87f1
-def kmeans(x: torch.Tensor,  # points (n, d)
-           k: int,  # clusters
-           weights: torch.Tensor | None = None,  # weight of each point (n,), default 1
-           iters: int = 25, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(
+    x: torch.Tensor,  # points (n, d)
+    k: int,  # clusters
+    weights: torch.Tensor | None = None,  # weight of each point (n,), default 1
+    iters: int = 25,
+    seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     "Weighted Lloyd iterations from a weighted k-means++ start: (centroids (k, d), assignment (n,))."
-    x = x.detach().float(); n = x.shape[0]
+    x = x.detach().float()
+    n = x.shape[0]
     w = torch.ones(n, device=x.device) if weights is None else weights.detach().float().clamp(min=0).to(x.device)
-    if k < 1 or n == 0: raise ValueError(f"k-means needs k >= 1 and at least one point (k={k}, n={n})")
-    if k >= n: return torch.cat([x, x[:1].expand(k - n, -1)]), torch.arange(n, device=x.device)
+    if k < 1 or n == 0:
+        raise ValueError(f"k-means needs k >= 1 and at least one point (k={k}, n={n})")
+    if k >= n:
+        return torch.cat([x, x[:1].expand(k - n, -1)]), torch.arange(n, device=x.device)
     g = torch.Generator(x.device).manual_seed(seed)
     c = x[torch.multinomial(w + 1e-12, 1, generator=g)]
     d2 = torch.cdist(x, c).squeeze(1) ** 2
@@ -78,17 +102,32 @@ def kmeans(x: torch.Tensor,  # points (n, d)
 
 # %% ../nbs/03a_tables.ipynb #7dcacca1
 class CodebookTable(nn.Module):
-    "(V, d) word table: own rows for words 0..n_dense-1, for every other word the concatenation of M codewords from K-entry codebooks."
-    def __init__(self, num_embeddings: int, embedding_dim: int,
-                 n_dense: int,  # words (the first ids) with rows of their own
-                 n_codebooks: int = 1,  # M: codes per coded word; embedding_dim must be a multiple
-                 codebook_size: int = 256):  # K: entries per codebook (codes of log2 K bits)
+    """(V, d) word table: own rows for words 0..n_dense-1, for every other word the concatenation of M codewords from
+    K-entry codebooks."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        n_dense: int,  # words (the first ids) with rows of their own
+        n_codebooks: int = 1,  # M: codes per coded word; embedding_dim must be a multiple
+        codebook_size: int = 256,
+    ):  # K: entries per codebook (codes of log2 K bits)
         super().__init__()
         V, d, M, K = num_embeddings, embedding_dim, n_codebooks, codebook_size
-        if not 0 <= n_dense <= V: raise ValueError(f"n_dense must be in [0, {V}], got {n_dense}")
-        if M < 1 or d % M: raise ValueError(f"n_codebooks must divide embedding_dim={d}, got {M}")
-        if not 2 <= K <= 2 ** 16: raise ValueError(f"codebook_size must be in [2, 65536], got {K}")
-        self.num_embeddings, self.embedding_dim, self.n_dense, self.n_codebooks, self.codebook_size = V, d, n_dense, M, K
+        if not 0 <= n_dense <= V:
+            raise ValueError(f"n_dense must be in [0, {V}], got {n_dense}")
+        if M < 1 or d % M:
+            raise ValueError(f"n_codebooks must divide embedding_dim={d}, got {M}")
+        if not 2 <= K <= 2**16:
+            raise ValueError(f"codebook_size must be in [2, 65536], got {K}")
+        self.num_embeddings, self.embedding_dim, self.n_dense, self.n_codebooks, self.codebook_size = (
+            V,
+            d,
+            n_dense,
+            M,
+            K,
+        )
         self.dense = nn.Parameter(torch.zeros(n_dense, d))
         self.codebooks = nn.Parameter(torch.zeros(M, K, d // M))
         self.register_buffer('codes', torch.zeros(V - n_dense, M, dtype=torch.uint8 if K <= 256 else torch.int32))
@@ -100,33 +139,51 @@ class CodebookTable(nn.Module):
 
     def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         "(dense rows, codebooks) as the table uses them: fake-quantized while prepared for QAT."
-        if self.fake_quant is None: return self.dense, self.codebooks
+        if self.fake_quant is None:
+            return self.dense, self.codebooks
         qd, qc = self.fake_quant
         cb = self.codebooks.reshape(-1, self.codebooks.shape[-1])
-        return (qd.fake_quantize(self.dense) if self.n_dense else self.dense), qc.fake_quantize(cb).reshape(self.codebooks.shape)
+        return (qd.fake_quantize(self.dense) if self.n_dense else self.dense), qc.fake_quantize(cb).reshape(
+            self.codebooks.shape
+        )
 
     def table(self) -> torch.Tensor:
         "The whole (V, d) table."
         dense, cb = self.parts()
-        if getattr(self, 'shadow', None) is None: return torch.cat([dense, _coded_rows(cb, self.codes)])
+        if getattr(self, 'shadow', None) is None:
+            return torch.cat([dense, _coded_rows(cb, self.codes)])
         q = _coded_rows(cb, self._assign(cb))  # learn_codes_ (below): the nearest codewords of the full rows
         e = self.shadow
-        coded = q + _Commit.apply(e, q.detach(), self.beta) - e.detach() if self.training else q  # value q; gradient also straight to e
+        coded = (
+            q + _Commit.apply(e, q.detach(), self.beta) - e.detach() if self.training else q
+        )  # value q; gradient also straight to e
         return torch.cat([dense, coded])
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor: return F.embedding(idx, self.table())
-    def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}, n_dense={self.n_dense}, M={self.n_codebooks}, K={self.codebook_size}"
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.table())
+
+    def extra_repr(self):
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, n_dense={self.n_dense}, M={self.n_codebooks}, "
+            f"K={self.codebook_size}"
+        )
+
 
 class _Commit(torch.autograd.Function):
-    "Identity on the full rows e whose backward adds the gradient of the commitment term beta * mean_w ||e_w - target_w||^2."
+    """Identity on the full rows e whose backward adds the gradient of the commitment term beta * mean_w ||e_w -
+    target_w||^2."""
+
     @staticmethod
     def forward(ctx, e, target, beta):
-        ctx.save_for_backward(e, target); ctx.beta = beta
+        ctx.save_for_backward(e, target)
+        ctx.beta = beta
         return e.view_as(e)
+
     @staticmethod
     def backward(ctx, g):
         e, target = ctx.saved_tensors
         return g + 2 * ctx.beta * (e - target) / e.shape[0], None, None
+
 
 def _coded_rows(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     "Rows (n, d) of the coded words: codebooks (M, K, d/M) picked by codes (n, M) and concatenated."
@@ -135,41 +192,56 @@ def _coded_rows(codebooks: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 
 # %% ../nbs/03a_tables.ipynb #2b54c192
 @patch(cls_method=True)
-def from_table(cls: CodebookTable, W: torch.Tensor,  # trained table (V, d)
-               n_dense: int, n_codebooks: int = 1, codebook_size: int = 256,
-               weights: torch.Tensor | None = None,  # word counts (V,) weighting the k-means
-               iters: int = 25, seed: int = 0) -> CodebookTable:
+def from_table(
+    cls: CodebookTable,
+    W: torch.Tensor,  # trained table (V, d)
+    n_dense: int,
+    n_codebooks: int = 1,
+    codebook_size: int = 256,
+    weights: torch.Tensor | None = None,  # word counts (V,) weighting the k-means
+    iters: int = 25,
+    seed: int = 0,
+) -> CodebookTable:
     "A codebook table initialized from W: rows of its own for the first n_dense words, k-means codebooks for the rest."
     V, d = W.shape
-    with torch.device(W.device): t = cls(V, d, n_dense, n_codebooks, codebook_size)  # built where the table it replaces lives
+    with torch.device(W.device):
+        t = cls(V, d, n_dense, n_codebooks, codebook_size)  # built where the table it replaces lives
     rest, w = W.detach()[n_dense:], None if weights is None else weights[n_dense:]
     s = d // n_codebooks
     with torch.no_grad():
         t.dense.copy_(W[:n_dense])
         for m in range(n_codebooks):
-            c, a = kmeans(rest[:, m * s:(m + 1) * s], codebook_size, w, iters, seed + m)
-            t.codebooks[m].copy_(c); t.codes[:, m] = a.to(t.codes.dtype)
+            c, a = kmeans(rest[:, m * s : (m + 1) * s], codebook_size, w, iters, seed + m)
+            t.codebooks[m].copy_(c)
+            t.codes[:, m] = a.to(t.codes.dtype)
     return t
 
 # %% ../nbs/03a_tables.ipynb #c5dadb7d
 @patch
 def learn_codes_(self: CodebookTable, beta: float = 0.25) -> CodebookTable:
     "Train the assignment too (straight-through nearest codeword with a commitment term beta); undo with freeze_codes_."
-    self.shadow = nn.Parameter(_coded_rows(self.codebooks.detach(), self.codes).clone())  # full rows of the coded words, starting on their codewords
+    self.shadow = nn.Parameter(
+        _coded_rows(self.codebooks.detach(), self.codes).clone()
+    )  # full rows of the coded words, starting on their codewords
     self.beta = beta
     return self
+
 
 @patch
 def _assign(self: CodebookTable, cb: torch.Tensor) -> torch.Tensor:
     "Nearest codeword of each shadow row's slices: codes (n, M)."
     s = self.embedding_dim // self.n_codebooks
     with torch.no_grad():
-        return torch.stack([torch.cdist(self.shadow[:, m * s:(m + 1) * s], cb[m]).argmin(1) for m in range(self.n_codebooks)], 1)
+        return torch.stack(
+            [torch.cdist(self.shadow[:, m * s : (m + 1) * s], cb[m]).argmin(1) for m in range(self.n_codebooks)], 1
+        )
+
 
 @patch
 def freeze_codes_(self: CodebookTable) -> CodebookTable:
     "Store the current nearest-codeword assignment as the codes and drop the full rows."
-    if getattr(self, 'shadow', None) is None: return self
+    if getattr(self, 'shadow', None) is None:
+        return self
     self.codes.copy_(self._assign(self.parts()[1]).to(self.codes.dtype))
     del self.shadow
     return self
@@ -179,7 +251,10 @@ def freeze_codes_(self: CodebookTable) -> CodebookTable:
 def permute_(self: CodebookTable, order: torch.Tensor) -> CodebookTable:
     "Reorder the words in place (new id i is old id order[i]); order must keep ids below n_dense below it."
     n = self.n_dense
-    if not (order[:n] < n).all(): raise ValueError(f"the order moves words across the band boundary at {n}: use canonical_order with a cut at {n}")
+    if not (order[:n] < n).all():
+        raise ValueError(
+            f"the order moves words across the band boundary at {n}: use canonical_order with a cut at {n}"
+        )
     with torch.no_grad():
         self.dense.copy_(self.dense[order[:n]])
         self.codes.copy_(self.codes[order[n:] - n])
@@ -188,40 +263,81 @@ def permute_(self: CodebookTable, order: torch.Tensor) -> CodebookTable:
 # %% ../nbs/03a_tables.ipynb #0f4b06c2
 def _pack_codes(codes: torch.Tensor, K: int) -> torch.Tensor:
     "Codes (n, M) as stored: 4-bit pairs for K <= 16, uint8 for K <= 256, int32 beyond."
-    if K <= 16: return pack_int4(codes.to(torch.uint8).flatten())
+    if K <= 16:
+        return pack_int4(codes.to(torch.uint8).flatten())
     return codes.to(torch.uint8 if K <= 256 else torch.int32)
+
 
 def _unpack_codes(stored: torch.Tensor, K: int, n: int, M: int) -> torch.Tensor:
     return unpack_int4(stored, n * M).reshape(n, M) if K <= 16 else stored
 
+
 class QuantizedCodebookTable(nn.Module):
     "A CodebookTable as stored: INT4 (or INT8) dense rows, INT8 codebooks, packed codes."
-    def __init__(self, num_embeddings: int, embedding_dim: int, n_dense: int, n_codebooks: int, codebook_size: int,
-                 dense_bits: int = 4, group_size: int = 128, codebook_bits: int = 8):
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        n_dense: int,
+        n_codebooks: int,
+        codebook_size: int,
+        dense_bits: int = 4,
+        group_size: int = 128,
+        codebook_bits: int = 8,
+    ):
         super().__init__()
         V, d, M, K = num_embeddings, embedding_dim, n_codebooks, codebook_size
-        self.num_embeddings, self.embedding_dim, self.n_dense, self.n_codebooks, self.codebook_size = V, d, n_dense, M, K
-        self.dense = QuantizedEmbedding(n_dense, d, GroupWiseQuantizer(group_size, dense_bits, method='mse')) if n_dense else None
+        self.num_embeddings, self.embedding_dim, self.n_dense, self.n_codebooks, self.codebook_size = (
+            V,
+            d,
+            n_dense,
+            M,
+            K,
+        )
+        self.dense = (
+            QuantizedEmbedding(n_dense, d, GroupWiseQuantizer(group_size, dense_bits, method='mse'))
+            if n_dense
+            else None
+        )
         self.codebooks = QuantizedEmbedding(M * K, d // M, GroupWiseQuantizer(d // M, codebook_bits, method='mse'))
         self.register_buffer('codes', _pack_codes(torch.zeros(V - n_dense, M, dtype=torch.long), K))
 
     @classmethod
-    def from_float(cls, t: CodebookTable, dense_bits: int = 4, group_size: int = 128, codebook_bits: int = 8) -> QuantizedCodebookTable:
-        q = cls(t.num_embeddings, t.embedding_dim, t.n_dense, t.n_codebooks, t.codebook_size, dense_bits, group_size, codebook_bits)
-        if t.n_dense: q.dense = QuantizedEmbedding.from_float(nn.Embedding.from_pretrained(t.dense.detach()), q.dense.q.quantizer)
-        q.codebooks = QuantizedEmbedding.from_float(nn.Embedding.from_pretrained(t.codebooks.detach().reshape(-1, t.embedding_dim // t.n_codebooks)),
-                                                    q.codebooks.q.quantizer)
+    def from_float(
+        cls, t: CodebookTable, dense_bits: int = 4, group_size: int = 128, codebook_bits: int = 8
+    ) -> QuantizedCodebookTable:
+        q = cls(
+            t.num_embeddings,
+            t.embedding_dim,
+            t.n_dense,
+            t.n_codebooks,
+            t.codebook_size,
+            dense_bits,
+            group_size,
+            codebook_bits,
+        )
+        if t.n_dense:
+            q.dense = QuantizedEmbedding.from_float(nn.Embedding.from_pretrained(t.dense.detach()), q.dense.q.quantizer)
+        q.codebooks = QuantizedEmbedding.from_float(
+            nn.Embedding.from_pretrained(t.codebooks.detach().reshape(-1, t.embedding_dim // t.n_codebooks)),
+            q.codebooks.q.quantizer,
+        )
         q.codes = _pack_codes(t.codes, t.codebook_size)
         return q
 
     spec = CodebookTable.spec
+
     def table(self) -> torch.Tensor:
         cb = self._codebooks()
         coded = _coded_rows(cb, self._codes())
         return coded if self.dense is None else torch.cat([self.dense.table(), coded])
 
-    def _codebooks(self) -> torch.Tensor: return self.codebooks.table().reshape(self.n_codebooks, self.codebook_size, -1)  # (M, K, d/M)
-    def _codes(self) -> torch.Tensor: return _unpack_codes(self.codes, self.codebook_size, self.num_embeddings - self.n_dense, self.n_codebooks)
+    def _codebooks(self) -> torch.Tensor:
+        return self.codebooks.table().reshape(self.n_codebooks, self.codebook_size, -1)  # (M, K, d/M)
+
+    def _codes(self) -> torch.Tensor:
+        return _unpack_codes(self.codes, self.codebook_size, self.num_embeddings - self.n_dense, self.n_codebooks)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         "The rows of idx only: dense rows dequantized, coded rows from their codes (a lookup, not the whole table)."
@@ -230,52 +346,70 @@ class QuantizedCodebookTable(nn.Module):
         out = torch.empty(flat.shape[0], self.embedding_dim, device=flat.device)
         cb = self._codebooks()
         out[coded] = _coded_rows(cb, self._codes()[flat[coded] - self.n_dense])
-        if self.dense is not None and (~coded).any(): out[~coded] = self.dense(flat[~coded])
+        if self.dense is not None and (~coded).any():
+            out[~coded] = self.dense(flat[~coded])
         return out.reshape(*idx.shape, self.embedding_dim)
 
     def scores(self, h: torch.Tensor) -> torch.Tensor:
-        "h (..., d) . every row (..., V), never building the (V, d) table: M (..., K) products and a gather-sum for the coded words."
+        """h (..., d) . every row (..., V), never building the (V, d) table: M (..., K) products and a gather-sum for
+        the coded words."""
         M, cb = self.n_codebooks, self._codebooks()
         s = torch.einsum('...md,mkd->...mk', h.reshape(*h.shape[:-1], M, -1), cb)  # (..., M, K)
         codes = self._codes().long()
         coded = sum(s[..., m, :][..., codes[:, m]] for m in range(M))
         return coded if self.dense is None else torch.cat([h @ self.dense.table().T, coded], -1)
 
-    def extra_repr(self): return f"{self.num_embeddings}, {self.embedding_dim}, n_dense={self.n_dense}, M={self.n_codebooks}, K={self.codebook_size}"
+    def extra_repr(self):
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, n_dense={self.n_dense}, M={self.n_codebooks}, "
+            f"K={self.codebook_size}"
+        )
 
 # %% ../nbs/03a_tables.ipynb #306b394d
-def _shared_rows(dense: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _shared_rows(
+    dense: torch.Tensor, codebooks: torch.Tensor, codes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     "(rows (n_dense + K, d), group (V,)) of a table with one code a word: the dense rows, then the codewords."
     n = dense.shape[0]
     group = torch.cat([torch.arange(n, device=codes.device), n + codes[:, 0].long()])
     return torch.cat([dense, codebooks[0]]), group
 
+
 @patch
 def shared_rows(self: CodebookTable) -> tuple[torch.Tensor, torch.Tensor] | None:
     "(rows, group) as the table uses them (fake-quantized while prepared) when each word has one fixed code, else None."
-    if self.n_codebooks != 1 or getattr(self, 'shadow', None) is not None: return None
+    if self.n_codebooks != 1 or getattr(self, 'shadow', None) is not None:
+        return None
     dense, cb = self.parts()
     return _shared_rows(dense, cb, self.codes)
+
 
 @patch
 def shared_rows(self: QuantizedCodebookTable) -> tuple[torch.Tensor, torch.Tensor] | None:
     "(rows, group) as stored, dequantized; None with several codes a word."
-    if self.n_codebooks != 1: return None
+    if self.n_codebooks != 1:
+        return None
     dense = self.dense.table() if self.dense is not None else self._codebooks().new_zeros(0, self.embedding_dim)
     return _shared_rows(dense, self._codebooks(), self._codes())
 
 # %% ../nbs/03a_tables.ipynb #f5094c47
 def _table_bits(config) -> tuple[int, int]:
-    "(dense-row bits, group size) a quantization config gives a codebook table: its embedding_bits (default 8), its group size (default 128)."
+    """(dense-row bits, group size) a quantization config gives a codebook table: its embedding_bits (default 8), its
+    group size (default 128)."""
     return getattr(config, 'embedding_bits', 8), getattr(config, 'group_size', 128)
+
 
 @patch
 def prepare_quant(self: CodebookTable, config) -> CodebookTable:
     "Fake-quantize the dense rows and the codebooks on their storage grids (called by quant.quantize_)."
     bits, gs = _table_bits(config)
     self.freeze_codes_()  # QAT trains the stored layout: the codes no longer move
-    self.fake_quant = (GroupWiseQuantizer(gs, bits, method='mse'), GroupWiseQuantizer(self.embedding_dim // self.n_codebooks, 8, method='mse'))
+    self.fake_quant = (
+        GroupWiseQuantizer(gs, bits, method='mse'),
+        GroupWiseQuantizer(self.embedding_dim // self.n_codebooks, 8, method='mse'),
+    )
     return self
+
 
 @patch
 def convert_quant(self: CodebookTable, config) -> QuantizedCodebookTable:
@@ -286,6 +420,7 @@ def convert_quant(self: CodebookTable, config) -> QuantizedCodebookTable:
 # %% ../nbs/03a_tables.ipynb #fc10bdbf
 class QuantizedBias(nn.Module):
     "A vector stored as 4-bit indices (two per byte) into 16 fp16 levels; calling it returns the float vector."
+
     def __init__(self, n: int):
         super().__init__()
         self.n = n
@@ -301,49 +436,75 @@ class QuantizedBias(nn.Module):
         q.codes = pack_int4(torch.cdist(b.detach().float().reshape(-1, 1), q.levels.float()[:, None]).argmin(1))
         return q
 
-    def forward(self) -> torch.Tensor: return self.levels.float()[unpack_int4(self.codes, self.n).long()]
-    def extra_repr(self): return f"{self.n}, 4-bit, 16 levels"
+    def forward(self) -> torch.Tensor:
+        return self.levels.float()[unpack_int4(self.codes, self.n).long()]
+
+    def extra_repr(self):
+        return f"{self.n}, 4-bit, 16 levels"
+
 
 def quantize_bias_(model: ResNetBKLM, weights: torch.Tensor | None = None) -> ResNetBKLM:
     "Store an OutputHead's biases as a QuantizedBias (in place); weights: word counts for the k-means."
     head = model.head
-    if type(head) is not OutputHead: raise ValueError(f"quantize_bias_ needs a tied or factorized OutputHead, got {type(head).__name__}")
-    if isinstance(head.bias, nn.Module): raise ValueError("the head's biases are already quantized")
+    if type(head) is not OutputHead:
+        raise ValueError(f"quantize_bias_ needs a tied or factorized OutputHead, got {type(head).__name__}")
+    if isinstance(head.bias, nn.Module):
+        raise ValueError("the head's biases are already quantized")
     b = head.bias.detach().float()
-    del head.bias  # the k-means runs on the CPU (its seeded generator lives there); the levels and codes join the head's device
+    del (
+        head.bias
+    )  # the k-means runs on the CPU (its seeded generator lives there); the levels and codes join the head's device
     head.bias = QuantizedBias.from_float(b.cpu(), None if weights is None else weights.cpu()).to(b.device)
     return model
 
 # %% ../nbs/03a_tables.ipynb #a0d1bedb
 _SPEC_KEYS = ('n_dense', 'n_codebooks', 'codebook_size')
 
+
 def table_spec(model: ResNetBKLM) -> dict | None:
     "The `table` header entry of a model with a codebook table, float or quantized (None without one)."
-    spec = getattr(model.tok_emb, 'spec', None)  # by what it does, not its class: this notebook's own copies of the classes count too
+    spec = getattr(
+        model.tok_emb, 'spec', None
+    )  # by what it does, not its class: this notebook's own copies of the classes count too
     return dict(spec()) if callable(spec) else None
 
+
 def _rebuild_table(model: ResNetBKLM, s: dict):
-    "Give a freshly built model the (float) codebook table its file describes; quantization, if any, converts it afterwards."
+    """Give a freshly built model the (float) codebook table its file describes; quantization, if any, converts it
+    afterwards."""
     if not isinstance(s, dict) or set(s) != set(_SPEC_KEYS) or any(type(v) is not int for v in s.values()):
         raise ValueError(f"a table entry has the integers {list(_SPEC_KEYS)}")
-    model.tok_emb = CodebookTable(model.cfg.vocab_size, model.tok_emb.embedding_dim, s['n_dense'], s['n_codebooks'], s['codebook_size'])
+    model.tok_emb = CodebookTable(
+        model.cfg.vocab_size, model.tok_emb.embedding_dim, s['n_dense'], s['n_codebooks'], s['codebook_size']
+    )
+
 
 def _describe_bias(model: ResNetBKLM) -> dict | None:
     return {'bits': 4} if type(getattr(model.head, 'bias', None)).__name__ == 'QuantizedBias' else None
 
+
 def _rebuild_bias(model: ResNetBKLM, s: dict):
     "4-bit head biases, after quantization has converted the rest (it would have made them float16)."
-    if s != {'bits': 4}: raise ValueError("4-bit biases are the only kind")
+    if s != {'bits': 4}:
+        raise ValueError("4-bit biases are the only kind")
     del model.head.bias
     model.head.bias = QuantizedBias(model.cfg.vocab_size)
 
+
 def _legacy(header: dict) -> dict:  # format version 1 files held the table and the biases in one 'table' entry
     s = json.loads(header.get('table', '{}'))
-    if not isinstance(s, dict): raise ValueError(f"'table' entry {s!r} is not an object")
+    if not isinstance(s, dict):
+        raise ValueError(f"'table' entry {s!r} is not an object")
     return s
 
-def _legacy_table(h: dict): return {k: v for k, v in _legacy(h).items() if k in _SPEC_KEYS} or None
-def _legacy_bias(h: dict): return {'bits': 4} if _legacy(h).get('bias_bits') == 4 else None
+
+def _legacy_table(h: dict):
+    return {k: v for k, v in _legacy(h).items() if k in _SPEC_KEYS} or None
+
+
+def _legacy_bias(h: dict):
+    return {'bits': 4} if _legacy(h).get('bias_bits') == 4 else None
+
 
 register_structure('table', table_spec, _rebuild_table, order=10, legacy=_legacy_table)
 register_structure('bias', _describe_bias, _rebuild_bias, order=40, legacy=_legacy_bias)

@@ -1,4 +1,4 @@
-"""A training loop that is fast on a CPU, perplexity over whole splits, checkpoints a killed run resumes from, and the `rbk-train` / `rbk-eval` command line. Models are written and read by `00d_files`.
+"""A training loop that is fast on a CPU, perplexity over whole splits, resumable checkpoints, `rbk-train`, `rbk-eval`.
 
 Docs: https://resnet-bk.github.io/resnet_bk_compress/train.html.md"""
 
@@ -11,9 +11,29 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
-from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, on_device, check_model, within, model_device, new_model
-from .data import (Corpus, Vocab, eval_windows, window_starts, windows_at, batches_per_epoch, unigram_ppl,
-                                     load_corpus, synthetic_corpus, encode_file)
+from resnet_bk_compress.model import (
+    ResNetBKConfig,
+    ResNetBKLM,
+    InputError,
+    num_params,
+    on_device,
+    check_model,
+    within,
+    model_device,
+    new_model,
+)
+from resnet_bk_compress.data import (
+    Corpus,
+    Vocab,
+    eval_windows,
+    window_starts,
+    windows_at,
+    batches_per_epoch,
+    unigram_ppl,
+    load_corpus,
+    synthetic_corpus,
+    encode_file,
+)
 from .files import save_model, load_model, file_bytes, atomic_write
 
 # %% auto #0
@@ -25,6 +45,7 @@ __all__ = ['BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'dense_h
 # %% ../nbs/00b_train.ipynb #d1addedc
 class ChunkedCrossEntropy(torch.autograd.Function):
     "Mean cross-entropy of `h @ weight.T + bias` against `targets`, with its gradients, in row chunks."
+
     @staticmethod
     def forward(ctx, h, weight, bias, targets, chunk, grad_enabled):
         T, V = h.shape[0], weight.shape[0]
@@ -36,8 +57,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         buf = h.new_empty(min(chunk, T), V)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         for i in range(0, T, chunk):
-            hc, tc = h[i:i + chunk], targets[i:i + chunk]
-            n = hc.shape[0]; rows = torch.arange(n, device=h.device)
+            hc, tc = h[i : i + chunk], targets[i : i + chunk]
+            n = hc.shape[0]
+            rows = torch.arange(n, device=h.device)
             logits = torch.addmm(bias, hc, weight.t(), out=buf[:n])
             tgt = logits[rows, tc]
             m = logits.amax(-1, keepdim=True)
@@ -45,10 +67,13 @@ class ChunkedCrossEntropy(torch.autograd.Function):
             total += (s.log() + m).squeeze(-1).sub(tgt).double().sum()
             if need_h or need_w or need_b:
                 p = logits.div_(s)  # softmax, in place
-                p[rows, tc] -= 1    # minus the one-hot target: d(sum of losses)/d(logits)
-                if need_h: torch.mm(p, weight, out=gh[i:i + n])
-                if need_w: gw.addmm_(p.t(), hc)
-                if need_b: gb += p.sum(0)
+                p[rows, tc] -= 1  # minus the one-hot target: d(sum of losses)/d(logits)
+                if need_h:
+                    torch.mm(p, weight, out=gh[i : i + n])
+                if need_w:
+                    gw.addmm_(p.t(), hc)
+                if need_b:
+                    gb += p.sum(0)
         ctx.n = T
         ctx.save_for_backward(gh, gw, gb)
         return (total / T).to(h.dtype)
@@ -57,52 +82,77 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, g):
         gh, gw, gb = ctx.saved_tensors
         k = g / ctx.n
-        return (None if gh is None else gh * k, None if gw is None else gw * k, None if gb is None else gb * k, None, None, None)
+        return (
+            None if gh is None else gh * k,
+            None if gw is None else gw * k,
+            None if gb is None else gb * k,
+            None,
+            None,
+            None,
+        )
 
-def chunked_cross_entropy(h: torch.Tensor,  # hidden states (T, d)
-                          weight: torch.Tensor,  # LM head weight (V, d)
-                          bias: torch.Tensor,  # LM head bias (V,)
-                          targets: torch.Tensor,  # target ids (T,)
-                          chunk: int = 128):  # rows per chunk
+
+def chunked_cross_entropy(
+    h: torch.Tensor,  # hidden states (T, d)
+    weight: torch.Tensor,  # LM head weight (V, d)
+    bias: torch.Tensor,  # LM head bias (V,)
+    targets: torch.Tensor,  # target ids (T,)
+    chunk: int = 128,
+):  # rows per chunk
     "Mean next-token cross-entropy (nats) without materialising the (T, V) logits."
     return ChunkedCrossEntropy.apply(h, weight, bias, targets, chunk, torch.is_grad_enabled())
 
 # %% ../nbs/00b_train.ipynb #dacdd287
 _SHARED_ROWS = [True]
 
+
 @contextlib.contextmanager
 def dense_head_loss():
     "Inside the block every loss scores all V words, as if no head shared rows: the reference for tests and benchmarks."
     _SHARED_ROWS.append(False)
-    try: yield
-    finally: _SHARED_ROWS.pop()
+    try:
+        yield
+    finally:
+        _SHARED_ROWS.pop()
+
 
 def head_shared_rows(head: nn.Module, h: torch.Tensor):
     "(input, rows (S, r), group (V,), bias (V,)) when the head's V words share S < V score rows; else None."
     return head.shared_rows(h) if _SHARED_ROWS[-1] and hasattr(head, 'shared_rows') else None
 
 # %% ../nbs/00b_train.ipynb #2ad197f9
-def group_bias(bias: torch.Tensor,  # (V,) the words' biases
-               group: torch.Tensor,  # (V,) the row each word scores with, in [0, S)
-               n_rows: int,  # S
-               T: float = 1.):  # temperature
-    "(beta (S,), offset (V,)): beta_g = T log sum over g's words of exp(b_w / T), offset_w = b_w - beta_g(w); -inf for empty rows."
+def group_bias(
+    bias: torch.Tensor,  # (V,) the words' biases
+    group: torch.Tensor,  # (V,) the row each word scores with, in [0, S)
+    n_rows: int,  # S
+    T: float = 1.0,
+):  # temperature
+    """(beta (S,), offset (V,)): beta_g = T log sum over g's words of exp(b_w / T), offset_w = b_w - beta_g(w); -inf for
+    empty rows."""
     m = torch.full((n_rows,), float('-inf'), device=bias.device, dtype=bias.dtype)
-    m = m.scatter_reduce(0, group, bias.detach(), 'amax')  # a shift per row for a stable exp (its value cancels exactly)
+    m = m.scatter_reduce(
+        0, group, bias.detach(), 'amax'
+    )  # a shift per row for a stable exp (its value cancels exactly)
     empty = m == float('-inf')
-    m = m.masked_fill(empty, 0.)
+    m = m.masked_fill(empty, 0.0)
     s = torch.zeros(n_rows, device=bias.device, dtype=bias.dtype).index_add(0, group, ((bias - m[group]) / T).exp())
-    beta = m + T * s.masked_fill(empty, 1.).log()
+    beta = m + T * s.masked_fill(empty, 1.0).log()
     return beta.masked_fill(empty, float('-inf')), bias - beta[group]
 
-def shared_row_scores(x: torch.Tensor, rows: torch.Tensor, group: torch.Tensor, bias: torch.Tensor, T: float = 1.):
+
+def shared_row_scores(x: torch.Tensor, rows: torch.Tensor, group: torch.Tensor, bias: torch.Tensor, T: float = 1.0):
     "(s (n, S), offset (V,)): log q_T(w) = s[:, group[w]] + offset[w] - logsumexp(s), the softmax over V words at T."
     beta, off = group_bias(bias, group, rows.shape[0], T)
     return (x @ rows.t() + beta) / T, off / T
 
-def shared_rows_cross_entropy(x: torch.Tensor,  # head input (n, r)
-                              rows: torch.Tensor, group: torch.Tensor, bias: torch.Tensor,  # as `head_shared_rows` gives them
-                              targets: torch.Tensor):  # (n,)
+
+def shared_rows_cross_entropy(
+    x: torch.Tensor,  # head input (n, r)
+    rows: torch.Tensor,
+    group: torch.Tensor,
+    bias: torch.Tensor,  # as `head_shared_rows` gives them
+    targets: torch.Tensor,
+):  # (n,)
     "Mean cross-entropy of `targets` under a head whose words share rows: (n, S) work instead of (n, V)."
     s, off = shared_row_scores(x, rows, group, bias)
     return (s.logsumexp(-1) - s.gather(1, group[targets, None])[:, 0] - off[targets]).mean()
@@ -112,10 +162,15 @@ def head_operands(head: nn.Module, h: torch.Tensor):
     "(input, weight, bias) of the LM head as its forward uses them; quantized heads define `operands` to rewrite them."
     return head.operands(h) if hasattr(head, 'operands') else (h, head.weight, head.bias)
 
+
 def lm_loss(model: ResNetBKLM, x: torch.Tensor, y: torch.Tensor, chunk: int = 128):
-    "(mean cross-entropy over the batch's tokens, load-balancing loss) for inputs x and targets y, both (B, N), on the model's device."
+    """(mean cross-entropy over the batch's tokens, load-balancing loss) for inputs x and targets y, both (B, N), on the
+    model's device."""
     dev = model_device(model)
-    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)  # batches are made on the CPU; the model may live on a GPU
+    x, y = (
+        x.to(dev, non_blocking=True),
+        y.to(dev, non_blocking=True),
+    )  # batches are made on the CPU; the model may live on a GPU
     h = model.hidden(x)
     if (shared := head_shared_rows(model.head, h)) is not None:  # a codebook table's head: S rows, not V
         hs, rows, group, bias = shared
@@ -126,30 +181,36 @@ def lm_loss(model: ResNetBKLM, x: torch.Tensor, y: torch.Tensor, chunk: int = 12
 
 # %% ../nbs/00b_train.ipynb #96ab8e52
 @torch.no_grad()
-def evaluate(model: ResNetBKLM,
-             ids: torch.Tensor,  # 1-D token stream of a split
-             batch_size: int = 32,  # windows per forward pass
-             n_seq: int | None = None,  # window length (default: the model's n_seq)
-             ) -> dict:
+def evaluate(
+    model: ResNetBKLM,
+    ids: torch.Tensor,  # 1-D token stream of a split
+    batch_size: int = 32,  # windows per forward pass
+    n_seq: int | None = None,  # window length (default: the model's n_seq)
+) -> dict:
     "Perplexity of `model` on `ids`: every prediction of the stream counted once."
-    was_training = model.training; model.eval()
-    total, count = 0., 0
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
     try:
         for x, y in eval_windows(ids, n_seq or model.cfg.n_seq, batch_size):
             ce, _ = lm_loss(model, x, y)
-            total += ce.double().item() * y.numel(); count += y.numel()
-    finally: model.train(was_training)
+            total += ce.double().item() * y.numel()
+            count += y.numel()
+    finally:
+        model.train(was_training)
     return dict(ppl=math.exp(total / count), loss=total / count, tokens=count)
 
 # %% ../nbs/00b_train.ipynb #7d81b25d
 def warmup_cosine(step: int, n_warm: int, total: int) -> float:
     "Learning-rate factor: linear warm-up over `n_warm` steps, then cosine decay to 0 at `total`."
-    if step < n_warm: return (step + 1) / n_warm
-    return 0.5 * (1 + math.cos(math.pi * min(1., (step - n_warm) / max(1, total - n_warm))))
+    if step < n_warm:
+        return (step + 1) / n_warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - n_warm) / max(1, total - n_warm))))
 
 # %% ../nbs/00b_train.ipynb #65ed300a
 class LMObjective(nn.Module):
     "What `fit` minimizes by default: next-token cross-entropy plus `aux_coef` x the MoE load-balancing loss."
+
     def __init__(self, model: ResNetBKLM, aux_coef: float = 0.01):
         super().__init__()
         self.model, self.aux_coef = model, aux_coef
@@ -159,17 +220,22 @@ class LMObjective(nn.Module):
         ce, aux = lm_loss(self.model, x, y)
         return ce + self.aux_coef * aux, dict(loss=ce.detach())
 
+
 def dist_info() -> tuple[int, int]:
     "(rank, world size) of this process: (0, 1) unless a torch.distributed process group is running."
     import torch.distributed as dist
+
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
 
 def init_distributed() -> tuple[int, int]:
     "Start the process group when launched by `torchrun` (gloo on CPU, NCCL with GPUs); returns `dist_info()`."
     import torch.distributed as dist
+
     if int(os.environ.get('WORLD_SIZE', '1')) > 1 and not dist.is_initialized():
         cuda = torch.cuda.is_available()
-        if cuda: torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
         dist.init_process_group('nccl' if cuda else 'gloo')
     return dist_info()
 
@@ -177,42 +243,63 @@ def init_distributed() -> tuple[int, int]:
 class CheckpointError(InputError):
     "A training checkpoint that belongs to another run."
 
+
 def _save_checkpoint(path, objective, opt, sched, state, run):
-    ck = dict(run=run, state=state, objective=objective.state_dict(), opt=opt.state_dict(), sched=sched.state_dict(), rng=torch.get_rng_state())
+    ck = dict(
+        run=run,
+        state=state,
+        objective=objective.state_dict(),
+        opt=opt.state_dict(),
+        sched=sched.state_dict(),
+        rng=torch.get_rng_state(),
+    )
     atomic_write(path, lambda p: torch.save(ck, p))
 
+
 def _load_checkpoint(path, objective, opt, sched, run) -> dict:
-    try: ck = torch.load(path, weights_only=True)
-    except Exception as e: raise CheckpointError(f"checkpoint '{path}' cannot be read ({e}): delete it to start over") from None
+    try:
+        ck = torch.load(path, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint '{path}' cannot be read ({e}): delete it to start over") from None
     if ck.get('run') != run:
         diff = {k: (ck.get('run', {}).get(k), v) for k, v in run.items() if ck.get('run', {}).get(k) != v}
-        raise CheckpointError(f"checkpoint '{path}' belongs to another run (saved vs now: {diff}): pass another path or delete it")
-    objective.load_state_dict(ck['objective']); opt.load_state_dict(ck['opt']); sched.load_state_dict(ck['sched'])
+        raise CheckpointError(
+            f"checkpoint '{path}' belongs to another run (saved vs now: {diff}): pass another path or delete it"
+        )
+    objective.load_state_dict(ck['objective'])
+    opt.load_state_dict(ck['opt'])
+    sched.load_state_dict(ck['sched'])
     torch.set_rng_state(ck['rng'])
     return ck['state']
 
-def fit(model: ResNetBKLM,
-        corpus: Corpus,
-        epochs: int = 1,  # passes over the train split
-        batch_size: int = 32,  # windows per step (all processes together)
-        lr: float = 3e-3,  # peak learning rate
-        weight_decay: float = 0.01,  # AdamW weight decay
-        warmup: float = 0.05,  # share of the steps spent warming up linearly
-        clip: float = 1.0,  # gradient-norm clip
-        aux_coef: float = 0.01,  # weight of the MoE load-balancing loss (default objective)
-        seed: int = 0,  # seeds the initial RNG state, dropout and the batch order
-        max_steps: int | None = None,  # stop after this many steps (all epochs together)
-        eval_split: str | None = 'valid',  # split evaluated after each epoch (None: skip)
-        progress: bool = True,  # show a progress bar
-        objective: nn.Module | None = None,  # objective(x, y, starts) -> (loss, logs); default LMObjective(model, aux_coef)
-        offset: int | None = None,  # fixed window offset (None: a random one per epoch)
-        checkpoint: str | Path | None = None,  # training-state file: written as training goes, resumed from if it exists
-        checkpoint_every: int = 0,  # steps between checkpoints (0: at the end of each epoch only)
-        ) -> list[dict]:
+
+def fit(
+    model: ResNetBKLM,
+    corpus: Corpus,
+    epochs: int = 1,  # passes over the train split
+    batch_size: int = 32,  # windows per step (all processes together)
+    lr: float = 3e-3,  # peak learning rate
+    weight_decay: float = 0.01,  # AdamW weight decay
+    warmup: float = 0.05,  # share of the steps spent warming up linearly
+    clip: float = 1.0,  # gradient-norm clip
+    aux_coef: float = 0.01,  # weight of the MoE load-balancing loss (default objective)
+    seed: int = 0,  # seeds the initial RNG state, dropout and the batch order
+    max_steps: int | None = None,  # stop after this many steps (all epochs together)
+    eval_split: str | None = 'valid',  # split evaluated after each epoch (None: skip)
+    progress: bool = True,  # show a progress bar
+    objective: nn.Module | None = None,  # objective(x, y, starts) -> (loss, logs); default LMObjective(model, aux_coef)
+    offset: int | None = None,  # fixed window offset (None: a random one per epoch)
+    checkpoint: str | Path | None = None,  # training-state file: written as training goes, resumed from if it exists
+    checkpoint_every: int = 0,  # steps between checkpoints (0: at the end of each epoch only)
+) -> list[dict]:
     "Train `model` (through `objective`) on `corpus.train`; returns one dict of metrics per epoch."
-    if epochs < 1: raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
     rank, world = dist_info()
-    if batch_size % world: raise ValueError(f"batch_size={batch_size} cannot be split evenly over {world} processes: use a multiple of {world}")
+    if batch_size % world:
+        raise ValueError(
+            f"batch_size={batch_size} cannot be split evenly over {world} processes: use a multiple of {world}"
+        )
     objective = LMObjective(model, aux_coef) if objective is None else objective
     n_seq = model.cfg.n_seq
     per_epoch = batches_per_epoch(len(corpus.train), n_seq, batch_size)
@@ -221,15 +308,35 @@ def fit(model: ResNetBKLM,
     opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, n_warm, total))
     torch.manual_seed(seed)
-    run = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup, clip=clip, seed=seed,
-               max_steps=max_steps, offset=offset, world=world, corpus=corpus.name, params=num_params(objective))
-    st = dict(step=0, epoch=0, batch=0, history=[], tokens=0, loss_sum=0., n_b=0, seconds=0.)
-    if checkpoint is not None and Path(checkpoint).is_file(): st = _load_checkpoint(checkpoint, objective, opt, sched, run)
-    save = (lambda: _save_checkpoint(checkpoint, objective, opt, sched, st, run)) if checkpoint is not None and rank == 0 else (lambda: None)
+    run = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        clip=clip,
+        seed=seed,
+        max_steps=max_steps,
+        offset=offset,
+        world=world,
+        corpus=corpus.name,
+        params=num_params(objective),
+    )
+    st = dict(step=0, epoch=0, batch=0, history=[], tokens=0, loss_sum=0.0, n_b=0, seconds=0.0)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        st = _load_checkpoint(checkpoint, objective, opt, sched, run)
+    save = (
+        (lambda: _save_checkpoint(checkpoint, objective, opt, sched, st, run))
+        if checkpoint is not None and rank == 0
+        else (lambda: None)
+    )
     net = objective
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
-        net = DistributedDataParallel(objective, find_unused_parameters=True)  # top-1 routing leaves some experts idle in a batch
+
+        net = DistributedDataParallel(
+            objective, find_unused_parameters=True
+        )  # top-1 routing leaves some experts idle in a batch
     bar = tqdm(total=total, initial=st['step'], disable=not progress or rank != 0, unit='step', dynamic_ncols=True)
     while st['epoch'] < epochs and st['step'] < total:
         objective.train()
@@ -242,19 +349,34 @@ def fit(model: ResNetBKLM,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(opt.param_groups[0]['params'], clip)
-            opt.step(); sched.step()
-            st['step'] += 1; st['batch'] = b + 1
-            st['tokens'] += y.numel() * world; st['loss_sum'] += logs['loss'].item(); st['n_b'] += 1
+            opt.step()
+            sched.step()
+            st['step'] += 1
+            st['batch'] = b + 1
+            st['tokens'] += y.numel() * world
+            st['loss_sum'] += logs['loss'].item()
+            st['n_b'] += 1
             st['seconds'] = time.perf_counter() - t0
             bar.update(1)
-            bar.set_postfix(epoch=st['epoch'], loss=f"{logs['loss'].item():.3f}", tok_s=f"{st['tokens'] / st['seconds']:,.0f}")
-            if st['step'] >= total: break
-            if checkpoint_every and st['step'] % checkpoint_every == 0: save()
-        rec = dict(epoch=st['epoch'], steps=st['step'], train_loss=st['loss_sum'] / max(1, st['n_b']), tokens=st['tokens'],
-                   seconds=st['seconds'], tokens_per_s=st['tokens'] / max(st['seconds'], 1e-9))
-        if eval_split: rec[f'{eval_split}_ppl'] = evaluate(model, corpus.split(eval_split))['ppl']
+            bar.set_postfix(
+                epoch=st['epoch'], loss=f"{logs['loss'].item():.3f}", tok_s=f"{st['tokens'] / st['seconds']:,.0f}"
+            )
+            if st['step'] >= total:
+                break
+            if checkpoint_every and st['step'] % checkpoint_every == 0:
+                save()
+        rec = dict(
+            epoch=st['epoch'],
+            steps=st['step'],
+            train_loss=st['loss_sum'] / max(1, st['n_b']),
+            tokens=st['tokens'],
+            seconds=st['seconds'],
+            tokens_per_s=st['tokens'] / max(st['seconds'], 1e-9),
+        )
+        if eval_split:
+            rec[f'{eval_split}_ppl'] = evaluate(model, corpus.split(eval_split))['ppl']
         st['history'].append(rec)
-        st.update(epoch=st['epoch'] + 1, batch=0, tokens=0, loss_sum=0., n_b=0, seconds=0.)
+        st.update(epoch=st['epoch'] + 1, batch=0, tokens=0, loss_sum=0.0, n_b=0, seconds=0.0)
         save()
     bar.close()
     return st['history']
@@ -263,15 +385,30 @@ def fit(model: ResNetBKLM,
 def _load_data(spec: str) -> Corpus:
     return synthetic_corpus() if spec == 'synthetic' else load_corpus(spec)
 
+
 def _cli(fn, argv, prog):
-    try: return fn(argv)
-    except (FileNotFoundError, InputError) as e:  # the user's input: one line; anything else is a bug and keeps its traceback
-        print(f"{prog}: error: {e}", file=sys.stderr); sys.exit(2)
+    try:
+        return fn(argv)
+    except (
+        FileNotFoundError,
+        InputError,
+    ) as e:  # the user's input: one line; anything else is a bug and keeps its traceback
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
 
 def _train_args(argv=None):
-    p = argparse.ArgumentParser(prog='rbk-train', description='Train a ResNet-BK language model and write it to a model file.')
-    p.add_argument('--data', default='synthetic', help="'synthetic' (the embedded corpus) or a directory with train/valid/test files")
-    p.add_argument('--out', required=True, help='model file to write (.safetensors); metrics go to the same name with .json')
+    p = argparse.ArgumentParser(
+        prog='rbk-train', description='Train a ResNet-BK language model and write it to a model file.'
+    )
+    p.add_argument(
+        '--data',
+        default='synthetic',
+        help="'synthetic' (the embedded corpus) or a directory with train/valid/test files",
+    )
+    p.add_argument(
+        '--out', required=True, help='model file to write (.safetensors); metrics go to the same name with .json'
+    )
     p.add_argument('--epochs', type=int, default=1)
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--lr', type=float, default=3e-3)
@@ -280,47 +417,93 @@ def _train_args(argv=None):
     for k in ('d_model', 'n_layers', 'n_seq', 'num_experts', 'top_k'):
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=ResNetBKConfig.__dataclass_fields__[k].default)
     p.add_argument('--dropout', type=float, default=0.1)
-    p.add_argument('--device', default=None, help="where to train: 'cpu', 'cuda' (default: the GPU if PyTorch sees one; under torchrun, each process's own)")
+    p.add_argument(
+        '--device',
+        default=None,
+        help="where to train: 'cpu', 'cuda' (default: the GPU if PyTorch sees one; under torchrun, each process's own)",
+    )
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     return p.parse_args(argv)
+
 
 def train_main(argv=None) -> dict:
     "Body of `rbk-train`; returns the metrics it writes."
     a = _train_args(argv)
     out = Path(a.out)
-    if out.suffix != '.safetensors': raise InputError(f"--out {out}: model files end in .safetensors")
+    if out.suffix != '.safetensors':
+        raise InputError(f"--out {out}: model files end in .safetensors")
     corpus = _load_data(a.data)
-    cfg = ResNetBKConfig(vocab_size=len(corpus.vocab), d_model=a.d_model, n_layers=a.n_layers, n_seq=a.n_seq,
-                         num_experts=a.num_experts, top_k=a.top_k, dropout=a.dropout)
+    cfg = ResNetBKConfig(
+        vocab_size=len(corpus.vocab),
+        d_model=a.d_model,
+        n_layers=a.n_layers,
+        n_seq=a.n_seq,
+        num_experts=a.num_experts,
+        top_k=a.top_k,
+        dropout=a.dropout,
+    )
     rank, _ = init_distributed()  # under torchrun: one process per share of each batch
     torch.manual_seed(a.seed)
     model = new_model(cfg, a.device)
-    hist = fit(model, corpus, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, max_steps=a.max_steps, progress=not a.no_progress)
-    metrics = dict(data=a.data, corpus=corpus.name, params=num_params(model), history=hist,
-                   valid=evaluate(model, corpus.valid), test=evaluate(model, corpus.test),
-                   unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)))
-    if 'best_ppl' in corpus.meta: metrics['best_possible_ppl'] = corpus.meta['best_ppl']
-    if rank: return metrics  # every process holds the same model; the first one writes it
+    hist = fit(
+        model,
+        corpus,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        max_steps=a.max_steps,
+        progress=not a.no_progress,
+    )
+    metrics = dict(
+        data=a.data,
+        corpus=corpus.name,
+        params=num_params(model),
+        history=hist,
+        valid=evaluate(model, corpus.valid),
+        test=evaluate(model, corpus.test),
+        unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)),
+    )
+    if 'best_ppl' in corpus.meta:
+        metrics['best_possible_ppl'] = corpus.meta['best_ppl']
+    if rank:
+        return metrics  # every process holds the same model; the first one writes it
     save_model(model, out, corpus.vocab, dict(data=a.data, test_ppl=metrics['test']['ppl']))
     metrics['file'], metrics['file_bytes'] = str(out), file_bytes(out)
     atomic_write(out.with_suffix('.json'), lambda p: Path(p).write_text(json.dumps(metrics, indent=1)))
     return metrics
 
+
 def rbk_train(argv=None):
     "Console script: `rbk-train --data DIR|synthetic --out FILE [--epochs N ...]`."
     m = _cli(train_main, argv, 'rbk-train')
-    print(json.dumps({k: m[k] for k in ('file', 'file_bytes', 'params', 'valid', 'test', 'unigram_test_ppl', 'best_possible_ppl') if k in m}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: m[k]
+                for k in ('file', 'file_bytes', 'params', 'valid', 'test', 'unigram_test_ppl', 'best_possible_ppl')
+                if k in m
+            },
+            indent=1,
+        )
+    )
 
 # %% ../nbs/00b_train.ipynb #234352b1
 def _eval_args(argv=None):
-    p = argparse.ArgumentParser(prog='rbk-eval', description='Perplexity of a model file on a corpus split or a text file, as JSON.')
-    p.add_argument('model', help='model file written by this library: rbk-train, rbk-compress, or the save functions of any notebook')
+    p = argparse.ArgumentParser(
+        prog='rbk-eval', description='Perplexity of a model file on a corpus split or a text file, as JSON.'
+    )
+    p.add_argument(
+        'model',
+        help='model file written by this library: rbk-train, rbk-compress, or the save functions of any notebook',
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument('--data', help="'synthetic' or a directory with train/valid/test files")
     src.add_argument('--text', help='any text file, scored with the model vocabulary (unknown words -> <unk>)')
     p.add_argument('--split', default='test', choices=['valid', 'test'])
     p.add_argument('--batch-size', type=int, default=32)
     return p.parse_args(argv)
+
 
 def eval_main(argv=None) -> dict:
     "Body of `rbk-eval`; returns the JSON it prints."
@@ -329,19 +512,32 @@ def eval_main(argv=None) -> dict:
     V = len(vocab)
     if a.text:
         ids, n_oov = encode_file(a.text, vocab)
-        if len(ids) < 2: raise InputError(f"'{a.text}' has fewer than 2 tokens: nothing to predict")
+        if len(ids) < 2:
+            raise InputError(f"'{a.text}' has fewer than 2 tokens: nothing to predict")
         res = evaluate(model, ids, a.batch_size)
-        return dict(**res, unigram_ppl=unigram_ppl(ids, ids, V, smoothing=0), unigram_source='the text itself (in-sample maximum likelihood)',
-                    oov=n_oov, source=a.text)
+        return dict(
+            **res,
+            unigram_ppl=unigram_ppl(ids, ids, V, smoothing=0),
+            unigram_source='the text itself (in-sample maximum likelihood)',
+            oov=n_oov,
+            source=a.text,
+        )
     corpus = _load_data(a.data)
+
     def ids_of(s):  # re-encode when the corpus vocabulary is not the model's
         x = corpus.split(s)
         return x if corpus.vocab.itos == vocab.itos else vocab.encode(corpus.vocab.decode(x))
+
     ids, train = ids_of(a.split), ids_of('train')
     res = evaluate(model, ids, a.batch_size)
-    return dict(**res, unigram_ppl=unigram_ppl(train, ids, V), unigram_source=f'{corpus.name} train',
-                oov=int((ids == vocab.unk_id).sum()) - int((corpus.split(a.split) == corpus.vocab.unk_id).sum()),
-                source=f'{corpus.name}/{a.split}')
+    return dict(
+        **res,
+        unigram_ppl=unigram_ppl(train, ids, V),
+        unigram_source=f'{corpus.name} train',
+        oov=int((ids == vocab.unk_id).sum()) - int((corpus.split(a.split) == corpus.vocab.unk_id).sum()),
+        source=f'{corpus.name}/{a.split}',
+    )
+
 
 def rbk_eval(argv=None):
     "Console script: `rbk-eval MODEL (--data DIR|synthetic --split valid|test | --text FILE)`."
@@ -350,22 +546,31 @@ def rbk_eval(argv=None):
 # %% ../nbs/00b_train.ipynb #a3c2fcda
 BENCH_URL = 'https://raw.githubusercontent.com/resnet-bk/resnet_bk_compress/main/bench/out/{}.json'
 
+
 def bench_result(name: str) -> dict:
     "The JSON a benchmark wrote to bench/out/<name>.json: from this checkout if there is one, else from the repository."
-    here = [Path(__file__).resolve().parents[1]] if '__file__' in globals() else []  # the package's checkout (editable installs)
+    here = (
+        [Path(__file__).resolve().parents[1]] if '__file__' in globals() else []
+    )  # the package's checkout (editable installs)
     for root in (Path.cwd(), *Path.cwd().parents, *here):
         f = root / 'bench' / 'out' / f'{name}.json'
-        if f.is_file(): return json.loads(f.read_text())
+        if f.is_file():
+            return json.loads(f.read_text())
     import urllib.request
+
     try:
-        with urllib.request.urlopen(BENCH_URL.format(name), timeout=30) as r: return json.loads(r.read())
+        with urllib.request.urlopen(BENCH_URL.format(name), timeout=30) as r:
+            return json.loads(r.read())
     except OSError as e:
-        raise FileNotFoundError(f"no bench/out/{name}.json in a checkout above {Path.cwd()} and {BENCH_URL.format(name)} "
-                                f"could not be fetched ({e}): run bench/{name}.py, or go online") from None
+        raise FileNotFoundError(
+            f"no bench/out/{name}.json in a checkout above {Path.cwd()} and {BENCH_URL.format(name)} "
+            f"could not be fetched ({e}): run bench/{name}.py, or go online"
+        ) from None
 
 # %% ../nbs/00b_train.ipynb #30724167
 def fit_check(device: str | torch.device = 'cuda', seed: int = 0, steps: int = 10) -> dict:
-    "`fit` for `steps` seeded steps on `device` against the same steps in float64 on the CPU: mean training loss and test perplexity."
+    """`fit` for `steps` seeded steps on `device` against the same steps in float64 on the CPU: mean training loss and
+    test perplexity."""
     dev, syn = on_device(device), synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
     runs = []
     for where, dtype in ((dev, torch.float32), (torch.device('cpu'), torch.float64)):
@@ -373,4 +578,6 @@ def fit_check(device: str | torch.device = 'cuda', seed: int = 0, steps: int = 1
         h = fit(lm, syn, max_steps=steps, batch_size=16, lr=3e-3, eval_split=None, progress=False)
         runs.append((h[-1]['train_loss'], evaluate(lm, syn.test)['ppl']))
     (loss, ppl), (loss64, ppl64) = runs
-    return within({'train loss': (abs(loss - loss64) / loss64, 1e-4), 'test ppl': (abs(ppl - ppl64) / ppl64, 1e-4)}, dev)
+    return within(
+        {'train loss': (abs(loss - loss64) / loss64, 1e-4), 'test ppl': (abs(ppl - ppl64) / ppl64, 1e-4)}, dev
+    )

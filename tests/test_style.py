@@ -1,0 +1,40 @@
+"House rules a tool can check: lines of at most 120 characters in the library and notebooks, one formatter."
+
+import json, shutil, subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUFF = shutil.which('ruff')
+
+
+def ruff(*args) -> subprocess.CompletedProcess:
+    assert RUFF, 'ruff is a dev dependency: pip install -e ".[dev]"'
+    return subprocess.run([RUFF, *args], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_lines_at_most_120():
+    "`ruff check` (E501, set in pyproject.toml) over the library and the notebooks; nbdev writes `__all__` itself."
+    r = ruff('check', '--output-format', 'json', 'resnet_bk_compress', 'nbs')
+    found = json.loads(r.stdout or '[]')
+    assert r.returncode in (0, 1), r.stderr
+
+    def generated(v):  # nbdev wraps its `__all__` at 120 characters before it puts `__all__ = ` in front
+        f = Path(v['filename'])
+        return f.suffix == '.py' and f.read_text().splitlines()[v['location']['row'] - 1].startswith('__all__ = [')
+
+    long = [f"{v['filename']}:{v['location']['row']}" for v in found if not generated(v)]
+    assert not long, f'lines over 120 characters (run `ruff format nbs`, then wrap what is left by hand): {long}'
+
+
+def test_notebooks_formatted():
+    "The notebooks' code is as `ruff format` writes it (`ruff format nbs` fixes it; then `nbdev-export`)."
+    r = ruff('format', '--check', 'nbs')
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_check_can_fail(tmp_path):
+    "A line of 121 characters is found."
+    f = tmp_path / 'long.py'
+    f.write_text('x = ' + repr('a' * 115) + '\n')
+    r = ruff('check', '--isolated', '--select', 'E501', '--line-length', '120', str(f))
+    assert r.returncode == 1 and 'E501' in r.stdout
