@@ -41,13 +41,14 @@ class ComplexQuantizer(Quantizer):
     def __init__(
         self,
         bits: int = 8,  # code width of each component
-        granularity=PerChannel(
-            -1
-        ),  # PerTensor() or PerChannel(axis); the default is one scale per position of (batch, positions)
-        scheme: str = 'separate',  # 'separate' (Re, Im), 'joint' (Re, Im on one grid from |x|) or 'polar' (|x|, phase)
-        symmetric: bool | None = None,  # grids centred on 0; only 'separate' offers the choice (default: asymmetric)
-        observer: str = 'min_max',
-    ):  # calibration rule: a name of OBSERVERS
+        # PerTensor() or PerChannel(axis); the default is one scale per position of (batch, positions)
+        granularity=PerChannel(-1),
+        # 'separate' (Re, Im), 'joint' (Re, Im on one grid from |x|) or 'polar' (|x|, phase)
+        scheme: str = 'separate',
+        # grids centred on 0; only 'separate' offers the choice (default: asymmetric)
+        symmetric: bool | None = None,
+        observer: str = 'min_max',  # calibration rule: a name of OBSERVERS
+    ):
         super().__init__()
         if scheme not in SCHEMES:
             raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
@@ -169,8 +170,8 @@ class PerChannelQuantizedBKCore(BKCore):
         granularity=PerChannel(-1),  # G is (batch, positions): PerChannel(-1) is one scale per position
         scheme: str = 'separate',  # see ComplexQuantizer
         symmetric: bool | None = None,  # see ComplexQuantizer
-        observer: str = 'min_max',
-    ):  # calibration rule for v and G (a name of OBSERVERS)
+        observer: str = 'min_max',  # calibration rule for v and G (a name of OBSERVERS)
+    ):
         super().__init__(core.causal, core.z, core.feature_clamp, core.dtype)
         self.v_q = FakeQuantizer(OBSERVERS[observer]())
         self.g_q = ComplexQuantizer(bits, granularity, scheme, symmetric, observer)
@@ -179,12 +180,10 @@ class PerChannelQuantizedBKCore(BKCore):
         return self.v_q(v)
 
     def post(self, G: torch.Tensor, dtype=torch.float32, offset: int = 0) -> torch.Tensor:
-        if (
-            offset and isinstance(self.g_q.granularity, PerChannel) and self.g_q.granularity.axis in (-1, 1)
-        ):  # a grid per position
-            return self.features(
-                self.g_q(F.pad(G, (offset, 0)))[:, offset:], dtype
-            )  # the padding only fills the earlier positions' places
+        # a grid per position
+        if offset and isinstance(self.g_q.granularity, PerChannel) and self.g_q.granularity.axis in (-1, 1):
+            # the padding only fills the earlier positions' places
+            return self.features(self.g_q(F.pad(G, (offset, 0)))[:, offset:], dtype)
         return self.features(self.g_q(G), dtype)
 
 # %% ../nbs/02_complex_quant.ipynb #e200319e
@@ -194,9 +193,8 @@ class ComplexInt8Config(Int8Config, kind='int8_complex'):
     per tensor."""
 
     bk_bits: int = 8  # code width of G's components
-    bk_granularity: PerTensor | PerChannel = (
-        PerTensor()
-    )  # per tensor: measured better than per position on held-out text
+    # per tensor: measured better than per position on held-out text
+    bk_granularity: PerTensor | PerChannel = PerTensor()
     bk_scheme: str = 'separate'  # 'separate', 'joint' or 'polar'
     bk_symmetric: bool | None = None  # None: the scheme's default (asymmetric for 'separate')
     bk_observer: str = 'min_max'  # calibration rule for the BK-Core's v and G
@@ -205,9 +203,8 @@ class ComplexInt8Config(Int8Config, kind='int8_complex'):
         super().__post_init__()
         if not self.bk_core:
             raise ValueError("ComplexInt8Config quantizes the BK-Core: leave bk_core=True (or use Int8Config)")
-        ComplexQuantizer(
-            self.bk_bits, self.bk_granularity, self.bk_scheme, self.bk_symmetric, self.bk_observer
-        )  # validates
+        # validates
+        ComplexQuantizer(self.bk_bits, self.bk_granularity, self.bk_scheme, self.bk_symmetric, self.bk_observer)
 
     def make_bk_core(self, core: BKCore) -> nn.Module:
         return PerChannelQuantizedBKCore(

@@ -98,9 +98,8 @@ class Vocab:
     def encode(self, tokens: list[str]) -> torch.Tensor:
         "Token ids (int64) of `tokens`, unknown words as `<unk>`."
         get, unk = self.stoi.get, self.unk_id
-        return torch.tensor(
-            [get(w, unk) for w in tokens], dtype=torch.long, device='cpu'
-        )  # streams live on the CPU; batches move
+        # streams live on the CPU; batches move
+        return torch.tensor([get(w, unk) for w in tokens], dtype=torch.long, device='cpu')
 
     def decode(self, ids) -> list[str]:
         return [self.itos[i] for i in (ids.tolist() if torch.is_tensor(ids) else ids)]
@@ -353,8 +352,8 @@ def synthetic_corpus(
 def eval_windows(
     ids: torch.Tensor,  # 1-D token stream
     n_seq: int,  # window length
-    batch_size: int = 32,
-):  # windows per batch
+    batch_size: int = 32,  # windows per batch
+):
     "Yield (x, y) batches that cover every prediction of the stream exactly once; y = next token of x."
     if ids.dim() != 1 or len(ids) < 2:
         raise ValueError(f"need a 1-D stream of at least 2 tokens, got shape {tuple(ids.shape)}")
@@ -372,8 +371,8 @@ def window_starts(
     n_seq: int,  # window length
     seed: int = 0,  # with `epoch`, fixes the offset and the order
     epoch: int = 0,
-    offset: int | None = None,
-):  # fixed offset of the first window (None: random per epoch)
+    offset: int | None = None,  # fixed offset of the first window (None: random per epoch)
+):
     "Shuffled start positions of the non-overlapping training windows of `n_seq + 1` tokens."
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     rnd = int(torch.randint(0, n_seq, (1,), generator=g, device=g.device)) if n_tokens > 2 * (n_seq + 1) else 0
@@ -398,8 +397,8 @@ def train_batches(
     batch_size: int,  # windows per batch
     seed: int = 0,  # with `epoch`, fixes the offset and the order
     epoch: int = 0,
-    offset: int | None = None,
-):  # fixed offset (None: random per epoch)
+    offset: int | None = None,  # fixed offset (None: random per epoch)
+):
     "Yield shuffled (x, y) training batches of shape (batch_size, n_seq), y[b, t] the token after x[b, t]."
     starts = window_starts(len(ids), n_seq, seed, epoch, offset)
     for i in range(0, len(starts), batch_size):

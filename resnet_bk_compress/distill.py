@@ -133,9 +133,8 @@ class ChunkedDistillLoss(torch.autograd.Function):
             if alpha:  # d (T^2 KL) / d logits = T (q_T - teacher's side), q_T = softmax(z / T)
                 tp = teacher.logp(rows, T)
                 zT = z.div_(T) if T != 1 else z
-                if isinstance(
-                    tp, tuple
-                ):  # top-k: the k words, and all others as one bucket holding the rest of the mass
+                # top-k: the k words, and all others as one bucket holding the rest of the mass
+                if isinstance(tp, tuple):
                     idx, lp = tp
                     zk = zT.gather(1, idx)
                     eT = zT.exp_()
@@ -184,11 +183,12 @@ def chunked_distill_loss(
     weight: torch.Tensor,  # student head weight (V, r)
     bias: torch.Tensor,  # student head bias (V,)
     targets: torch.Tensor,  # next tokens (tokens,)
-    teacher: DenseTeacher | TopKTeacher | None,  # the teacher's side (None: hard loss only, alpha must be 0)
+    # the teacher's side (None: hard loss only, alpha must be 0)
+    teacher: DenseTeacher | TopKTeacher | None,
     T: float = 2.0,  # temperature
     alpha: float = 0.5,  # weight of the soft loss
-    chunk: int = 128,
-):  # rows per chunk
+    chunk: int = 128,  # rows per chunk
+):
     "(alpha * soft + (1 - alpha) * hard, mean cross-entropy, mean KL), without materialising (tokens, V) matrices."
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -213,15 +213,16 @@ def topk_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, k
 # %% ../nbs/05_distill.ipynb #a6623c53
 def shared_rows_distill_loss(
     x: torch.Tensor,  # student head input (tokens, r)
+    # as `head_shared_rows` gives them
     rows: torch.Tensor,
     group: torch.Tensor,
-    bias: torch.Tensor,  # as `head_shared_rows` gives them
+    bias: torch.Tensor,
     targets: torch.Tensor,  # next tokens (tokens,)
     teacher: DenseTeacher | TopKTeacher | None,  # the teacher's side (None: hard loss only)
     T: float = 2.0,
     alpha: float = 0.5,
-    chunk: int = 128,
-):  # rows of a live teacher's (tokens, V) probabilities at a time
+    chunk: int = 128,  # rows of a live teacher's (tokens, V) probabilities at a time
+):
     """`chunked_distill_loss` for a head whose V words share S rows: the same (loss, CE, KL), exactly, from (tokens, S)
     scores."""
     s1, off1 = shared_row_scores(x, rows, group, bias)
@@ -252,9 +253,8 @@ def shared_rows_distill_loss(
                 ent += (p * lp).sum()
                 p_rows[i : i + chunk].index_add_(1, group, p)
                 p_words += p.sum(0)
-        kl = (
-            ent - torch.where(p_rows > 0, p_rows * s, 0.0).sum() - p_words @ off + lz.sum()
-        ) / n  # a row no word uses: -inf, no mass
+        # a row no word uses: -inf, no mass
+        kl = (ent - torch.where(p_rows > 0, p_rows * s, 0.0).sum() - p_words @ off + lz.sum()) / n
     return alpha * T * T * kl + (1 - alpha) * ce, ce.detach(), kl.detach()
 
 # %% ../nbs/05_distill.ipynb #b3e83b6d
@@ -365,9 +365,8 @@ def make_student(
                     ]
                 student.ln_f.load_state_dict(teacher.ln_f.state_dict())
                 done.append('ln_f')
-                Wt = (
-                    teacher.head(torch.eye(d)).T - teacher.head.bias[:, None]
-                )  # the teacher head's effective (V, d) weight
+                # the teacher head's effective (V, d) weight
+                Wt = teacher.head(torch.eye(d)).T - teacher.head.bias[:, None]
                 student.head.bias.copy_(teacher.head.bias)
                 done.append('head.bias')
                 if not cfg.tie_embeddings:
@@ -399,9 +398,8 @@ class TeacherTargets:
             raise ValueError(f"k must be in [1, vocab_size={teacher.cfg.vocab_size}], got {k}")
         self.k, self.T, self.n_seq = k, float(T), teacher.cfg.n_seq
         n_win = (len(ids) - 1) // self.n_seq
-        cpu = dict(
-            device='cpu'
-        )  # the cache lives on the CPU, beside the stream; each batch of it goes to the student's device
+        # the cache lives on the CPU, beside the stream; each batch of it goes to the student's device
+        cpu = dict(device='cpu')
         starts = torch.arange(n_win, device=ids.device) * self.n_seq
         self.index = torch.empty(n_win, self.n_seq, k, dtype=torch.int32, **cpu)
         self.logp = torch.empty(n_win, self.n_seq, k, dtype=torch.float16, **cpu)
@@ -415,8 +413,9 @@ class TeacherTargets:
             with torch.no_grad():
                 for i in range(0, n_win, batch_size):
                     x, _ = windows_at(ids, starts[i : i + batch_size], self.n_seq)
+                    # the cache itself stays on the CPU
                     with capture(bk_modules(teacher)) as feats:
-                        h = teacher.hidden(x.to(dev))  # the cache itself stays on the CPU
+                        h = teacher.hidden(x.to(dev))
                     hh, w, b = head_operands(teacher.head, h)
                     for j in range(x.shape[0]):  # one window at a time: (n_seq, V) buffers only
                         lp = torch.addmm(b, hh[j], w.t()).div_(self.T).log_softmax(-1)
@@ -463,9 +462,8 @@ class DistillationObjective(nn.Module):
         alpha: float = 0.5,
         T: float = 2.0,
         beta: float = 0.1,
-        features: tuple = (
-            'bk',
-        ),  # 'bk' (BK-Core G features) and/or 'block' (block outputs, projected when widths differ)
+        # 'bk' (BK-Core G features) and/or 'block' (block outputs, projected when widths differ)
+        features: tuple = ('bk',),
         layers: list[int] | None = None,  # teacher layer for each student layer (default layer_map)
         targets: TeacherTargets | None = None,  # cached teacher targets (None: the teacher runs live)
         aux_coef: float = 0.01,
@@ -552,11 +550,12 @@ class DistillationObjective(nn.Module):
             )
         logs = dict(loss=ce, kl=kl)
         if use_feats:
+            # bk features first, then block outputs
             proj = (
                 [None] * len(s_feats)
                 if self.proj is None
                 else [None] * (len(s_feats) - len(self.proj)) + list(self.proj)
-            )  # bk features first, then block outputs
+            )
             feat = feature_loss(s_feats, t_feats, proj)
             loss = loss + self.beta * feat
             logs['feat'] = feat.detach()

@@ -36,8 +36,9 @@ class CompressionExplorer:
         thresholds=(0.0, 0.1, 0.2, 0.3),  # expert-pruning thresholds offered (share of calibration tokens)
         calib_batches: int = 2,
         batch_size: int = 16,
+        # Int4MoEConfig.method: 'rtn' is the fastest; 'gptq' (the pipeline's) costs about 4x per point
         method: str = 'rtn',
-    ):  # Int4MoEConfig.method: 'rtn' is the fastest; 'gptq' (the pipeline's) costs about 4x per point
+    ):
         for b in bits:
             if b not in (4, 8):
                 raise ValueError(f"bits must be 4 or 8 (the storage formats of Int4MoEConfig), got {b!r}")
@@ -49,9 +50,8 @@ class CompressionExplorer:
         with torch.no_grad():
             self.stats = expert_stats(model, self.calib)
             starts = torch.arange(0, len(corpus.valid) - n_seq - 1, n_seq, device=corpus.valid.device)[:batch_size]
-            self.x_err = windows_at(corpus.valid, starts, n_seq)[0].to(
-                model_device(model)
-            )  # held-out windows for the logit error
+            # held-out windows for the logit error
+            self.x_err = windows_at(corpus.valid, starts, n_seq)[0].to(model_device(model))
             self.ref_logits = model.eval()(self.x_err)
         model.train(was)
         with tempfile.TemporaryDirectory() as d:
@@ -84,8 +84,8 @@ def _pruned(self: CompressionExplorer, threshold: float) -> tuple[ResNetBKLM, to
 
 def weight_sqnr(
     ref: ResNetBKLM,  # float model (pruned like q)
-    q: ResNetBKLM,
-) -> float:  # the same model group-wise quantized and converted
+    q: ResNetBKLM,  # the same model group-wise quantized and converted
+) -> float:
     """SQNR (dB) of the group-wise quantized matrices (every expert's two Linear layers and the token table) against the
     float ones."""
     pairs = [(embedding_table(ref.tok_emb), embedding_table(q.tok_emb))]
@@ -129,10 +129,13 @@ def point(self: CompressionExplorer, bits: int, group_size: int, threshold: floa
         experts=keep,
         bytes=nbytes,
         ppl=evaluate(m, self.corpus.test)['ppl'],
-        sqnr_db=sqnr(self.ref_logits, logits),  # the logits after everything: pruning and quantization
-        quant_sqnr_db=sqnr(self._pruned(key[2])[1], logits),  # the logits after quantization alone
+        # the logits after everything: pruning and quantization
+        sqnr_db=sqnr(self.ref_logits, logits),
+        # the logits after quantization alone
+        quant_sqnr_db=sqnr(self._pruned(key[2])[1], logits),
+        # the group-wise quantized weights
         weight_sqnr_db=weight_sqnr(self._pruned(key[2])[0], m),
-    )  # the group-wise quantized weights
+    )
     return r
 
 # %% ../nbs/07_explore.ipynb #9e174dcb

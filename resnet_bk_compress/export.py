@@ -37,9 +37,8 @@ class Graph:
 
         self.onnx, self.nodes, self.inits, self.n, self.small = onnx, [], [], 0, {}
 
-    def name(
-        self, hint: str = 't'
-    ) -> str:  # short: a step graph has hundreds of nodes, and their names are bytes of the file
+    # short names: a step graph has hundreds of nodes, and their names are bytes of the file
+    def name(self, hint: str = 't') -> str:
         self.n += 1
         return f'{hint[:3]}{self.n}'
 
@@ -117,17 +116,17 @@ def weight(g: Graph, m: nn.Module) -> str:
         return g.op('Mul', g.op('Cast', g.const(m.qdata, 'q8'), to=1), _float(g, m.scale, 'scale'))
     if isinstance(m, QuantizedLinear):
         return _group_weight(g, m.qdata, m.scale, m.zero_point, m.quantizer, m.in_features)
+    # magnitude-pruned layers too: their weight is the masked one
     if isinstance(m, nn.Linear):
-        return _float(g, m.weight)  # magnitude-pruned layers too: their weight is the masked one
+        return _float(g, m.weight)
     raise InputError(f"no ONNX form for a {type(m).__name__} layer: export_onnx takes the layers this library writes")
 
 
 def fake_quant(g: Graph, scale, zero_point, bits: int, symmetric: bool, x: str) -> str:
     "A frozen grid on x: (clip(round(x * (1/s)) + zp) - zp) * s, s and zp scalars or broadcastable arrays."
     qmin, qmax = qrange(bits, symmetric)
-    s, zp = (
-        torch.as_tensor(v, device='cpu').float().numpy().astype(np.float32) for v in (scale, zero_point)
-    )  # graph constants
+    # graph constants
+    s, zp = (torch.as_tensor(v, device='cpu').float().numpy().astype(np.float32) for v in (scale, zero_point))
     c = g.op(
         'Clip', g.op('Add', g.op('Round', g.op('Mul', x, g.f(np.float32(1.0) / s))), g.f(zp)), g.f(qmin), g.f(qmax)
     )
@@ -180,8 +179,9 @@ def table(g: Graph, m: nn.Module) -> str:
         ]
         coded = rows[0] if len(rows) == 1 else g.op('Concat', *rows, axis=1)
         return coded if m.dense is None else g.op('Concat', table(g, m.dense), coded, axis=0)
+    # float codebook tables are training-time modules: their table, in float
     if isinstance(m, CodebookTable):
-        return _float(g, m.table())  # float codebook tables are training-time modules: their table, in float
+        return _float(g, m.table())
     if isinstance(m, nn.Embedding):
         return _float(g, m.weight)
     raise InputError(f"no ONNX form for a {type(m).__name__} table: export_onnx takes the tables this library writes")

@@ -23,15 +23,10 @@ __all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'KINDS', 'STRUCTURES', '
            'read_model_file', 'load_model']
 
 # %% ../nbs/00d_files.ipynb #42bdb9d8
-FORMAT, FORMAT_VERSION = (
-    'resnet_bk_compress.model',
-    3,
-)  # 2: a checksum and a 'structure' entry; 3: entropy-coded tensors ('coded')
-READS_FORMATS = (
-    '1',
-    '2',
-    '3',
-)  # a file without coded tensors is written as version 2, which older versions of the library read
+# 2: a checksum and a 'structure' entry; 3: entropy-coded tensors ('coded')
+FORMAT, FORMAT_VERSION = 'resnet_bk_compress.model', 3
+# a file without coded tensors is written as version 2, which older versions of the library read
+READS_FORMATS = ('1', '2', '3')
 
 
 class ModelFileError(InputError):
@@ -58,15 +53,13 @@ def atomic_write(path: str | Path, write) -> Path:
     the new one, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(
-        f'.{path.name}.tmp-*'
-    ):  # left by a writer that was killed: removed once its process is gone
+    # left by a writer that was killed: removed once its process is gone
+    for stale in path.parent.glob(f'.{path.name}.tmp-*'):
         pid = stale.name.rsplit('-', 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    work = path.with_name(
-        f'.{path.name}.tmp-{os.getpid()}'
-    )  # a private folder: a writer's own temporaries (safetensors makes one) go with it
+    # a private folder: a writer's own temporaries (safetensors makes one) go with it
+    work = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
     work.mkdir(exist_ok=True)
     try:
         tmp = work / path.name
@@ -151,10 +144,12 @@ def register_structure(
     kind: str,  # its header entry, a key of KINDS
     describe,  # describe(model) -> JSON-ready value, None when the model has no such layer;
     # raises InputError when it cannot be saved as it is
-    rebuild,  # rebuild(model, value): give a freshly built float model that structure (before its tensors load)
+    # rebuild(model, value): give a freshly built float model that structure (before its tensors
+    # load)
+    rebuild,
     order: int,  # rebuilds run in increasing order
-    legacy=None,
-):  # legacy(header) -> value or None, for files of format version 1 (no 'structure' entry)
+    legacy=None,  # legacy(header) -> value or None, for files of format version 1 (no 'structure' entry)
+):
     "Teach `save_model` and `load_model` a kind of layer; the module KINDS names for it calls this when it is imported."
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not in files.KINDS: add it there, with the module that builds it")
@@ -271,13 +266,8 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
         with safe_open(str(path), framework='pt') as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (
-        SafetensorError,
-        OSError,
-        ValueError,
-        TypeError,
-        RuntimeError,
-    ) as e:  # what safetensors raises for damaged index entries varies
+    # what safetensors raises for damaged index entries varies
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as e:
         raise ModelFileError(
             f"'{path}' is not a readable safetensors file ({e}): it is truncated, corrupt or not a model file"
         ) from None
@@ -296,9 +286,8 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
             f"'{path}' does not match its checksum: the file is corrupt (a changed or lost byte); use another copy"
         )
     try:
-        for k, (dt, shape, alphabet) in json.loads(
-            header.get('coded', '{}')
-        ).items():  # entropy-coded byte tensors, decoded first
+        # entropy-coded byte tensors, decoded first
+        for k, (dt, shape, alphabet) in json.loads(header.get('coded', '{}')).items():
             if dt not in ('uint8', 'int8'):
                 raise ValueError(f"{k!r} is coded as {dt!r}, not a byte dtype")
             raw = decode_bytes(tensors.pop(k + '@rans').numpy().tobytes(), alphabet, math.prod(shape))
@@ -308,9 +297,8 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
             f"'{path}': an entropy-coded tensor cannot be decoded ({e!r}): the file is corrupt"
         ) from None
     try:
-        for dt, entries in json.loads(
-            header.get('small', '{}')
-        ).items():  # pack_small: unpack in the order they were packed
+        # pack_small: unpack in the order they were packed
+        for dt, entries in json.loads(header.get('small', '{}')).items():
             flat, i = tensors.pop(f'@small.{dt}'), 0
             for k, shape in entries:
                 n = math.prod(shape)
@@ -322,9 +310,8 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
         raise ModelFileError(
             f"'{path}': the packed small tensors cannot be read ({e!r}): the file is corrupt"
         ) from None
-    if (
-        'vocab_codec' in header
-    ):  # '"words"': data.pack_words; '"xz"': one word per line, xz (files written before pack_words)
+    # '"words"': data.pack_words; '"xz"': one word per line, xz (files written before pack_words)
+    if 'vocab_codec' in header:
         try:
             codec = json.loads(header['vocab_codec'])
             blob = tensors.pop({'words': 'vocab@words', 'xz': 'vocab@xz'}[codec]).numpy().tobytes()

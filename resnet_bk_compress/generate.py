@@ -24,10 +24,10 @@ __all__ = ['PAST_N_SEQ', 'DecoderState', 'decode_step', 'incremental_logits', 'c
 def step(
     self: BKCore,
     v: torch.Tensor,  # potential at one position (B, 1)
-    g: torch.Tensor
-    | None = None,  # G at the previous position (B, 1), complex: the state; None (or zeros) at position 0
-    offset: int = 0,
-):  # the position (for cores with a grid per position)
+    # G at the previous position (B, 1), complex: the state; None (or zeros) at position 0
+    g: torch.Tensor | None = None,
+    offset: int = 0,  # the position (for cores with a grid per position)
+):
     "One position of the causal resolvent: its features (B, 1, 2) and G there, the state the next position needs."
     if not self.causal:
         raise InputError(
@@ -52,8 +52,8 @@ class DecoderState:
 def decode_step(
     model: ResNetBKLM,
     tokens: torch.Tensor,  # the newest token of each sequence (B,), int64
-    state: DecoderState | None = None,
-):  # the state after the previous tokens (None: nothing before)
+    state: DecoderState | None = None,  # the state after the previous tokens (None: nothing before)
+):
     "Next-token logits (B, V) after `tokens`, and the state after them: O(1) work in the length of the context."
     if tokens.dim() != 1 or tokens.dtype != torch.long:
         raise InputError(
@@ -61,9 +61,8 @@ def decode_step(
         )
     pos = 0 if state is None else state.pos
     p = min(pos, model.cfg.n_seq - 1)  # past n_seq: the last learned position, held
-    x = model.embed(tokens[:, None]) + model.pos_emb(
-        torch.tensor([p], device=tokens.device)
-    )  # the module, not its weight: it may be quantized
+    # the module, not its weight: it may be quantized
+    x = model.embed(tokens[:, None]) + model.pos_emb(torch.tensor([p], device=tokens.device))
     gs = []
     for i, blk in enumerate(model.blocks):
         ffn, v = blk.potential(x)
@@ -103,8 +102,8 @@ def sample_next(
     top_k: int | None = None,
     top_p: float | None = None,
     generator: torch.Generator | None = None,  # seeded: repeatable draws
-    banned: int | None = None,
-):  # a token id never chosen (the vocabulary's <unk>)
+    banned: int | None = None,  # a token id never chosen (the vocabulary's <unk>)
+):
     "The next token of each sequence (B,)."
     logits = logits.float().clone()
     if banned is not None:
@@ -117,9 +116,8 @@ def sample_next(
         logits = logits.masked_fill(logits < kth, -float('inf'))
     if top_p is not None and top_p < 1:
         p, idx = logits.softmax(-1).sort(-1, descending=True)
-        drop = (
-            p.cumsum(-1) - p >= top_p
-        )  # tokens outside the smallest set reaching top_p (the most likely one always stays)
+        # tokens outside the smallest set reaching top_p (the most likely one always stays)
+        drop = p.cumsum(-1) - p >= top_p
         logits = logits.masked_fill(drop.scatter(-1, idx, drop), -float('inf'))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
@@ -138,8 +136,9 @@ def generate_ids(
     top_p: float | None = None,
     seed: int | None = None,  # seeds the draws (None: torch's global generator)
     banned: int | None = None,  # a token id never generated (the vocabulary's <unk>)
+    # 'hold' (the recurrence, O(1) a token) or 'window' (a full forward over the last n_seq tokens)
     past_n_seq: str = 'hold',
-) -> torch.Tensor:  # 'hold' (the recurrence, O(1) a token) or 'window' (a full forward over the last n_seq tokens)
+) -> torch.Tensor:
     "The prompt followed by `max_new_tokens` generated ids, (N + max_new_tokens,) or (B, N + max_new_tokens)."
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
         raise InputError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -159,9 +158,8 @@ def generate_ids(
     was_training = model.training
     model.eval()
     try:
-        window = lambda seq: (
-            past_n_seq == 'window' and seq.shape[1] > model.cfg.n_seq
-        )  # a full forward over the last n_seq tokens
+        # a full forward over the last n_seq tokens
+        window = lambda seq: past_n_seq == 'window' and seq.shape[1] > model.cfg.n_seq
         state, seq = None, ids
         for t in range(ids.shape[1]):
             logits, state = decode_step(model, ids[:, t], state)
@@ -184,8 +182,9 @@ def generate_ids(
 def prompt_ids(vocab: Vocab, prompt: str) -> torch.Tensor:
     "Ids of `<eos>` followed by the prompt's words (a line end in the prompt is an `<eos>`, as in the corpus)."
     words = tokenize(prompt) if prompt else []
+    # tokenize ends every line with <eos>: the last line is still open
     if words and not prompt.endswith('\n'):
-        words = words[:-1]  # tokenize ends every line with <eos>: the last line is still open
+        words = words[:-1]
     return vocab.encode([vocab.eos] + words)
 
 

@@ -49,10 +49,11 @@ class GroupWiseQuantizer:
         group_size: int = 128,  # inputs per group (a row shorter than this is one group)
         bits: int = 4,  # code width: 4 (packed two per byte) or 8
         symmetric: bool = False,  # zero point fixed at 0
-        # 'rtn': min-max, round to nearest; 'mse': clipping searched per group; 'gptq': 'mse' grid + GPTQ rounding
+        # 'rtn': min-max, round to nearest; 'mse': clipping searched per group; 'gptq': 'mse' grid + GPTQ
+        # rounding
         method: str = 'gptq',
-        ratios: torch.Tensor | None = None,
-    ):  # clipping ratios tried by 'mse' (default 0.30, 0.32, ..., 1.00)
+        ratios: torch.Tensor | None = None,  # clipping ratios tried by 'mse' (default 0.30, 0.32, ..., 1.00)
+    ):
         if not isinstance(group_size, int) or group_size < 1:
             raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
         if bits not in (4, 8):
@@ -60,9 +61,8 @@ class GroupWiseQuantizer:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.group_size, self.bits, self.symmetric, self.method = group_size, bits, symmetric, method
-        self.ratios = (
-            torch.linspace(0.3, 1.0, 36, device='cpu') if ratios is None else ratios
-        )  # constants: read as Python floats
+        # constants: read as Python floats
+        self.ratios = torch.linspace(0.3, 1.0, 36, device='cpu') if ratios is None else ratios
 
     def group_size_for(self, in_features: int) -> int:
         "The group size used for rows of `in_features` inputs."
@@ -125,8 +125,8 @@ def _range_qparams(self: GroupWiseQuantizer, lo: torch.Tensor, hi: torch.Tensor)
 def qparams(
     self: GroupWiseQuantizer,
     w: torch.Tensor,  # (out_features, in_features)
-    act_sq: torch.Tensor | None = None,
-):  # mean square of each input over calibration data (in_features,), or None
+    act_sq: torch.Tensor | None = None,  # mean square of each input over calibration data (in_features,), or None
+):
     """(scale, zero_point), fp16, shape (out, groups, 1): the min-max range ('rtn') or the best clipped range per group
     (otherwise)."""
     _check_weight(w)
@@ -161,8 +161,8 @@ def qparams(
 def quantize_weight(
     self: GroupWiseQuantizer,
     w: torch.Tensor,  # (out_features, in_features)
-    hessian: torch.Tensor | None = None,
-):  # E[x x^T] over calibration inputs (in, in), or None
+    hessian: torch.Tensor | None = None,  # E[x x^T] over calibration inputs (in, in), or None
+):
     "(codes int8, scale fp16, zero_point fp16) of w by this quantizer's method."
     _check_weight(w)
     if hessian is not None and hessian.shape != (w.shape[1], w.shape[1]):
@@ -272,8 +272,11 @@ class QuantizedLinear(nn.Module):
 
     @classmethod
     def from_float(
-        cls, lin: nn.Linear, quantizer: GroupWiseQuantizer = GroupWiseQuantizer(), hessian: torch.Tensor | None = None
-    ) -> QuantizedLinear:  # E[x x^T] of the layer's inputs, or None
+        cls,
+        lin: nn.Linear,
+        quantizer: GroupWiseQuantizer = GroupWiseQuantizer(),
+        hessian: torch.Tensor | None = None,  # E[x x^T] of the layer's inputs, or None
+    ) -> QuantizedLinear:
         "Quantize a float Linear's weight (calibration statistics, when given, guide the search and GPTQ)."
         m = cls(lin.in_features, lin.out_features, lin.bias is not None, quantizer)
         q, m.scale, m.zero_point = quantizer.quantize_weight(
@@ -344,9 +347,8 @@ def _kernel_forward(self: QuantizedLinear, x: torch.Tensor) -> torch.Tensor:
             f"{'on a GPU of compute capability 8.0 or more ' if cuda else ''}(have bits={self.quantizer.bits}, "
             f"in_features={self.in_features}, group {gs}, out_features={self.out_features}): set use_kernel=False"
         )
-    if (
-        getattr(self, '_kernel_w', None) is None or self._kernel_w.device != self.qdata.device
-    ):  # repacked once per device, never saved
+    # repacked once per device, never saved
+    if getattr(self, '_kernel_w', None) is None or self._kernel_w.device != self.qdata.device:
         u = unpack_int4(self.qdata, self.in_features)  # (out, in) codes in [0, 15]
         self._kernel_w = (
             torch.ops.aten._convert_weight_to_int4pack(
@@ -545,7 +547,8 @@ def from_float(
     router_bits: int | None = 8,  # 8, or None to keep the router in float
     group_size: int = 128,  # inputs per scale
     method: str = 'gptq',  # 'rtn', 'mse' or 'gptq'
-    calib: torch.Tensor | None = None,  # calibration tokens (T, d_model) for the input statistics and the agreement
+    # calibration tokens (T, d_model) for the input statistics and the agreement
+    calib: torch.Tensor | None = None,
 ) -> QuantizedMoELayer:
     "Post-training quantization of a trained MoE layer."
     m = QATMoE.from_float(moe, GroupWiseQuantizer(group_size, expert_bits, method=method), router_bits).eval()
@@ -579,9 +582,8 @@ class QuantizedEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, quantizer: GroupWiseQuantizer):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.q = QuantizedLinear(
-            embedding_dim, num_embeddings, bias=False, quantizer=quantizer
-        )  # the (V, d) table as a weight
+        # the (V, d) table as a weight
+        self.q = QuantizedLinear(embedding_dim, num_embeddings, bias=False, quantizer=quantizer)
 
     @classmethod
     def from_float(cls, emb: nn.Embedding, quantizer: GroupWiseQuantizer) -> QuantizedEmbedding:

@@ -46,9 +46,8 @@ class ResNetBKConfig:
     causal: bool = True  # causal resolvent (a language model) or two-sided G_ii (analysis only)
     bk_dtype: str = 'complex64'  # 'complex64' or 'complex128'
     tie_embeddings: bool = False  # the LM head scores tokens with the token-embedding table (no separate V x d matrix)
-    embed_rank: int | None = (
-        None  # factorize the embedding (and the head) through rank r: V x r tables plus r <-> d maps
-    )
+    # factorize the embedding (and the head) through rank r: V x r tables plus r <-> d maps
+    embed_rank: int | None = None
 
     def __post_init__(self):
         if self.d_ff is None:
@@ -125,8 +124,8 @@ def causal_resolvent_loop(
     b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
     c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
     z: complex = 1j,  # spectral shift
-    dtype=torch.complex64,
-):  # complex dtype of the computation
+    dtype=torch.complex64,  # complex dtype of the computation
+):
     "Causal resolvent diagonal by the sequential continued fraction (reference implementation)."
     alpha, bc = a.to(dtype) - z, _offdiag(a, b, c).to(dtype)
     r = alpha[..., 0]
@@ -142,9 +141,10 @@ def dense_resolvent(
     b: torch.Tensor | None = None,  # upper off-diagonal (B, N-1)
     c: torch.Tensor | None = None,  # lower off-diagonal (B, N-1)
     z: complex = 1j,  # spectral shift
-    causal: bool = False,  # last diagonal entry of each leading block instead of the full inverse's diagonal
-    positions=None,
-):  # causal only: the positions to compute (default all)
+    # last diagonal entry of each leading block instead of the full inverse's diagonal
+    causal: bool = False,
+    positions=None,  # causal only: the positions to compute (default all)
+):
     "Diagonal of (T)^-1 from dense `torch.linalg.inv` in complex128: the slow, obviously right reference."
     B, n = a.shape
     ones = torch.ones(B, n - 1, dtype=torch.float64)
@@ -201,8 +201,8 @@ def _prefix_products(m: tuple, block: int = 8) -> tuple:
 # %% ../nbs/00_model.ipynb #45ee3a7b
 def _mobius_scan(
     alpha: torch.Tensor,  # complex diagonal of H - zI, (..., N)
-    beta: torch.Tensor,
-):  # complex couplings, beta_t = b_{t-1} c_{t-1}, beta_0 unused, (..., N)
+    beta: torch.Tensor,  # complex couplings, beta_t = b_{t-1} c_{t-1}, beta_0 unused, (..., N)
+):
     "Continued-fraction values r_t = alpha_t - beta_t / r_{t-1} for every t, from prefix products of Mobius matrices."
     p00, _, p10, _ = _prefix_products((alpha, -beta, torch.ones_like(alpha), torch.zeros_like(alpha)))
     r = p00 / p10  # P_t applied to (1, 0)
@@ -214,8 +214,8 @@ def causal_resolvent(
     b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
     c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
     z: complex = 1j,  # spectral shift
-    dtype=torch.complex64,
-):  # complex dtype of the computation
+    dtype=torch.complex64,  # complex dtype of the computation
+):
     "G_t = [(T[:t+1, :t+1])^-1]_tt for T = H - zI: depends on positions <= t only. O(N) work, O(log N) depth."
     alpha = a.to(dtype) - z
     beta = F.pad(_offdiag(a, b, c).to(dtype), (1, 0))
@@ -227,8 +227,8 @@ def two_sided_resolvent(
     b: torch.Tensor | None = None,  # upper off-diagonal (..., N-1); None means all ones
     c: torch.Tensor | None = None,  # lower off-diagonal (..., N-1); None means all ones
     z: complex = 1j,  # spectral shift
-    dtype=torch.complex64,
-):  # complex dtype of the computation
+    dtype=torch.complex64,  # complex dtype of the computation
+):
     "G_ii = [(H - zI)^-1]_ii: every entry depends on every position (not causal)."
     alpha, bc = a.to(dtype) - z, _offdiag(a, b, c).to(dtype)
     # both continued fractions in one scan: the right one is the left one of the reversed sequence
@@ -246,8 +246,8 @@ class BKCore(nn.Module):
         causal: bool = True,  # causal resolvent (language model) or two-sided G_ii
         z: complex = 1j,  # spectral shift
         feature_clamp: float = 10.0,  # clamp of the real features
-        dtype: str = 'complex64',
-    ):  # 'complex64' or 'complex128'
+        dtype: str = 'complex64',  # 'complex64' or 'complex128'
+    ):
         super().__init__()
         store_attr()
         self.cdtype = _BK_DTYPES[dtype]
@@ -286,8 +286,8 @@ class MoE(nn.Module):
         num_experts: int = 4,  # number of experts
         top_k: int = 1,  # experts per token
         d_ff: int | None = None,  # hidden width (default 2 * d_model)
-        dropout: float = 0.1,
-    ):  # dropout between the expert's layers
+        dropout: float = 0.1,  # dropout between the expert's layers
+    ):
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}")
@@ -322,8 +322,8 @@ class MoE(nn.Module):
         return out.reshape(x.shape)
 
     def __getstate__(
-        self,
-    ):  # copy.deepcopy / pickle: the last aux_loss may hold an autograd graph, which cannot be copied
+        self,  # copy.deepcopy / pickle: the last aux_loss may hold an autograd graph, which cannot be copied
+    ):
         state = super().__getstate__()
         return {**state, 'aux_loss': state['aux_loss'].detach()}
 
@@ -375,16 +375,16 @@ class OutputHead(nn.Module):
         d_model: int,
         vocab_size: int,
         rank: int | None = None,  # map h to this rank first (None: no map)
+        # score with the owning model's token-embedding table (set by ResNetBKLM) instead of an own weight
         tied: bool = False,
-    ):  # score with the owning model's token-embedding table (set by ResNetBKLM) instead of an own weight
+    ):
         super().__init__()
         r = rank or d_model
         self.tied = tied
         self.down = nn.Linear(d_model, r, bias=False) if rank else None
+        # its own (V, r) table: an embedding, so quantization treats it like the input table
         if not tied:
-            self.own = nn.Embedding(
-                vocab_size, r
-            )  # its own (V, r) table: an embedding, so quantization treats it like the input table
+            self.own = nn.Embedding(vocab_size, r)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     @property
@@ -395,9 +395,8 @@ class OutputHead(nn.Module):
 
     def _input_and_bias(self, h: torch.Tensor):
         "The product's input (h, mapped to rank r when factorized) and the biases as floats."
-        bias = (
-            self.bias() if isinstance(self.bias, nn.Module) else self.bias
-        )  # stored in float16, or as a module that decodes it (4-bit codes)
+        # stored in float16, or as a module that decodes it (4-bit codes)
+        bias = self.bias() if isinstance(self.bias, nn.Module) else self.bias
         return (h if self.down is None else self.down(h)), bias.to(h.dtype)
 
     def operands(self, h: torch.Tensor):
@@ -418,15 +417,15 @@ class OutputHead(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         x, bias = self._input_and_bias(h)
         table = self._owner.tok_emb if self.tied else self.own
+        # a stored codebook table (03a_tables) scores without building its (V, r) matrix
         if hasattr(table, 'scores'):
-            return (
-                table.scores(x) + bias
-            )  # a stored codebook table (03a_tables) scores without building its (V, r) matrix
+            return table.scores(x) + bias
         return F.linear(x, self.weight, bias)
 
     def _load_from_state_dict(self, sd, prefix, *args):
+        # files written before `own` was an embedding
         if prefix + 'own_weight' in sd:
-            sd[prefix + 'own.weight'] = sd.pop(prefix + 'own_weight')  # files written before `own` was an embedding
+            sd[prefix + 'own.weight'] = sd.pop(prefix + 'own_weight')
         super()._load_from_state_dict(sd, prefix, *args)
 
 # %% ../nbs/00_model.ipynb #143d559d
@@ -447,10 +446,9 @@ class ResNetBKLM(nn.Module):
             if not (r or cfg.tie_embeddings)
             else OutputHead(cfg.d_model, cfg.vocab_size, r, cfg.tie_embeddings)
         )
+        # a reference, not a submodule: the table is stored once, under tok_emb
         if cfg.tie_embeddings:
-            object.__setattr__(
-                self.head, '_owner', self
-            )  # a reference, not a submodule: the table is stored once, under tok_emb
+            object.__setattr__(self.head, '_owner', self)
         self.apply(self._init)
 
     @staticmethod

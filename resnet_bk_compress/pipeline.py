@@ -39,9 +39,8 @@ __all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCH
            'file_parts', 'gain_kept', 'plot_report', 'Plan', 'compress_main', 'rbk_compress', 'pipeline_check']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
-COMPRESSED_VERSION = (
-    3  # 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
-)
+# 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
+COMPRESSED_VERSION = 3
 READS = (1, 2, 3)
 
 
@@ -93,13 +92,11 @@ STAGES = ('distill', 'prune', 'quantize')
 # (about 43 minutes
 # on 2 CPU cores, 19 of them the teacher's training) is a run with these. Pruning retrains only when it removed experts.
 RUN_EPOCHS = dict(distillation_epochs=2.5, pruning_epochs=0.5, qat_epochs=0.5)
-TEACHER_EPOCHS = (
-    3  # epochs of the teacher rbk-compress trains when none is given (as bench/train_wt2.py's reference teacher)
-)
+# epochs of the teacher rbk-compress trains when none is given (as bench/train_wt2.py's reference teacher)
+TEACHER_EPOCHS = 3
 
-TABLE_DEFAULTS = dict(
-    n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4, learn_codes=False
-)  # learn_codes: 03a_tables' straight-through codes
+# learn_codes: 03a_tables' straight-through codes
+TABLE_DEFAULTS = dict(n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4, learn_codes=False)
 
 
 def _peak_mb() -> float:
@@ -118,8 +115,8 @@ class CompressionPipeline:
         target_compression: float = 100.0,  # teacher bytes / compressed bytes to reach
         max_ppl_increase: float = 0.15,  # allowed relative increase of test perplexity
         stages: tuple = STAGES,  # which stages, in which order
-        student: dict
-        | None = None,  # make_student arguments of the distill stage (None with table None: planned for the target)
+        # make_student arguments of the distill stage (None with table None: planned for the target)
+        student: dict | None = None,
         keep_experts: int = 1,  # experts per layer after the prune stage (planned with the student)
         quant: QuantConfig | None = None,  # config of the quantize stage
         distill: dict | None = None,  # DistillationTrainer arguments (alpha, T, beta, targets, k)
@@ -129,8 +126,8 @@ class CompressionPipeline:
         batch_size: int = 32,
         calib_batches: int = 16,  # batches for expert statistics and quantization calibration
         checkpoint_every: int = 50,  # training steps between checkpoints inside a stage
-        teacher_bytes: int | None = None,
-    ):  # bytes of the teacher's file (default: the teacher saved by save_model)
+        teacher_bytes: int | None = None,  # bytes of the teacher's file (default: the teacher saved by save_model)
+    ):
         if bad := [s for s in stages if s not in STAGES]:
             raise InputError(f"unknown stages {bad}: choose from {STAGES}")
         if not stages:
@@ -148,18 +145,14 @@ class CompressionPipeline:
             raise InputError(f"vocabulary has {len(vocab)} types, the model {model.cfg.vocab_size}")
         self.teacher, self.vocab, self.stages = model.eval(), vocab, tuple(stages)
         self.target_compression, self.max_ppl_increase = target_compression, max_ppl_increase
-        self.auto, self.planned = (
-            student is None and table is None and 'distill' in stages,
-            None,
-        )  # auto: plan() chooses student, table and kept experts when the run starts
+        # auto: plan() chooses student, table and kept experts when the run starts
+        self.auto, self.planned = student is None and table is None and 'distill' in stages, None
         self.student = dict(tie_embeddings=True) if student is None else student
         self.keep_experts = keep_experts
         self.quant = Int4MoEConfig(group_size=128, embedding_bits=4) if quant is None else quant
         self.distill = dict(targets='topk', k=32, T=1.0) if distill is None else distill
-        for what, given, fn in (
-            ('student', student, make_student),
-            ('distill', distill, DistillationTrainer),
-        ):  # a typo fails here, not hours later
+        # a typo fails here, not hours later
+        for what, given, fn in (('student', student, make_student), ('distill', distill, DistillationTrainer)):
             valid = set(inspect.signature(fn).parameters) - {'self', 'teacher', 'student', 'corpus', 'init'}
             if given is not None and (bad := set(given) - valid):
                 raise InputError(f"unknown {what} settings {sorted(bad)}: choose from {sorted(valid)}")
@@ -179,10 +172,11 @@ class CompressionPipeline:
             CodebookTable(
                 model.cfg.vocab_size,
                 self.student.get('embed_rank') or self.student.get('d_model') or model.cfg.d_model,
+                # validates the shape now, not after hours
                 self.table['n_dense'],
                 self.table['n_codebooks'],
                 self.table['codebook_size'],
-            )  # validates the shape now, not after hours
+            )
         self.lr, self.qat_lr, self.batch_size, self.calib_batches, self.checkpoint_every = (
             lr,
             qat_lr,
@@ -211,8 +205,9 @@ def _steps(
 ) -> int | None:
     if epochs is None:
         return None  # sized by the time budget when the stage starts (distill)
+    # the stage still restructures (new student, fewer experts, integer weights), without training
     if epochs <= 0:
-        return 0  # the stage still restructures (new student, fewer experts, integer weights), without training
+        return 0
     n = max(1, round(epochs * batches_per_epoch(len(corpus.train), n_seq, self.batch_size)))
     return min(n, max_steps) if max_steps else n
 
@@ -245,16 +240,16 @@ def _fit_args(
 def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
     dev = model_device(model)
     torch.manual_seed(0)
-    student = self.make_student(model.cpu(), corpus).to(
-        dev
-    )  # built on the CPU (least squares, k-means), trained on the device
+    # built on the CPU (least squares, k-means), trained on the device
+    student = self.make_student(model.cpu(), corpus).to(dev)
     tr = DistillationTrainer(model.to(dev), student, corpus, **self.distill)
     if steps is None:
         steps = self._budget_steps(tr, corpus)  # --minutes: as many steps as the time left allows
     if steps:
         tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0))
+    # learned codes: the stage file stores the assignment
     if hasattr(tr.student.tok_emb, 'freeze_codes_'):
-        tr.student.tok_emb.freeze_codes_()  # learned codes: the stage file stores the assignment
+        tr.student.tok_emb.freeze_codes_()
     return tr.student
 
 
@@ -323,9 +318,8 @@ def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus)
         with torch.no_grad(), torch.device(W.device):
             if st.emb_up is not None:
                 E = teacher.embed(torch.arange(teacher.cfg.vocab_size)[None])[0]
-                st.emb_up.weight.copy_(
-                    torch.linalg.lstsq(W, E).solution.T
-                )  # W @ A ~ E: head rows mapped to the input side
+                # W @ A ~ E: head rows mapped to the input side
+                st.emb_up.weight.copy_(torch.linalg.lstsq(W, E).solution.T)
                 st.head.down.weight.copy_(torch.eye(d_t))
     t = self.table
     st.tok_emb = CodebookTable.from_table(
@@ -362,19 +356,19 @@ def run_pipeline(
     qat_epochs: float = RUN_EPOCHS['qat_epochs'],
     pruning_epochs: float = RUN_EPOCHS['pruning_epochs'],
     distillation_epochs: float = RUN_EPOCHS['distillation_epochs'],
-    save_dir: str | Path = 'compressed',  # where stage files, checkpoints, state.json, report.json and plots go
+    # where stage files, checkpoints, state.json, report.json and plots go
+    save_dir: str | Path = 'compressed',
     resume: bool = False,  # continue a killed run in save_dir
     max_steps: int | None = None,  # cap on the training steps of every stage (quick runs)
     # also train the same-size scratch baseline (a measurement: not counted in the run's seconds)
     baseline: bool = False,
     progress: bool = True,
-    device: str
-    | torch.device
-    | None = None,  # where stages train and models are scored (None: the GPU if PyTorch sees one); files are the same
-    minutes: float
-    | None = None,  # a time budget: distillation trains for what is left of it after the other stages (measured)
-    spent_seconds: float = 0.0,
-) -> dict:  # of the budget, spent before this call (rbk-compress: the teacher's training)
+    # where stages train and models are scored (None: the GPU if PyTorch sees one); files are the same
+    device: str | torch.device | None = None,
+    # a time budget: distillation trains for what is left of it after the other stages (measured)
+    minutes: float | None = None,
+    spent_seconds: float = 0.0,  # of the budget, spent before this call (rbk-compress: the teacher's training)
+) -> dict:
     "Run the stages on `corpus`; returns the report (also written to save_dir/report.json)."
     t_start = time.perf_counter()
     if len(corpus.vocab) != len(self.vocab) or corpus.vocab.itos != self.vocab.itos:
@@ -384,8 +378,9 @@ def run_pipeline(
             f"minutes={minutes!r}: a time budget needs minutes > 0 and the distill stage (it sizes distillation)"
         )
     dev = on_device(device)
+    # before anything is written: a target no student reaches is refused here
     if self.auto and self.planned is None:
-        self.use_plan(self.plan(corpus))  # before anything is written: a target no student reaches is refused here
+        self.use_plan(self.plan(corpus))
     out = Path(save_dir)
     state_path = out / 'state.json'
     epochs = dict(distill=None if minutes else distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
@@ -437,9 +432,8 @@ def run_pipeline(
     save_state = lambda: atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
     if not state_path.is_file():
         save_state()
-    if (
-        minutes and 'budget' not in state
-    ):  # the deadline, and what is kept for after distillation (3 scorings, calibration, files)
+    # the deadline, and what is kept for after distillation (3 scorings, calibration, files)
+    if minutes and 'budget' not in state:
         n_seq = self.teacher.cfg.n_seq
         state['budget'] = dict(
             minutes=minutes,
@@ -465,8 +459,9 @@ def run_pipeline(
     for i, name in enumerate(self.stages[done:], start=done + 1):
         t0 = time.perf_counter()
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
+        # decided before a kill
         if steps is None and 'distill_steps' in (self.budget or {}):
-            steps = self.budget['distill_steps']  # decided before a kill
+            steps = self.budget['distill_steps']
         ckpt = out / f'stage{i}.ckpt'
         model = getattr(self, f'_stage_{name}')(model, corpus, steps, ckpt, progress)
         if steps is None:
@@ -545,9 +540,8 @@ def _budget_steps(self: CompressionPipeline, tr, corpus: Corpus) -> int:
         with calibrating(q), torch.no_grad():
             q(self._calib(corpus, n_seq)[0].to(model_device(q)))
         b['qat_step_s'] = self._seconds_per_step(q.train(), corpus, None, self.qat_lr)
-    later = (
-        b['qat_steps'] * b.get('qat_step_s', 0.0) + b['reserve_s']
-    )  # QAT, then scoring, calibration, conversion and files
+    # QAT, then scoring, calibration, conversion and files
+    later = b['qat_steps'] * b.get('qat_step_s', 0.0) + b['reserve_s']
     # a long run's steps came out 13% slower than its 3-step probe on WikiText-2 (the run went 2.6 minutes over an
     # hour): 10% margin
     b['distill_steps'] = max(1, int((self._deadline - time.perf_counter() - later) / (1.1 * b['distill_step_s'])))
@@ -622,10 +616,8 @@ def file_parts(path: str | Path) -> dict:
             sl = f.get_slice(k)
             sizes[k] = _DTYPE_BYTES[sl.get_dtype()] * math.prod(sl.get_shape())
         small = json.loads((f.metadata() or {}).get('small', '{}'))
-    for (
-        dt,
-        entries,
-    ) in small.items():  # tensors packed together (save_model(pack_small=True)): each counted in its own part
+    # tensors packed together (save_model(pack_small=True)): each counted in its own part
+    for dt, entries in small.items():
         del sizes[f'@small.{dt}']
         for k, shape in entries:
             sizes[k] = torch.empty(0, dtype=getattr(torch, dt)).element_size() * math.prod(shape)
@@ -765,9 +757,8 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
     want = s.pop('num_experts', None) or teacher.cfg.num_experts
     st = make_student(teacher, num_experts=want, init=False, **s) if 'distill' in self.stages else teacher
     g = torch.Generator(model_device(st)).manual_seed(0)  # seeded draws: the same plan every time
-    if (
-        self.table is not None
-    ):  # the codes the run will store: its k-means is seeded, and the codes stay fixed in training
+    # the codes the run will store: its k-means is seeded, and the codes stay fixed in training
+    if self.table is not None:
         t, fitted = self.table, _fits_teacher_rows(s, st, teacher)
         W = (
             _head_rows(teacher)
@@ -777,14 +768,14 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
         st.tok_emb = CodebookTable.from_table(
             W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus.with_vocab(vocab))
         )
-    with (
-        torch.no_grad()
-    ):  # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors)
+    # every weight drawn at random (not zero: zero biases would be stored as smaller sparse tensors)
+    with torch.no_grad():
         for p in st.parameters():
             p.normal_(0, 0.02, generator=g)
     if 'prune' in self.stages:
+        # which experts does not change the bytes
         for m in _moes(st):
-            prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))  # which experts does not change the bytes
+            prune_moe_(m, list(range(min(self.keep_experts, m.num_experts))))
     if 'quantize' in self.stages:
         quantize_(st, self.quant).eval()
         with calibrating(st), torch.no_grad():
@@ -792,15 +783,13 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
         quantize_(st, self.quant, 'convert')
         if self.table and self.table['bias_bits'] == 4:
             quantize_bias_(st, _counts(corpus.with_vocab(vocab)))
-        with (
-            torch.no_grad()
-        ):  # integer weights and biases as uniform codes: what training makes them is not known yet, so they are
+        # integer weights and biases as uniform codes: what training makes them is not known yet, so they are
+        with torch.no_grad():
             for (
                 name,
                 b,
-            ) in (
-                st.named_buffers()
-            ):  # predicted at their full width (coding.MIN_SAVING: trained INT4 weights are stored so)
+                # predicted at their full width (coding.MIN_SAVING: trained INT4 weights are stored so)
+            ) in st.named_buffers():
                 if name.endswith(('qdata', 'bias.codes')) and b.dtype in (torch.uint8, torch.int8):
                     b.random_(*((0, 256) if b.dtype == torch.uint8 else (-128, 128)), generator=g)
     return st.eval(), vocab
@@ -817,10 +806,8 @@ def predict_bytes(self: CompressionPipeline, corpus: Corpus) -> int:
         return file_bytes(save_compressed(model, Path(d) / 'plan.safetensors', vocab, info))
 
 # %% ../nbs/06_pipeline.ipynb #d0994a03
-PLAN_DENSE = (
-    250,
-    1250,
-)  # the two dense-row counts the linear prediction is fitted on; the first is also the fewest a planned table gets
+# the two dense-row counts the linear prediction is fitted on; the first is also the fewest a planned table gets
+PLAN_DENSE = (250, 1250)
 
 
 @dataclass(frozen=True)
@@ -874,25 +861,19 @@ def plan(self: CompressionPipeline, corpus: Corpus) -> Plan:
         return Plan(last['student'], last['table'], last['keep_experts'], b, budget, tuple(tried))
 
     tied = dict(tie_embeddings=True)
-    K = (
-        256 if V >= 8192 else 16
-    )  # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
+    # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
+    K = 256 if V >= 8192 else 16
     for keep in sorted({tc.num_experts, 1}, reverse=True):  # a plain tied INT4 table, all experts, then one
         if (b := self._try(corpus, tried, dict(tied, num_experts=keep), None, keep)) <= budget:
             return done(b)
-    for d in (
-        tc.d_model,
-        tc.d_model // 2,
-        tc.d_model // 4,
-    ):  # the teacher's width first (its blocks initialize the student's), then narrower
+    # the teacher's width first (its blocks initialize the student's), then narrower
+    for d in (tc.d_model, tc.d_model // 2, tc.d_model // 4):
         if d < 8:
             break
         for L in range(tc.n_layers, 0, -1):  # as deep as the bytes allow, with as many rows of their own as fit
             st = dict(tied, n_layers=L, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
-            n0, n1 = (
-                min(PLAN_DENSE[0], V // 4),
-                min(PLAN_DENSE[1], V // 2),
-            )  # (small vocabularies: a quarter and a half of the words)
+            # (small vocabularies: a quarter and a half of the words)
+            n0, n1 = min(PLAN_DENSE[0], V // 4), min(PLAN_DENSE[1], V // 2)
             lo, hi = (self._try(corpus, tried, st, dict(n_dense=n, codebook_size=K), 1) for n in (n0, n1))
             if lo > budget:
                 continue
@@ -902,8 +883,9 @@ def plan(self: CompressionPipeline, corpus: Corpus) -> Plan:
             if b <= budget:
                 return done(b)
         st = dict(tied, n_layers=1, num_experts=1, **({} if d == tc.d_model else dict(d_model=d)))
+        # one block, codes for every word
         if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= budget:
-            return done(b)  # one block, codes for every word
+            return done(b)
     best = min(tried, key=lambda t: t['bytes'])
     raise PipelineError(
         f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes): the smallest the planner found is "
@@ -1055,9 +1037,8 @@ def compress_main(argv=None) -> dict:
         teacher_bytes=file_bytes(teacher_file),
     )
     epochs = {k: getattr(a, k) for k in RUN_EPOCHS}
-    spent = (
-        time.perf_counter() - t_job if a.teacher is None and not a.resume else 0.0
-    )  # a teacher trained here counts in --minutes
+    # a teacher trained here counts in --minutes
+    spent = time.perf_counter() - t_job if a.teacher is None and not a.resume else 0.0
     return pipe.run_pipeline(
         corpus,
         save_dir=out,

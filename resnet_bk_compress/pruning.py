@@ -34,8 +34,9 @@ class ExpertStats:
     total: int  # tokens seen
 
     @property
+    # share of tokens routed to each expert
     def usage(self) -> torch.Tensor:
-        return self.tokens.double() / max(1, self.total)  # share of tokens routed to each expert
+        return self.tokens.double() / max(1, self.total)
 
     @property
     def gate_share(self) -> torch.Tensor:
@@ -334,8 +335,8 @@ class MagnitudePruner:
         self,
         model: nn.Module,
         scope: str = 'global',  # 'global': one threshold across layers; 'layer': the sparsity in each layer
-        targets: dict[str, nn.Module] | None = None,
-    ):  # modules whose `weight` is pruned (default: Linear/Embedding, not routers)
+        targets: dict[str, nn.Module] | None = None,  # modules whose `weight` is pruned (default: Linear/Embedding)
+    ):
         if scope not in ('global', 'layer'):
             raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
         self.model, self.scope = model, scope
@@ -349,8 +350,8 @@ class MagnitudePruner:
     def prune(
         self,
         sparsity: float | None = None,  # share of weights to zero, in (0, 1)
-        threshold: float | None = None,
-    ):  # or: zero every weight with |w| below this
+        threshold: float | None = None,  # or: zero every weight with |w| below this
+    ):
         "Zero more weights (masks only grow); returns the sparsity per target."
         if (sparsity is None) == (threshold is None):
             raise ValueError("give exactly one of sparsity or threshold")

@@ -116,8 +116,8 @@ def choose_qparams(
     x: torch.Tensor,  # the tensor to quantize
     bits: int = 8,  # code width
     symmetric: bool = True,  # zero point fixed at 0
-    granularity=PerTensor(),
-):  # which elements share a scale
+    granularity=PerTensor(),  # which elements share a scale
+):
     "Scale and zero point for x from its range (min-max), per tensor, channel or group."
     _check_finite(x)
     return qparams_from_min_max(*min_max(x.detach(), granularity), bits, symmetric)
@@ -188,8 +188,8 @@ def fake_quantize(
 # %% ../nbs/01_quant.ipynb #1da179f0
 def sqnr(
     x: torch.Tensor,  # reference (real or complex)
-    xq: torch.Tensor,
-) -> float:  # its approximation
+    xq: torch.Tensor,  # its approximation
+) -> float:
     "Signal-to-quantization-noise ratio in dB: 10 log10(sum |x|^2 / sum |x - xq|^2); inf when equal."
     x, xq = x.detach(), xq.detach()
     noise = (x - xq).abs().pow(2).sum().item()
@@ -251,8 +251,12 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
     "Exponential moving average of each batch's min and max."
 
     def __init__(
-        self, bits: int = 8, symmetric: bool = True, granularity=PerTensor(), averaging_constant: float = 0.01
-    ):  # weight of the newest batch
+        self,
+        bits: int = 8,
+        symmetric: bool = True,
+        granularity=PerTensor(),
+        averaging_constant: float = 0.01,  # weight of the newest batch
+    ):
         super().__init__(bits, symmetric, granularity)
         if not 0 < averaging_constant <= 1:
             raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
@@ -281,8 +285,8 @@ class PercentileObserver(MinMaxObserver):
         symmetric: bool = True,
         granularity=PerTensor(),
         percentile: float = 99.99,  # in (50, 100]
-        max_samples: int = 1 << 20,
-    ):  # values per batch used to estimate the percentile
+        max_samples: int = 1 << 20,  # values per batch used to estimate the percentile
+    ):
         super().__init__(bits, symmetric, granularity)
         if not isinstance(granularity, PerTensor):
             raise ValueError("PercentileObserver is per-tensor: use PerTensor()")
@@ -314,8 +318,9 @@ class MSEObserver(MinMaxObserver):
         symmetric: bool = True,
         granularity=PerTensor(),
         max_samples: int = 1 << 16,  # values kept (per channel for PerChannel)
+        # clipping ratios of the min-max range tried
         ratios=torch.cat([torch.logspace(-2, -0.31, 24), torch.linspace(0.5, 1.0, 26)]),
-    ):  # clipping ratios of the min-max range tried
+    ):
         super().__init__(bits, symmetric, granularity)
         self.max_samples, self.ratios, self.samples = max_samples, ratios, None
         self.g = torch.Generator().manual_seed(0)
@@ -452,8 +457,8 @@ class QuantizedBKCore(BKCore):
     def __init__(
         self,
         core: BKCore,  # the float core (its causal flag, z, clamp and dtype are kept)
-        observer=None,
-    ):  # factory of a fresh observer for each quantizer (default: moving average)
+        observer=None,  # factory of a fresh observer for each quantizer (default: moving average)
+    ):
         super().__init__(core.causal, core.z, core.feature_clamp, core.dtype)
         make = observer or OBSERVERS['moving_average']  # called with no arguments: 8 bits, symmetric, per tensor
         self.v_q, self.re_q, self.im_q = FakeQuantizer(make()), FakeQuantizer(make()), FakeQuantizer(make())
@@ -484,8 +489,9 @@ def _from_json(v):
 QUANT_KINDS = {
     'int8': 'resnet_bk_compress.quant',
     'int8_complex': 'resnet_bk_compress.complex_quant',
+    # every kind of QuantConfig a file can name, and the module that defines it
     'int4_moe': 'resnet_bk_compress.int4_moe',
-}  # every kind of QuantConfig a file can name, and the module that defines it
+}
 
 
 class QuantConfig:
@@ -552,8 +558,9 @@ class Int8Config(QuantConfig, kind='int8'):
 
     def prepare_module(self, m: nn.Module) -> nn.Module | None:
         "The fake-quantized replacement of m, or None to leave it (and look inside it)."
+        # a layer of a later notebook that knows its own grids
         if self.embedding and hasattr(m, 'prepare_quant'):
-            return m.prepare_quant(self)  # a layer of a later notebook that knows its own grids
+            return m.prepare_quant(self)
         if self.linear and _plain_type(m) is nn.Linear:
             return QATLinear.from_float(m, FakeQuantizer(self.make_observer()) if self.activations else None)
         if self.embedding and _plain_type(m) is nn.Embedding:
@@ -569,10 +576,9 @@ class Int8Config(QuantConfig, kind='int8'):
             return Int8Linear.from_qat(m)
         if _plain_type(m) is QATEmbedding:
             return Int8Embedding.from_qat(m)
+        # a tied/factorized head's V biases: float16, as QuantizedLinear stores them
         if type(m) is OutputHead and self.linear:
-            m.bias.data = (
-                m.bias.detach().half()
-            )  # a tied/factorized head's V biases: float16, as QuantizedLinear stores them
+            m.bias.data = m.bias.detach().half()
 
 # %% ../nbs/01_quant.ipynb #3e3df7d1
 def _fq_rows(w: torch.Tensor) -> torch.Tensor:
@@ -704,8 +710,9 @@ def quantize_(model: nn.Module, config: Int8Config = Int8Config(), step: str = '
     if step == 'prepare':
         if prepared is not None:
             raise ValueError("model is already quantized: prepare a fresh float model")
+        # new layers are built where the ones they replace live
         with torch.device(dev):
-            _swap(model, config.prepare_module)  # new layers are built where the ones they replace live
+            _swap(model, config.prepare_module)
     elif step == 'convert':
         if prepared is None:
             raise ValueError("nothing to convert: run quantize_(model, config, 'prepare') and calibrate first")

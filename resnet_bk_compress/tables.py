@@ -24,8 +24,8 @@ __all__ = ['canonical_order', 'permute_vocab_', 'permute_vocab', 'kmeans', 'Code
 def canonical_order(
     vocab: Vocab,
     counts: torch.Tensor,  # training-set count of each id (V,)
-    cuts: list[int] = (),
-) -> torch.Tensor:  # band boundaries in frequency rank: [1000] = the 1,000 most frequent words, then the rest
+    cuts: list[int] = (),  # band boundaries in frequency rank: [1000] = the 1,000 most frequent words, then the rest
+) -> torch.Tensor:
     "Ids in their new order: bands by descending frequency (ties by id), each band sorted by its words."
     V = len(vocab)
     if counts.shape != (V,):
@@ -111,8 +111,8 @@ class CodebookTable(nn.Module):
         embedding_dim: int,
         n_dense: int,  # words (the first ids) with rows of their own
         n_codebooks: int = 1,  # M: codes per coded word; embedding_dim must be a multiple
-        codebook_size: int = 256,
-    ):  # K: entries per codebook (codes of log2 K bits)
+        codebook_size: int = 256,  # K: entries per codebook (codes of log2 K bits)
+    ):
         super().__init__()
         V, d, M, K = num_embeddings, embedding_dim, n_codebooks, codebook_size
         if not 0 <= n_dense <= V:
@@ -154,9 +154,8 @@ class CodebookTable(nn.Module):
             return torch.cat([dense, _coded_rows(cb, self.codes)])
         q = _coded_rows(cb, self._assign(cb))  # learn_codes_ (below): the nearest codewords of the full rows
         e = self.shadow
-        coded = (
-            q + _Commit.apply(e, q.detach(), self.beta) - e.detach() if self.training else q
-        )  # value q; gradient also straight to e
+        # value q; gradient also straight to e
+        coded = q + _Commit.apply(e, q.detach(), self.beta) - e.detach() if self.training else q
         return torch.cat([dense, coded])
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -204,8 +203,9 @@ def from_table(
 ) -> CodebookTable:
     "A codebook table initialized from W: rows of its own for the first n_dense words, k-means codebooks for the rest."
     V, d = W.shape
+    # built where the table it replaces lives
     with torch.device(W.device):
-        t = cls(V, d, n_dense, n_codebooks, codebook_size)  # built where the table it replaces lives
+        t = cls(V, d, n_dense, n_codebooks, codebook_size)
     rest, w = W.detach()[n_dense:], None if weights is None else weights[n_dense:]
     s = d // n_codebooks
     with torch.no_grad():
@@ -220,9 +220,8 @@ def from_table(
 @patch
 def learn_codes_(self: CodebookTable, beta: float = 0.25) -> CodebookTable:
     "Train the assignment too (straight-through nearest codeword with a commitment term beta); undo with freeze_codes_."
-    self.shadow = nn.Parameter(
-        _coded_rows(self.codebooks.detach(), self.codes).clone()
-    )  # full rows of the coded words, starting on their codewords
+    # full rows of the coded words, starting on their codewords
+    self.shadow = nn.Parameter(_coded_rows(self.codebooks.detach(), self.codes).clone())
     self.beta = beta
     return self
 
@@ -333,8 +332,9 @@ class QuantizedCodebookTable(nn.Module):
         coded = _coded_rows(cb, self._codes())
         return coded if self.dense is None else torch.cat([self.dense.table(), coded])
 
+    # (M, K, d/M)
     def _codebooks(self) -> torch.Tensor:
-        return self.codebooks.table().reshape(self.n_codebooks, self.codebook_size, -1)  # (M, K, d/M)
+        return self.codebooks.table().reshape(self.n_codebooks, self.codebook_size, -1)
 
     def _codes(self) -> torch.Tensor:
         return _unpack_codes(self.codes, self.codebook_size, self.num_embeddings - self.n_dense, self.n_codebooks)
@@ -451,9 +451,8 @@ def quantize_bias_(model: ResNetBKLM, weights: torch.Tensor | None = None) -> Re
     if isinstance(head.bias, nn.Module):
         raise ValueError("the head's biases are already quantized")
     b = head.bias.detach().float()
-    del (
-        head.bias
-    )  # the k-means runs on the CPU (its seeded generator lives there); the levels and codes join the head's device
+    # the k-means runs on the CPU (its seeded generator lives there); the levels and codes join the head's device
+    del head.bias
     head.bias = QuantizedBias.from_float(b.cpu(), None if weights is None else weights.cpu()).to(b.device)
     return model
 
@@ -463,9 +462,8 @@ _SPEC_KEYS = ('n_dense', 'n_codebooks', 'codebook_size')
 
 def table_spec(model: ResNetBKLM) -> dict | None:
     "The `table` header entry of a model with a codebook table, float or quantized (None without one)."
-    spec = getattr(
-        model.tok_emb, 'spec', None
-    )  # by what it does, not its class: this notebook's own copies of the classes count too
+    # by what it does, not its class: this notebook's own copies of the classes count too
+    spec = getattr(model.tok_emb, 'spec', None)
     return dict(spec()) if callable(spec) else None
 
 

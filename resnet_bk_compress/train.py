@@ -97,8 +97,8 @@ def chunked_cross_entropy(
     weight: torch.Tensor,  # LM head weight (V, d)
     bias: torch.Tensor,  # LM head bias (V,)
     targets: torch.Tensor,  # target ids (T,)
-    chunk: int = 128,
-):  # rows per chunk
+    chunk: int = 128,  # rows per chunk
+):
     "Mean next-token cross-entropy (nats) without materialising the (T, V) logits."
     return ChunkedCrossEntropy.apply(h, weight, bias, targets, chunk, torch.is_grad_enabled())
 
@@ -125,14 +125,13 @@ def group_bias(
     bias: torch.Tensor,  # (V,) the words' biases
     group: torch.Tensor,  # (V,) the row each word scores with, in [0, S)
     n_rows: int,  # S
-    T: float = 1.0,
-):  # temperature
+    T: float = 1.0,  # temperature
+):
     """(beta (S,), offset (V,)): beta_g = T log sum over g's words of exp(b_w / T), offset_w = b_w - beta_g(w); -inf for
     empty rows."""
     m = torch.full((n_rows,), float('-inf'), device=bias.device, dtype=bias.dtype)
-    m = m.scatter_reduce(
-        0, group, bias.detach(), 'amax'
-    )  # a shift per row for a stable exp (its value cancels exactly)
+    # a shift per row for a stable exp (its value cancels exactly)
+    m = m.scatter_reduce(0, group, bias.detach(), 'amax')
     empty = m == float('-inf')
     m = m.masked_fill(empty, 0.0)
     s = torch.zeros(n_rows, device=bias.device, dtype=bias.dtype).index_add(0, group, ((bias - m[group]) / T).exp())
@@ -148,11 +147,12 @@ def shared_row_scores(x: torch.Tensor, rows: torch.Tensor, group: torch.Tensor, 
 
 def shared_rows_cross_entropy(
     x: torch.Tensor,  # head input (n, r)
+    # as `head_shared_rows` gives them
     rows: torch.Tensor,
     group: torch.Tensor,
-    bias: torch.Tensor,  # as `head_shared_rows` gives them
-    targets: torch.Tensor,
-):  # (n,)
+    bias: torch.Tensor,
+    targets: torch.Tensor,  # (n,)
+):
     "Mean cross-entropy of `targets` under a head whose words share rows: (n, S) work instead of (n, V)."
     s, off = shared_row_scores(x, rows, group, bias)
     return (s.logsumexp(-1) - s.gather(1, group[targets, None])[:, 0] - off[targets]).mean()
@@ -167,10 +167,8 @@ def lm_loss(model: ResNetBKLM, x: torch.Tensor, y: torch.Tensor, chunk: int = 12
     """(mean cross-entropy over the batch's tokens, load-balancing loss) for inputs x and targets y, both (B, N), on the
     model's device."""
     dev = model_device(model)
-    x, y = (
-        x.to(dev, non_blocking=True),
-        y.to(dev, non_blocking=True),
-    )  # batches are made on the CPU; the model may live on a GPU
+    # batches are made on the CPU; the model may live on a GPU
+    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
     h = model.hidden(x)
     if (shared := head_shared_rows(model.head, h)) is not None:  # a codebook table's head: S rows, not V
         hs, rows, group, bias = shared
@@ -287,9 +285,11 @@ def fit(
     max_steps: int | None = None,  # stop after this many steps (all epochs together)
     eval_split: str | None = 'valid',  # split evaluated after each epoch (None: skip)
     progress: bool = True,  # show a progress bar
-    objective: nn.Module | None = None,  # objective(x, y, starts) -> (loss, logs); default LMObjective(model, aux_coef)
+    # objective(x, y, starts) -> (loss, logs); default LMObjective(model, aux_coef)
+    objective: nn.Module | None = None,
     offset: int | None = None,  # fixed window offset (None: a random one per epoch)
-    checkpoint: str | Path | None = None,  # training-state file: written as training goes, resumed from if it exists
+    # training-state file: written as training goes, resumed from if it exists
+    checkpoint: str | Path | None = None,
     checkpoint_every: int = 0,  # steps between checkpoints (0: at the end of each epoch only)
 ) -> list[dict]:
     "Train `model` (through `objective`) on `corpus.train`; returns one dict of metrics per epoch."
@@ -334,9 +334,8 @@ def fit(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(
-            objective, find_unused_parameters=True
-        )  # top-1 routing leaves some experts idle in a batch
+        # top-1 routing leaves some experts idle in a batch
+        net = DistributedDataParallel(objective, find_unused_parameters=True)
     bar = tqdm(total=total, initial=st['step'], disable=not progress or rank != 0, unit='step', dynamic_ncols=True)
     while st['epoch'] < epochs and st['step'] < total:
         objective.train()
@@ -389,10 +388,8 @@ def _load_data(spec: str) -> Corpus:
 def _cli(fn, argv, prog):
     try:
         return fn(argv)
-    except (
-        FileNotFoundError,
-        InputError,
-    ) as e:  # the user's input: one line; anything else is a bug and keeps its traceback
+    # the user's input: one line; anything else is a bug and keeps its traceback
+    except (FileNotFoundError, InputError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -549,9 +546,8 @@ BENCH_URL = 'https://raw.githubusercontent.com/resnet-bk/resnet_bk_compress/main
 
 def bench_result(name: str) -> dict:
     "The JSON a benchmark wrote to bench/out/<name>.json: from this checkout if there is one, else from the repository."
-    here = (
-        [Path(__file__).resolve().parents[1]] if '__file__' in globals() else []
-    )  # the package's checkout (editable installs)
+    # the package's checkout (editable installs)
+    here = [Path(__file__).resolve().parents[1]] if '__file__' in globals() else []
     for root in (Path.cwd(), *Path.cwd().parents, *here):
         f = root / 'bench' / 'out' / f'{name}.json'
         if f.is_file():
