@@ -17,7 +17,7 @@ from fastcore.basics import store_attr
 __all__ = ['InputError', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent', 'two_sided_resolvent',
            'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM', 'num_params',
            'logit_change', 'on_device', 'model_device', 'cuda_or_skip', 'rel_error', 'moved_share', 'time_ms', 'within',
-           'new_model', 'check_model', 'scan_check']
+           'new_model', 'cpu_copy', 'check_model', 'scan_check']
 
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
@@ -574,6 +574,11 @@ def new_model(cfg: ResNetBKConfig, device: str | torch.device | None = 'cpu') ->
     with torch.device('cpu'):
         model = ResNetBKLM(cfg)
     return model.to(on_device(device))
+
+# %% ../nbs/00_model.ipynb #5eca3eeb
+def cpu_copy(model: nn.Module) -> nn.Module:
+    "A copy of the model on the CPU, wherever the model lives; the model itself stays where it is."
+    return copy.deepcopy(model) if model_device(model).type == 'cpu' else copy.deepcopy(model).cpu()
 
 # %% ../nbs/00_model.ipynb #98c807a7
 def check_model(seed: int = 0, **cfg) -> ResNetBKLM:

@@ -21,6 +21,7 @@ from resnet_bk_compress.model import (
     on_device,
     within,
     model_device,
+    cpu_copy,
     moved_share,
     new_model,
 )
@@ -238,11 +239,10 @@ def _fit_args(
 
 @patch
 def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
-    dev = model_device(model)
     torch.manual_seed(0)
-    # built on the CPU (least squares, k-means), trained on the device
-    student = self.make_student(model.cpu(), corpus).to(dev)
-    tr = DistillationTrainer(model.to(dev), student, corpus, **self.distill)
+    # built on the CPU (the numbers the plan measured, on every device), then moved once to where the teacher trains it
+    student = self.make_student(cpu_copy(model), corpus).to(model_device(model))
+    tr = DistillationTrainer(model, student, corpus, **self.distill)
     if steps is None:
         steps = self._budget_steps(tr, corpus)  # --minutes: as many steps as the time left allows
     if steps:
@@ -346,7 +346,7 @@ def canonical_teacher(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNet
     n_dense), sorted inside each."""
     n, V = (self.table or {}).get('n_dense', 0), len(self.vocab)
     order = canonical_order(self.vocab, _counts(corpus), [n] if 0 < n < V else [])
-    return permute_vocab_(copy.deepcopy(self.teacher).cpu(), order), permute_vocab(self.vocab, order)
+    return permute_vocab_(cpu_copy(self.teacher), order), permute_vocab(self.vocab, order)
 
 
 @patch
@@ -399,6 +399,7 @@ def run_pipeline(
         corpus=corpus.name,
         minutes=minutes,
     )
+    model = None  # the first stage's input
     if state_path.is_file():
         if not resume:
             raise PipelineError(
@@ -411,12 +412,13 @@ def run_pipeline(
     else:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        teacher, vocab = self.canonical_teacher(corpus)  # the word order every stage file stores (03a_tables)
-        teacher_file = save_compressed(teacher, out / 'stage0_teacher.safetensors', vocab, dict(stage='teacher'))
+        model, vocab = self.canonical_teacher(corpus)  # the word order every stage file stores (03a_tables)
+        teacher_file = save_compressed(model, out / 'stage0_teacher.safetensors', vocab, dict(stage='teacher'))
         plain = save_model(self.teacher, out / '.teacher_plain.safetensors', self.vocab)
+        model = model.to(dev)  # our copy: moved once, scored, and the first stage's input
         teacher = dict(
             name='teacher',
-            **_measure(teacher.to(dev), corpus.with_vocab(vocab), teacher_file),
+            **_measure(model, corpus.with_vocab(vocab), teacher_file),
             seconds=time.perf_counter() - t0,
             peak_mb=_peak_mb(),
             plain_bytes=file_bytes(plain),
@@ -454,8 +456,10 @@ def run_pipeline(
         )
         self._save_state = save_state
     done = len(state['stages'])
-    model, vocab, _ = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))
-    model, corpus = model.to(dev), corpus.with_vocab(vocab)  # the stage files' word order
+    if model is None:  # a resumed run goes on from its last file, moved once to the device
+        model, vocab, _ = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))
+        model = model.to(dev)
+    corpus = corpus.with_vocab(vocab)  # the stage files' word order
     for i, name in enumerate(self.stages[done:], start=done + 1):
         t0 = time.perf_counter()
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
@@ -491,9 +495,8 @@ def run_pipeline(
     if baseline and 'baseline' not in state:
         secs = sum(s['seconds'] for s in state['stages'] if s['name'] != 'quantize')
         q = next((s['steps'] for s in state['stages'] if s['name'] == 'quantize'), 0)
-        state['baseline'] = self.scratch_baseline(
-            load_compressed(out / state['teacher']['file'])[0], corpus, secs, q, out, progress, dev
-        )
+        teacher = load_compressed(out / state['teacher']['file'])[0]
+        state['baseline'] = self.scratch_baseline(teacher, corpus, secs, q, out, dev, progress)
         save_state()
     return self.report(state, out)
 
@@ -559,8 +562,8 @@ def scratch_baseline(
     seconds: float,
     quantize_steps: int,
     out: Path,
+    device: str | torch.device,  # where it trains: the run's device
     progress=False,
-    device: str | torch.device = 'cpu',
 ) -> dict:
     """Train the run's final architecture from scratch on hard targets for `seconds`, quantize it as the run did, save
     and measure it."""
@@ -568,7 +571,8 @@ def scratch_baseline(
     base = copy.copy(self)
     base.student = {**self.student, 'init': False}
     torch.manual_seed(0)
-    probe = base.make_student(teacher.cpu(), corpus).to(device)
+    teacher = cpu_copy(teacher)  # students are built on the CPU; the teacher given stays where it is
+    probe = base.make_student(teacher, corpus).to(device)
     n_seq = teacher.cfg.n_seq
     fit(probe, corpus, **{**base._fit_args(corpus, n_seq, 3, None, False, self.lr, seed=3), 'checkpoint': None})
     t1 = time.perf_counter()

@@ -4,6 +4,7 @@ the same line makes a CPU tensor beside CUDA ones: the crash an H200 run hit in 
 Every path that trains, quantizes, prunes, plans, scores, generates or exports runs here under `meta`, and must give what it
 gives without it."""
 import copy, json
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 import pytest
 import torch
@@ -74,11 +75,24 @@ def test_train_score_prune_save_load(teacher, syn, tmp_path):
         assert evaluate(back, syn.test)['ppl'] == pytest.approx(evaluate(m, syn.test)['ppl'], rel=1e-5)
     assert ppl > 1
 
-def test_planned_pipeline_with_baseline(teacher, syn, tmp_path):
-    "The planner, every stage (student built from the teacher, k-means table, cached targets, pruning, INT4 QAT) and the baseline."
-    with meta_default():
+@contextmanager
+def recorded_moves(monkeypatch):
+    "Every `.to`, `.cpu` and `.cuda` call on a whole model, by model (id): the convention is at most one move each."
+    moved = Counter()
+    for name in ('to', 'cpu', 'cuda'):
+        def move(self, *a, _f=getattr(ResNetBKLM, name), **k):
+            moved[id(self)] += 1
+            return _f(self, *a, **k)
+        monkeypatch.setattr(ResNetBKLM, name, move)
+    yield moved
+
+def test_planned_pipeline_with_baseline(teacher, syn, tmp_path, monkeypatch):
+    """The planner, every stage (student built from the teacher, k-means table, cached targets, pruning, INT4 QAT) and the
+    baseline; the teacher given is never moved, and no model is moved twice (00_model: where a model moves)."""
+    with meta_default(), recorded_moves(monkeypatch) as moved:
         pipe = CompressionPipeline(teacher, syn.vocab, target_compression=8, batch_size=16, calib_batches=2)
         rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'run', progress=False, device='cpu', baseline=True)
+    assert id(teacher) not in moved and moved and max(moved.values()) == 1, moved
     model, vocab, _ = load_compressed(rep['compressed_file'])
     assert evaluate(model, syn.with_vocab(vocab).test)['ppl'] == pytest.approx(rep['compressed_ppl'], rel=1e-5)
     assert pipe.planned is not None and 'baseline' in rep
