@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from .model import ResNetBKLM, BKCore, OutputHead, InputError
+from .model import ResNetBKLM, BKCore, OutputHead, InputError, run_command
 from .data import Vocab
 from .quant import Int8Linear, Int8Embedding, QuantizedBKCore, PerTensor, qrange
 from .complex_quant import PerChannelQuantizedBKCore
 from .int4_moe import QuantizedLinear, QuantizedEmbedding, QuantizedMoELayer
 from .tables import CodebookTable, QuantizedCodebookTable, QuantizedBias
 from .files import load_model, file_bytes, atomic_write
-from .train import _cli
 
 # %% auto #0
 __all__ = ['OPSET', 'IR_VERSION', 'Graph', 'weight', 'fake_quant', 'activation_quant', 'linear', 'layer_norm', 'table', 'scores',
@@ -415,4 +414,4 @@ def export_main(argv=None) -> dict:
 
 def rbk_export(argv=None):
     "Entry point of `rbk-export`."
-    _cli(export_main, argv, 'rbk-export')
+    run_command(export_main, argv, 'rbk-export')

@@ -10,10 +10,9 @@ import argparse, sys
 from dataclasses import dataclass
 import torch
 from fastcore.basics import patch
-from .model import BKCore, ResNetBKLM, InputError
+from .model import BKCore, ResNetBKLM, InputError, run_command
 from .data import Vocab, tokenize
 from .files import load_model
-from .train import _cli
 
 # %% auto #0
 __all__ = ['PAST_N_SEQ', 'DecoderState', 'decode_step', 'incremental_logits', 'check_sampling', 'sample_next', 'generate_ids',
@@ -330,4 +329,4 @@ def generate_main(argv=None) -> str:
 
 def rbk_generate(argv=None):
     "Entry point of `rbk-generate`."
-    _cli(generate_main, argv, 'rbk-generate')
+    run_command(generate_main, argv, 'rbk-generate')

@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/model.html.md"""
 
 # %% ../nbs/00_model.ipynb #38efe972
 from __future__ import annotations
-import copy, statistics, time
+import copy, statistics, sys, time
 from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from fastcore.basics import store_attr
 
 # %% auto #0
-__all__ = ['InputError', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent', 'two_sided_resolvent',
-           'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM', 'num_params',
-           'logit_change', 'on_device', 'model_device', 'cuda_or_skip', 'rel_error', 'moved_share', 'time_ms', 'within',
-           'new_model', 'cpu_copy', 'check_model', 'scan_check']
+__all__ = ['InputError', 'run_command', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent',
+           'two_sided_resolvent', 'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM',
+           'num_params', 'logit_change', 'on_device', 'model_device', 'cuda_or_skip', 'rel_error', 'moved_share',
+           'time_ms', 'within', 'new_model', 'cpu_copy', 'check_model', 'scan_check']
 
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
@@ -27,7 +27,16 @@ class InputError(ValueError):
     """Bad input from a user (a setting, a file, a corpus): the message names it and what to do; the command line prints
     it as one line."""
 
+# %% ../nbs/00_model.ipynb #e5f40947
+def run_command(main, argv: list[str] | None, prog: str):
+    "`main(argv)`; a user's mistake (InputError, a missing file) becomes one line on stderr and exit status 2."
+    try:
+        return main(argv)
+    except (FileNotFoundError, InputError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
+# %% ../nbs/00_model.ipynb #518b527b
 @dataclass
 class ResNetBKConfig:
     "Shape and numerics of a ResNet-BK language model (defaults: the reference configuration)."

@@ -24,10 +24,11 @@ from resnet_bk_compress.model import (
     cpu_copy,
     moved_share,
     new_model,
+    run_command,
 )
 from .data import Corpus, synthetic_corpus, load_corpus, unigram_ppl, train_batches, batches_per_epoch
 from .files import save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError
-from .train import fit, evaluate, _cli
+from .train import fit, evaluate
 from .quant import QuantConfig, quantize_, calibrating
 from .int4_moe import Int4MoEConfig
 from .tables import CodebookTable, canonical_order, permute_vocab_, permute_vocab, quantize_bias_
@@ -1058,7 +1059,7 @@ def compress_main(argv=None) -> dict:
 
 def rbk_compress(argv=None):
     "Console script: `rbk-compress [--data DIR] [--teacher FILE] [--out DIR] [--target X] [--stages ...] [--resume]`."
-    rep = _cli(compress_main, argv, 'rbk-compress')
+    rep = run_command(compress_main, argv, 'rbk-compress')
     print(
         json.dumps(
             {

@@ -21,10 +21,10 @@ from resnet_bk_compress.model import (
     within,
     model_device,
     new_model,
+    run_command,
 )
 from resnet_bk_compress.data import (
     Corpus,
-    Vocab,
     eval_windows,
     window_starts,
     windows_at,
@@ -385,15 +385,6 @@ def _load_data(spec: str) -> Corpus:
     return synthetic_corpus() if spec == 'synthetic' else load_corpus(spec)
 
 
-def _cli(fn, argv, prog):
-    try:
-        return fn(argv)
-    # the user's input: one line; anything else is a bug and keeps its traceback
-    except (FileNotFoundError, InputError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 def _train_args(argv=None):
     p = argparse.ArgumentParser(
         prog='rbk-train', description='Train a ResNet-BK language model and write it to a model file.'
@@ -473,7 +464,7 @@ def train_main(argv=None) -> dict:
 
 def rbk_train(argv=None):
     "Console script: `rbk-train --data DIR|synthetic --out FILE [--epochs N ...]`."
-    m = _cli(train_main, argv, 'rbk-train')
+    m = run_command(train_main, argv, 'rbk-train')
     print(
         json.dumps(
             {
@@ -538,7 +529,7 @@ def eval_main(argv=None) -> dict:
 
 def rbk_eval(argv=None):
     "Console script: `rbk-eval MODEL (--data DIR|synthetic --split valid|test | --text FILE)`."
-    print(json.dumps(_cli(eval_main, argv, 'rbk-eval'), indent=1))
+    print(json.dumps(run_command(eval_main, argv, 'rbk-eval'), indent=1))
 
 # %% ../nbs/00b_train.ipynb #a3c2fcda
 BENCH_URL = 'https://raw.githubusercontent.com/resnet-bk/resnet_bk_compress/main/bench/out/{}.json'

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM, InputError
 from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.files import save_model, load_model, read_model_file, model_digest, ModelFileError
-from resnet_bk_compress.train import _cli
+from resnet_bk_compress.model import run_command
 from resnet_bk_compress.quant import Int8Config, Int8Embedding
 from resnet_bk_compress.int4_moe import Int4MoEConfig, QuantizedEmbedding
 from resnet_bk_compress.pipeline import CompressionPipeline
@@ -142,8 +142,8 @@ def test_settings_are_checked_before_the_run_directory_is_touched(syn, tmp_path)
 def test_the_command_line_keeps_tracebacks_for_bugs():
     def bug(argv): raise ValueError('an internal error')
     def bad_input(argv): raise InputError('a bad setting')
-    with pytest.raises(ValueError, match='internal'): _cli(bug, [], 'x')  # a bug is not turned into a one-line usage error
-    with pytest.raises(SystemExit) as e: _cli(bad_input, [], 'x')
+    with pytest.raises(ValueError, match='internal'): run_command(bug, [], 'x')  # a bug is not turned into a one-line usage error
+    with pytest.raises(SystemExit) as e: run_command(bad_input, [], 'x')
     assert e.value.code == 2
 
 def test_one_source_of_run_defaults():
