@@ -26,7 +26,7 @@ from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2, batches_per_epoch, Corpus, unigram_ppl
 from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.train import evaluate, fit
-from resnet_bk_compress.distill import DistillationTrainer, DistillationObjective
+from resnet_bk_compress.distill import DistillationTrainer
 from resnet_bk_compress.generate import generate_ids
 from resnet_bk_compress.pipeline import CompressionPipeline
 
@@ -79,8 +79,7 @@ if __name__ == '__main__':
             base = copy.copy(pipe); base.student = {**pipe.student, 'init': False}
         return base.make_student(teacher, corpus)
     tr = DistillationTrainer(teacher, student(), corpus, **pipe.distill)  # the top-k cache, once
-    o = tr.objective
-    objective = lambda s, targets=tr.targets: DistillationObjective(s, teacher, o.alpha, o.T, o.beta, o.features, o.layers, targets, o.aux_coef)
+    objective = tr.objective.like  # the same objective for another student (or other targets: targets=...)
     if 'step_s' not in res:  # both timed back to back, the same conditions
         res['step_s'] = dict(distill=pipe._seconds_per_step(student(), corpus, objective, pipe.lr, steps=10),
                              scratch=pipe._seconds_per_step(student(True), corpus, None, pipe.lr, steps=10))
@@ -113,6 +112,6 @@ if __name__ == '__main__':
         s = student()
         trg = DistillationTrainer(teacher, s, mixed, **pipe.distill)
         runs[k] = dict(kind='generated', epochs=e, mixed_tokens=len(mixed.train),
-                       **run(s, mixed, max(1, round(e * per)), objective(s, trg.targets), pipe, 0))
+                       **run(s, mixed, max(1, round(e * per)), objective(s, targets=trg.targets), pipe, 0))
         del trg
         print(k, runs[k]['test_ppl'], flush=True); save()

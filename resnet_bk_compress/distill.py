@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 from resnet_bk_compress.model import (
     ResNetBKConfig,
     ResNetBKLM,
@@ -28,7 +29,7 @@ from .train import fit, evaluate, head_operands, head_shared_rows, shared_row_sc
 # %% auto #0
 __all__ = ['FEATURES', 'soft_loss', 'hard_loss', 'feature_loss', 'distill_loss', 'DenseTeacher', 'TopKTeacher',
            'ChunkedDistillLoss', 'chunked_distill_loss', 'topk_soft_loss', 'shared_rows_distill_loss', 'capture',
-           'bk_modules', 'layer_map', 'make_student', 'TeacherTargets', 'DistillationObjective',
+           'bk_modules', 'layer_map', 'student_config', 'make_student', 'TeacherTargets', 'DistillationObjective',
            'check_distill_settings', 'DistillationTrainer', 'distill_cascade', 'distill_check']
 
 # %% ../nbs/05_distill.ipynb #3837a91c
@@ -316,7 +317,32 @@ def _copy_block(dst, src, num_experts: int) -> list[str]:
             done.append(k)
     return done
 
+# %% ../nbs/05_distill.ipynb #6ac67699
+def student_config(
+    teacher_cfg: ResNetBKConfig,
+    d_model: int | None = None,  # width (None: the teacher's)
+    n_layers: int | None = None,  # blocks (None: the teacher's)
+    num_experts: int | None = None,  # experts per MoE layer (None: the teacher's)
+    tie_embeddings: bool | None = None,  # head shares the embedding table (None: as the teacher)
+    embed_rank: int | None = None,  # factorize the embedding (and an untied head) through this rank
+    d_ff: int | None = None,  # expert hidden width (None: the teacher's at its width, else 2 * d_model)
+) -> ResNetBKConfig:
+    "The student's shape: the teacher's configuration with what is asked changed (its values checked, nothing built)."
+    tc, d = teacher_cfg, d_model or teacher_cfg.d_model
+    return ResNetBKConfig.from_dict(
+        {
+            **tc.to_dict(),
+            'd_model': d,
+            'n_layers': n_layers or tc.n_layers,
+            'num_experts': num_experts or tc.num_experts,
+            'top_k': min(tc.top_k, num_experts or tc.num_experts),
+            'd_ff': d_ff or (tc.d_ff if d == tc.d_model else 2 * d),
+            'tie_embeddings': tc.tie_embeddings if tie_embeddings is None else tie_embeddings,
+            'embed_rank': embed_rank,
+        }
+    )
 
+# %% ../nbs/05_distill.ipynb #387c18b6
 def make_student(
     teacher: ResNetBKLM,
     d_model: int | None = None,  # width (None: the teacher's)
@@ -329,19 +355,8 @@ def make_student(
 ) -> ResNetBKLM:
     "A smaller ResNet-BK with the teacher's vocabulary and numerics, initialized from the teacher where shapes allow."
     tc = teacher.cfg
-    d = d_model or tc.d_model
-    cfg = ResNetBKConfig.from_dict(
-        {
-            **tc.to_dict(),
-            'd_model': d,
-            'n_layers': n_layers or tc.n_layers,
-            'num_experts': num_experts or tc.num_experts,
-            'top_k': min(tc.top_k, num_experts or tc.num_experts),
-            'd_ff': d_ff or (tc.d_ff if d == tc.d_model else 2 * d),
-            'tie_embeddings': tc.tie_embeddings if tie_embeddings is None else tie_embeddings,
-            'embed_rank': embed_rank,
-        }
-    )
+    cfg = student_config(tc, d_model, n_layers, num_experts, tie_embeddings, embed_rank, d_ff)
+    d = cfg.d_model
     with torch.device(model_device(teacher)):  # built where the teacher lives: every layer, and every tensor made below
         student = ResNetBKLM(cfg)
         student.init_from_teacher = done = []
@@ -641,6 +656,14 @@ class DistillationTrainer:
         return save_model(
             self.student, path, self.corpus.vocab, dict(distilled_from=self.teacher.cfg.to_dict(), **(meta or {}))
         )
+
+# %% ../nbs/05_distill.ipynb #b101637f
+@patch
+def like(self: DistillationObjective, student: ResNetBKLM, **changes) -> DistillationObjective:
+    "The same objective for another student (teacher, targets, weights and layers as here), `changes` applied."
+    kw = dict(alpha=self.alpha, T=self.T, beta=self.beta, features=self.features, layers=self.layers)
+    kw.update(targets=self.targets, aux_coef=self.aux_coef, chunk=self.chunk)
+    return DistillationObjective(student, self.teacher, **{**kw, **changes})
 
 # %% ../nbs/05_distill.ipynb #4b473b5b
 def distill_cascade(

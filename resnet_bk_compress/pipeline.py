@@ -31,14 +31,28 @@ from .files import save_model, load_model, read_model_file, file_bytes, atomic_w
 from .train import fit, evaluate
 from .quant import QuantConfig, quantize_, calibrating
 from .int4_moe import Int4MoEConfig
-from .tables import CodebookTable, canonical_order, permute_vocab_, permute_vocab, quantize_bias_
+from resnet_bk_compress.tables import (
+    CodebookTable,
+    check_table,
+    canonical_order,
+    permute_vocab_,
+    permute_vocab,
+    quantize_bias_,
+)
 from .pruning import expert_stats, prune_experts_, prune_moe_, _moes
-from .distill import make_student, DistillationTrainer, DistillationObjective, check_distill_settings
+from resnet_bk_compress.distill import (
+    make_student,
+    student_config,
+    DistillationTrainer,
+    DistillationObjective,
+    check_distill_settings,
+)
 
 # %% auto #0
 __all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE',
-           'save_compressed', 'compressed_info', 'load_compressed', 'CompressionPipeline', 'PipelineError',
-           'file_parts', 'gain_kept', 'plot_report', 'Plan', 'compress_main', 'rbk_compress', 'pipeline_check']
+           'save_compressed', 'compressed_info', 'load_compressed', 'check_settings', 'CompressionPipeline',
+           'PipelineError', 'file_parts', 'gain_kept', 'plot_report', 'Plan', 'compress_main', 'rbk_compress',
+           'pipeline_check']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
 # 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
@@ -90,9 +104,8 @@ def load_compressed(path: str | Path) -> tuple[ResNetBKLM, object, dict]:
 
 # %% ../nbs/06_pipeline.ipynb #a3d04e01
 STAGES = ('distill', 'prune', 'quantize')
-# epochs of each stage, for run_pipeline, rbk-compress and bench/pipeline_wt2.py alike: the README's WikiText-2 figure
-# (about 43 minutes
-# on 2 CPU cores, 19 of them the teacher's training) is a run with these. Pruning retrains only when it removed experts.
+# epochs of each stage when no time budget is given (with one, distillation trains for what the budget leaves);
+# pruning retrains only when it removed experts
 RUN_EPOCHS = dict(distillation_epochs=2.5, pruning_epochs=0.5, qat_epochs=0.5)
 # epochs of the teacher rbk-compress trains when none is given (as bench/train_wt2.py's reference teacher)
 TEACHER_EPOCHS = 3
@@ -105,7 +118,54 @@ def _peak_mb() -> float:
     "Peak resident memory of this process in MB (ru_maxrss counts kilobytes on Linux, bytes on macOS)."
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == 'darwin' else 1024)
 
+# %% ../nbs/06_pipeline.ipynb #173e2e7a
+def check_settings(
+    cfg: ResNetBKConfig,  # the teacher's configuration
+    vocab_size: int,  # words in the vocabulary given with it
+    target_compression: float,
+    max_ppl_increase: float,
+    stages: tuple,
+    student: dict,  # student_config's arguments
+    distill: dict,  # DistillationTrainer's arguments
+    table: dict | None,  # TABLE_DEFAULTS' keys
+):
+    "Every setting of a pipeline, checked once and before anything is built: an InputError says what to change."
+    if bad := [s for s in stages if s not in STAGES]:
+        raise InputError(f"unknown stages {bad}: choose from {STAGES}")
+    if not stages:
+        raise InputError(f"no stages given: choose some of {STAGES}")
+    if len(set(stages)) != len(stages):
+        raise InputError(f"a stage appears twice in {list(stages)}")
+    if 'quantize' in stages and stages[-1] != 'quantize':
+        raise InputError(
+            f"'quantize' must be the last stage (got {list(stages)}): distilling or pruning a quantized model "
+            "would undo or break its quantization"
+        )
+    if target_compression <= 0 or max_ppl_increase < 0:
+        raise InputError("target_compression must be > 0 and max_ppl_increase >= 0")
+    if vocab_size != cfg.vocab_size:
+        raise InputError(f"vocabulary has {vocab_size} types, the model {cfg.vocab_size}")
+    for what, given, fn in (('student', student, student_config), ('distill', distill, DistillationTrainer)):
+        valid = set(inspect.signature(fn).parameters) - {'self', 'teacher', 'teacher_cfg', 'student', 'corpus'}
+        if bad := set(given) - valid:
+            raise InputError(f"unknown {what} settings {sorted(bad)}: choose from {sorted(valid)}")
+    check_distill_settings(**distill)
+    try:
+        student_config(cfg, **student)
+    except InputError as e:
+        raise InputError(f"student settings {student}: {e}") from None
+    if table is not None:
+        if bad := set(table) - set(TABLE_DEFAULTS):
+            raise InputError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
+        t = {**TABLE_DEFAULTS, **table}
+        if t['bias_bits'] not in (4, 16):
+            raise InputError(f"table bias_bits must be 4 or 16, got {t['bias_bits']!r}")
+        if not student.get('tie_embeddings'):
+            raise InputError("a codebook table is tied to the head: give the student tie_embeddings=True")
+        width = student.get('embed_rank') or student.get('d_model') or cfg.d_model
+        check_table(cfg.vocab_size, width, t['n_dense'], t['n_codebooks'], t['codebook_size'])
 
+# %% ../nbs/06_pipeline.ipynb #420badab
 class CompressionPipeline:
     """Compress `model` (a trained float ResNet-BK) by the given stages to `target_compression` x fewer bytes, at most
     `max_ppl_increase` worse."""
@@ -130,55 +190,18 @@ class CompressionPipeline:
         checkpoint_every: int = 50,  # training steps between checkpoints inside a stage
         teacher_bytes: int | None = None,  # bytes of the teacher's file (default: the teacher saved by save_model)
     ):
-        if bad := [s for s in stages if s not in STAGES]:
-            raise InputError(f"unknown stages {bad}: choose from {STAGES}")
-        if not stages:
-            raise InputError(f"no stages given: choose some of {STAGES}")
-        if len(set(stages)) != len(stages):
-            raise InputError(f"a stage appears twice in {list(stages)}")
-        if 'quantize' in stages and stages[-1] != 'quantize':
-            raise InputError(
-                f"'quantize' must be the last stage (got {list(stages)}): distilling or pruning a quantized model "
-                "would undo or break its quantization"
-            )
-        if target_compression <= 0 or max_ppl_increase < 0:
-            raise InputError("target_compression must be > 0 and max_ppl_increase >= 0")
-        if len(vocab) != model.cfg.vocab_size:
-            raise InputError(f"vocabulary has {len(vocab)} types, the model {model.cfg.vocab_size}")
+        self.student = dict(tie_embeddings=True) if student is None else student
+        self.distill = dict(targets='topk', k=32, T=1.0) if distill is None else distill
+        check_settings(
+            model.cfg, len(vocab), target_compression, max_ppl_increase, stages, self.student, self.distill, table
+        )
         self.teacher, self.vocab, self.stages = model.eval(), vocab, tuple(stages)
         self.target_compression, self.max_ppl_increase = target_compression, max_ppl_increase
         # auto: plan() chooses student, table and kept experts when the run starts
         self.auto, self.planned = student is None and table is None and 'distill' in stages, None
-        self.student = dict(tie_embeddings=True) if student is None else student
+        self.table = None if table is None else {**TABLE_DEFAULTS, **table}
         self.keep_experts = keep_experts
         self.quant = Int4MoEConfig(group_size=128, embedding_bits=4) if quant is None else quant
-        self.distill = dict(targets='topk', k=32, T=1.0) if distill is None else distill
-        # a typo fails here, not hours later
-        for what, given, fn in (('student', student, make_student), ('distill', distill, DistillationTrainer)):
-            valid = set(inspect.signature(fn).parameters) - {'self', 'teacher', 'student', 'corpus', 'init'}
-            if given is not None and (bad := set(given) - valid):
-                raise InputError(f"unknown {what} settings {sorted(bad)}: choose from {sorted(valid)}")
-        check_distill_settings(**self.distill)  # and a bad value too, before a run directory is touched
-        try:
-            make_student(model, **self.student, init=False)  # the student's config validates its values
-        except InputError as e:
-            raise InputError(f"student settings {self.student}: {e}") from None
-        self.table = None if table is None else {**TABLE_DEFAULTS, **table}
-        if self.table is not None:
-            if bad := set(table) - set(TABLE_DEFAULTS):
-                raise InputError(f"unknown table settings {sorted(bad)}: choose from {sorted(TABLE_DEFAULTS)}")
-            if self.table['bias_bits'] not in (4, 16):
-                raise InputError(f"table bias_bits must be 4 or 16, got {self.table['bias_bits']!r}")
-            if not self.student.get('tie_embeddings'):
-                raise InputError("a codebook table is tied to the head: give the student tie_embeddings=True")
-            CodebookTable(
-                model.cfg.vocab_size,
-                self.student.get('embed_rank') or self.student.get('d_model') or model.cfg.d_model,
-                # validates the shape now, not after hours
-                self.table['n_dense'],
-                self.table['n_codebooks'],
-                self.table['codebook_size'],
-            )
         self.lr, self.qat_lr, self.batch_size, self.calib_batches, self.checkpoint_every = (
             lr,
             qat_lr,
@@ -349,7 +372,47 @@ def canonical_teacher(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNet
     order = canonical_order(self.vocab, _counts(corpus), [n] if 0 < n < V else [])
     return permute_vocab_(cpu_copy(self.teacher), order), permute_vocab(self.vocab, order)
 
+# %% ../nbs/06_pipeline.ipynb #24015dcd
+@patch
+def _open_run(self: CompressionPipeline, corpus: Corpus, out: Path, settings: dict, resume: bool, dev) -> tuple:
+    """(state, the first stage's input on `dev`, the stage files' vocabulary): a new run's teacher file and scores, or
+    a resumed run's state and last file."""
+    if (out / 'state.json').is_file():
+        if not resume:
+            raise PipelineError(
+                f"'{out}' already holds a pipeline run: pass resume=True (--resume) to continue it, or choose another "
+                "directory"
+            )
+        state = json.loads((out / 'state.json').read_text())
+        if state['settings'] != settings:
+            raise PipelineError(f"the run in '{out}' used other settings; start a new run in another directory")
+        done = state['stages']  # a resumed run goes on from its last file, moved once to the device
+        model, vocab, _ = load_compressed(out / (done[-1]['file'] if done else state['teacher']['file']))
+        return state, model.to(dev), vocab
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model, vocab = self.canonical_teacher(corpus)  # the word order every stage file stores (03a_tables)
+    teacher_file = save_compressed(model, out / 'stage0_teacher.safetensors', vocab, dict(stage='teacher'))
+    plain = save_model(self.teacher, out / '.teacher_plain.safetensors', self.vocab)
+    model = model.to(dev)  # our copy: moved once, scored, and the first stage's input
+    teacher = dict(
+        name='teacher',
+        **_measure(model, corpus.with_vocab(vocab), teacher_file),
+        seconds=time.perf_counter() - t0,
+        peak_mb=_peak_mb(),
+        plain_bytes=file_bytes(plain),
+    )
+    plain.unlink()
+    state = dict(
+        settings=settings,
+        teacher=teacher,
+        stages=[],
+        unigram_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)),
+        teacher_bytes=self.teacher_bytes or teacher['plain_bytes'],
+    )
+    return state, model, vocab
 
+# %% ../nbs/06_pipeline.ipynb #efa9b40f
 @patch
 def run_pipeline(
     self: CompressionPipeline,
@@ -383,7 +446,6 @@ def run_pipeline(
     if self.auto and self.planned is None:
         self.use_plan(self.plan(corpus))
     out = Path(save_dir)
-    state_path = out / 'state.json'
     epochs = dict(distill=None if minutes else distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
     settings = dict(
         stages=list(self.stages),
@@ -400,40 +462,9 @@ def run_pipeline(
         corpus=corpus.name,
         minutes=minutes,
     )
-    model = None  # the first stage's input
-    if state_path.is_file():
-        if not resume:
-            raise PipelineError(
-                f"'{out}' already holds a pipeline run: pass resume=True (--resume) to continue it, or choose another "
-                "directory"
-            )
-        state = json.loads(state_path.read_text())
-        if state['settings'] != settings:
-            raise PipelineError(f"the run in '{out}' used other settings; start a new run in another directory")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        model, vocab = self.canonical_teacher(corpus)  # the word order every stage file stores (03a_tables)
-        teacher_file = save_compressed(model, out / 'stage0_teacher.safetensors', vocab, dict(stage='teacher'))
-        plain = save_model(self.teacher, out / '.teacher_plain.safetensors', self.vocab)
-        model = model.to(dev)  # our copy: moved once, scored, and the first stage's input
-        teacher = dict(
-            name='teacher',
-            **_measure(model, corpus.with_vocab(vocab), teacher_file),
-            seconds=time.perf_counter() - t0,
-            peak_mb=_peak_mb(),
-            plain_bytes=file_bytes(plain),
-        )
-        plain.unlink()
-        state = dict(
-            settings=settings,
-            teacher=teacher,
-            stages=[],
-            unigram_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)),
-            teacher_bytes=self.teacher_bytes or teacher['plain_bytes'],
-        )
-    save_state = lambda: atomic_write(state_path, lambda p: Path(p).write_text(json.dumps(state, indent=1)))
-    if not state_path.is_file():
+    state, model, vocab = self._open_run(corpus, out, settings, resume, dev)
+    save_state = lambda: atomic_write(out / 'state.json', lambda p: Path(p).write_text(json.dumps(state, indent=1)))
+    if not (out / 'state.json').is_file():
         save_state()
     # the deadline, and what is kept for after distillation (3 scorings, calibration, files)
     if minutes and 'budget' not in state:
@@ -457,10 +488,8 @@ def run_pipeline(
         )
         self._save_state = save_state
     done = len(state['stages'])
-    if model is None:  # a resumed run goes on from its last file, moved once to the device
-        model, vocab, _ = load_compressed(out / (state['stages'][-1]['file'] if done else state['teacher']['file']))
-        model = model.to(dev)
     corpus = corpus.with_vocab(vocab)  # the stage files' word order
+    stage = dict(distill=self._stage_distill, prune=self._stage_prune, quantize=self._stage_quantize)
     for i, name in enumerate(self.stages[done:], start=done + 1):
         t0 = time.perf_counter()
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
@@ -468,7 +497,7 @@ def run_pipeline(
         if steps is None and 'distill_steps' in (self.budget or {}):
             steps = self.budget['distill_steps']
         ckpt = out / f'stage{i}.ckpt'
-        model = getattr(self, f'_stage_{name}')(model, corpus, steps, ckpt, progress)
+        model = stage[name](model, corpus, steps, ckpt, progress)
         if steps is None:
             steps = self.budget['distill_steps']
         path = save_compressed(
@@ -533,11 +562,7 @@ def _budget_steps(self: CompressionPipeline, tr, corpus: Corpus) -> int:
     """Distillation steps that fill the time left before the budget's deadline, after what the later stages will take
     (measured)."""
     b, n_seq = self.budget, tr.student.cfg.n_seq
-    o = tr.objective
-    same = lambda m: DistillationObjective(
-        m, o.teacher, o.alpha, o.T, o.beta, o.features, o.layers, o.targets, o.aux_coef, o.chunk
-    )
-    b['distill_step_s'] = self._seconds_per_step(tr.student, corpus, same, self.lr, steps=10)
+    b['distill_step_s'] = self._seconds_per_step(tr.student, corpus, tr.objective.like, self.lr, steps=10)
     q = copy.deepcopy(tr.student).eval()
     if 'quantize' in self.stages:  # the QAT step, on a prepared and calibrated copy of the student
         quantize_(q, self.quant)

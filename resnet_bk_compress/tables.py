@@ -11,14 +11,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .model import ResNetBKLM, OutputHead
+from .model import ResNetBKLM, OutputHead, InputError
 from .data import Vocab
 from .files import register_structure
 from .int4_moe import GroupWiseQuantizer, QuantizedEmbedding, pack_int4, unpack_int4
 
 # %% auto #0
-__all__ = ['canonical_order', 'permute_vocab_', 'permute_vocab', 'kmeans', 'CodebookTable', 'QuantizedCodebookTable',
-           'QuantizedBias', 'quantize_bias_', 'table_spec']
+__all__ = ['canonical_order', 'permute_vocab_', 'permute_vocab', 'kmeans', 'check_table', 'CodebookTable',
+           'QuantizedCodebookTable', 'QuantizedBias', 'quantize_bias_', 'table_spec']
 
 # %% ../nbs/03a_tables.ipynb #fae119a2
 def canonical_order(
@@ -100,6 +100,17 @@ def kmeans(
         c = torch.where(mass[:, None] > 0, s / mass.clamp(min=1e-12)[:, None], c)
     return c, torch.cdist(x, c).argmin(1)
 
+# %% ../nbs/03a_tables.ipynb #ae78820a
+def check_table(num_embeddings: int, embedding_dim: int, n_dense: int, n_codebooks: int = 1, codebook_size: int = 256):
+    "Refuse (InputError) a codebook table shape that cannot be built: checked before anything is."
+    V, d, M, K = num_embeddings, embedding_dim, n_codebooks, codebook_size
+    if not 0 <= n_dense <= V:
+        raise InputError(f"n_dense must be in [0, {V}], got {n_dense}")
+    if M < 1 or d % M:
+        raise InputError(f"n_codebooks must divide embedding_dim={d}, got {M}")
+    if not 2 <= K <= 2**16:
+        raise InputError(f"codebook_size must be in [2, 65536], got {K}")
+
 # %% ../nbs/03a_tables.ipynb #7dcacca1
 class CodebookTable(nn.Module):
     """(V, d) word table: own rows for words 0..n_dense-1, for every other word the concatenation of M codewords from
@@ -114,13 +125,8 @@ class CodebookTable(nn.Module):
         codebook_size: int = 256,  # K: entries per codebook (codes of log2 K bits)
     ):
         super().__init__()
+        check_table(num_embeddings, embedding_dim, n_dense, n_codebooks, codebook_size)
         V, d, M, K = num_embeddings, embedding_dim, n_codebooks, codebook_size
-        if not 0 <= n_dense <= V:
-            raise ValueError(f"n_dense must be in [0, {V}], got {n_dense}")
-        if M < 1 or d % M:
-            raise ValueError(f"n_codebooks must divide embedding_dim={d}, got {M}")
-        if not 2 <= K <= 2**16:
-            raise ValueError(f"codebook_size must be in [2, 65536], got {K}")
         self.num_embeddings, self.embedding_dim, self.n_dense, self.n_codebooks, self.codebook_size = (
             V,
             d,
