@@ -67,6 +67,9 @@ if __name__ == '__main__':
     teacher0, vocab0, _ = reference_teacher()
     pipe = CompressionPipeline(teacher0, vocab0, target_compression=a.target, teacher_bytes=file_bytes(CACHE))
     pipe.use_plan(plan := pipe.plan(corpus0))
+    if res.get('plan') not in (None, plan.to_dict()):  # another student: its runs are not points of this curve
+        print(f"the plan changed ({res['plan']} -> {plan.to_dict()}): starting the curve over", flush=True)
+        res = {}
     teacher, vocab = pipe.canonical_teacher(corpus0)
     corpus = corpus0.with_vocab(vocab)
     n_seq = teacher.cfg.n_seq

@@ -328,16 +328,18 @@ def student_config(
     d_ff: int | None = None,  # expert hidden width (None: the teacher's at its width, else 2 * d_model)
 ) -> ResNetBKConfig:
     "The student's shape: the teacher's configuration with what is asked changed (its values checked, nothing built)."
-    tc, d = teacher_cfg, d_model or teacher_cfg.d_model
+    tc = teacher_cfg
+    given = lambda v, default: default if v is None else v  # 0 is a value (and refused), not "as the teacher"
+    d, experts = given(d_model, tc.d_model), given(num_experts, tc.num_experts)
     return ResNetBKConfig.from_dict(
         {
             **tc.to_dict(),
             'd_model': d,
-            'n_layers': n_layers or tc.n_layers,
-            'num_experts': num_experts or tc.num_experts,
-            'top_k': min(tc.top_k, num_experts or tc.num_experts),
-            'd_ff': d_ff or (tc.d_ff if d == tc.d_model else 2 * d),
-            'tie_embeddings': tc.tie_embeddings if tie_embeddings is None else tie_embeddings,
+            'n_layers': given(n_layers, tc.n_layers),
+            'num_experts': experts,
+            'top_k': min(tc.top_k, experts),
+            'd_ff': given(d_ff, tc.d_ff if d == tc.d_model else 2 * d),
+            'tie_embeddings': given(tie_embeddings, tc.tie_embeddings),
             'embed_rank': embed_rank,
         }
     )

@@ -648,9 +648,12 @@ def file_parts(path: str | Path) -> dict:
         small = json.loads((f.metadata() or {}).get('small', '{}'))
     # tensors packed together (save_model(pack_small=True)): each counted in its own part
     for dt, entries in small.items():
-        del sizes[f'@small.{dt}']
-        for k, shape in entries:
-            sizes[k] = torch.empty(0, dtype=getattr(torch, dt)).element_size() * math.prod(shape)
+        # a pack's stored bytes (entropy-coded ones too: '@rans'), shared by its tensors in proportion to their sizes
+        stored = sizes.pop(f'@small.{dt}', None) or sizes.pop(f'@small.{dt}@rans')
+        raw = [torch.empty(0, dtype=getattr(torch, dt)).element_size() * math.prod(shape) for _, shape in entries]
+        shares = [stored * n // sum(raw) for n in raw]
+        shares[-1] += stored - sum(shares)
+        sizes.update((k, n) for (k, _), n in zip(entries, shares))
     for k, n in sizes.items():
         name = next((v for p, v in _PARTS if k.startswith(p)), k.split('.')[0])
         parts[name] = parts.get(name, 0) + n
