@@ -138,6 +138,7 @@ class CodebookTable(nn.Module):
         self.codebooks = nn.Parameter(torch.zeros(M, K, d // M))
         self.register_buffer('codes', torch.zeros(V - n_dense, M, dtype=torch.uint8 if K <= 256 else torch.int32))
         self.fake_quant = None  # (dense rows' quantizer, codebooks' quantizer) while prepared for QAT
+        self.register_parameter('shadow', None)  # the full rows while codes are learned (learn_codes_)
 
     def spec(self) -> dict:
         "What a model file records to rebuild the table."
@@ -156,7 +157,7 @@ class CodebookTable(nn.Module):
     def table(self) -> torch.Tensor:
         "The whole (V, d) table."
         dense, cb = self.parts()
-        if getattr(self, 'shadow', None) is None:
+        if self.shadow is None:
             return torch.cat([dense, _coded_rows(cb, self.codes)])
         q = _coded_rows(cb, self._assign(cb))  # learn_codes_ (below): the nearest codewords of the full rows
         e = self.shadow
@@ -245,10 +246,10 @@ def _assign(self: CodebookTable, cb: torch.Tensor) -> torch.Tensor:
 @patch
 def freeze_codes_(self: CodebookTable) -> CodebookTable:
     "Store the current nearest-codeword assignment as the codes and drop the full rows."
-    if getattr(self, 'shadow', None) is None:
+    if self.shadow is None:
         return self
     self.codes.copy_(self._assign(self.parts()[1]).to(self.codes.dtype))
-    del self.shadow
+    self.shadow = None
     return self
 
 # %% ../nbs/03a_tables.ipynb #70145552
@@ -384,7 +385,7 @@ def _shared_rows(
 @patch
 def shared_rows(self: CodebookTable) -> tuple[torch.Tensor, torch.Tensor] | None:
     "(rows, group) as the table uses them (fake-quantized while prepared) when each word has one fixed code, else None."
-    if self.n_codebooks != 1 or getattr(self, 'shadow', None) is not None:
+    if self.n_codebooks != 1 or self.shadow is not None:
         return None
     dense, cb = self.parts()
     return _shared_rows(dense, cb, self.codes)
