@@ -1,15 +1,16 @@
 "House rules a tool can check: lines of at most 120 characters in the library and notebooks, one formatter."
 
-import json, shutil, subprocess
+import json, subprocess, sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RUFF = shutil.which('ruff')
 
 
 def ruff(*args) -> subprocess.CompletedProcess:
-    assert RUFF, 'ruff is a dev dependency: pip install -e ".[dev]"'
-    return subprocess.run([RUFF, *args], cwd=ROOT, capture_output=True, text=True)
+    "ruff (a dev dependency: pip install -e \".[dev]\") of this Python, on the checkout."
+    r = subprocess.run([sys.executable, '-m', 'ruff', *args], cwd=ROOT, capture_output=True, text=True)
+    assert 'No module named ruff' not in r.stderr, 'ruff is a dev dependency: pip install -e ".[dev]"'
+    return r
 
 
 def test_lines_at_most_120():
