@@ -5,7 +5,7 @@ it with shorter training than the headline run (bench/pipeline_wt2.py; the plot 
 same-size scratch baseline for the same wall clock. Results are appended to bench/out/frontier_wt2.json as
 each target finishes, so a partial run keeps what it measured. Run alone: the baseline's steps depend on speed.
 
-    python bench/frontier_wt2.py [--targets 32 50 100 200] [--distillation-epochs 0.5] [--qat-epochs 0.1]
+    python bench/frontier_wt2.py [--targets 32 50 100 150 200] [--distillation-epochs 2] [--qat-epochs 0.1]
 """
 import argparse, json, platform, shutil, sys, time
 from pathlib import Path
@@ -18,8 +18,8 @@ from resnet_bk_compress.pipeline import CompressionPipeline
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--targets', type=float, nargs='+', default=[32., 50., 100., 200.])
-    p.add_argument('--distillation-epochs', type=float, default=0.5)
+    p.add_argument('--targets', type=float, nargs='+', default=[32., 50., 100., 150., 200.])
+    p.add_argument('--distillation-epochs', type=float, default=2.)
     p.add_argument('--qat-epochs', type=float, default=0.1)
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'frontier_wt2.json'))
     a = p.parse_args()
