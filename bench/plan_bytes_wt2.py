@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import file_bytes
+from resnet_bk_compress.train import bench_result
 from resnet_bk_compress.tables import QuantizedBias
 from resnet_bk_compress.pipeline import CompressionPipeline, save_compressed, file_parts, _counts
 
@@ -37,14 +38,14 @@ if __name__ == '__main__':
     canon, cvocab = pipe.canonical_teacher(corpus)
     model.head.bias = QuantizedBias.from_float(canon.head.bias.detach().float(), _counts(corpus.with_vocab(cvocab)))
     parts['teacher_biases'] = file_parts(save_compressed(model, d / 'teacher.safetensors', voc, info))
-    run = json.loads((ROOT / 'bench' / 'out' / 'pipeline_wt2.json').read_text())['results']['report']
+    run = bench_result('pipeline_wt2')['results']['report']
     same_plan = run['plan']['student'] == plan.student and run['plan']['table'] == plan.table
     if same_plan:
         parts['trained'] = run['parts']
     totals = {k: sum(v.values()) for k, v in parts.items()}
-    fr = ROOT / 'bench' / 'out' / 'frontier_wt2.json'
-    frontier = {k: dict(predicted=v['plan']['predicted_bytes'], written=v['bytes'], epochs=json.loads(fr.read_text())['distillation_epochs'])
-                for k, v in json.loads(fr.read_text())['points'].items() if 'bytes' in v} if fr.is_file() else {}
+    fr = bench_result('frontier_wt2')
+    frontier = {k: dict(predicted=v['plan']['predicted_bytes'], written=v['bytes'], epochs=fr['distillation_epochs'])
+                for k, v in fr['points'].items() if 'bytes' in v}
     res = dict(plan=plan.to_dict(), parts=parts, totals=totals, trained_run_same_plan=same_plan,
                error_vs_trained={k: v / totals['trained'] - 1 for k, v in totals.items()} if same_plan else None,
                frontier=frontier, torch=torch.__version__, machine=platform.machine())
