@@ -102,9 +102,15 @@ def decode_sparse(mask: torch.Tensor, values: torch.Tensor, shape) -> torch.Tens
     return out.reshape(shape)
 
 
-def _sparse_pays(t: torch.Tensor) -> bool:
+def _sparse_pays(t: torch.Tensor, entropy_code: bool = False) -> bool:
+    "Whether storing t's nonzeros and a bit mask is smaller than t, and than rANS-coding it when the file codes bytes."
     n, nnz = t.numel(), int((t != 0).sum())
-    return -(-n // 8) + nnz * t.element_size() + _SPARSE_OVERHEAD < n * t.element_size()
+    size = -(-n // 8) + nnz * t.element_size() + _SPARSE_OVERHEAD
+    if entropy_code and t.dtype in (torch.uint8, torch.int8) and n > SMALL:
+        c = code_bytes(t.numpy().tobytes())
+        if c is not None and len(c[1]) <= size:
+            return False
+    return size < n * t.element_size()
 
 # %% ../nbs/00d_files.ipynb #976c5cd5
 def model_digest(header: dict, tensors: dict) -> str:
@@ -215,7 +221,7 @@ def save_model(
     complex_keys = [k for k, v in tensors.items() if v.is_complex()]
     for k in complex_keys:
         tensors[k] = torch.view_as_real(tensors[k]).contiguous()  # safetensors has no complex dtype
-    sparse = {k: list(v.shape) for k, v in tensors.items() if v.dim() and _sparse_pays(v)}
+    sparse = {k: list(v.shape) for k, v in tensors.items() if v.dim() and _sparse_pays(v, entropy_code)}
     for k in sparse:
         tensors[k + '@mask'], tensors[k + '@values'] = encode_sparse(tensors.pop(k))
     packed = {}

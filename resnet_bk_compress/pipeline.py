@@ -38,6 +38,7 @@ from resnet_bk_compress.tables import (
     permute_vocab_,
     permute_vocab,
     quantize_bias_,
+    QuantizedBias,
 )
 from .pruning import expert_stats, prune_experts_, prune_moe_, _moes
 from resnet_bk_compress.distill import (
@@ -300,12 +301,22 @@ def _stage_quantize(self: CompressionPipeline, model, corpus, steps, ckpt, progr
         fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.qat_lr, seed=2))
     quantize_(model.eval(), self.quant, 'convert')
     if self.table and self.table['bias_bits'] == 4:
-        quantize_bias_(model, _counts(corpus))
+        quantize_bias_(model, _counts(corpus), self.bias_hist(corpus))
     return model
 
 # %% ../nbs/06_pipeline.ipynb #bde957f3
 def _counts(corpus: Corpus) -> torch.Tensor:
     return torch.bincount(corpus.train, minlength=len(corpus.vocab)).float()
+
+
+@patch
+def bias_hist(self: CompressionPipeline, corpus: Corpus) -> torch.Tensor:
+    """How many words each 4-bit bias level gets in every file of the run: as many as in the teacher's biases quantized
+    by k-means (03a_tables). Known before training, it fixes what the entropy-coded codes cost."""
+    at = torch.tensor([corpus.vocab.stoi[w] for w in self.vocab.itos])  # counts in the teacher's word order
+    b = self.teacher.head.bias
+    b = b() if isinstance(b, torch.nn.Module) else b  # a teacher loaded from a compressed file
+    return QuantizedBias.from_float(b.detach().float(), _counts(corpus)[at]).histogram()
 
 
 def _head_rows(teacher: ResNetBKLM) -> torch.Tensor:
@@ -791,16 +802,17 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
     teacher, vocab = self.canonical_teacher(corpus)
     s = dict(self.student)
     want = s.pop('num_experts', None) or teacher.cfg.num_experts
-    st = make_student(teacher, num_experts=want, init=False, **s) if 'distill' in self.stages else teacher
+    st = make_student(teacher, **{**s, 'num_experts': want, 'init': False}) if 'distill' in self.stages else teacher
     g = torch.Generator(model_device(st)).manual_seed(0)  # seeded draws: the same plan every time
     # the codes the run will store: its k-means is seeded, and the codes stay fixed in training
     if self.table is not None:
         t, fitted = self.table, _fits_teacher_rows(s, st, teacher)
-        W = (
-            _head_rows(teacher)
-            if fitted
-            else torch.randn(st.cfg.vocab_size, st.tok_emb.embedding_dim, generator=g, device=g.device)
-        )
+        if fitted:
+            W = _head_rows(teacher)
+        elif s.get('init', True) and 'distill' in self.stages:  # the student's own first table, as the run builds it
+            W = make_student(teacher, **{**s, 'num_experts': want}).tok_emb.weight.detach()
+        else:
+            W = torch.randn(st.cfg.vocab_size, st.tok_emb.embedding_dim, generator=g, device=g.device)
         st.tok_emb = CodebookTable.from_table(
             W, t['n_dense'], t['n_codebooks'], t['codebook_size'], weights=_counts(corpus.with_vocab(vocab))
         )
@@ -818,15 +830,13 @@ def final_structure(self: CompressionPipeline, corpus: Corpus) -> tuple[ResNetBK
             st(torch.zeros(1, st.cfg.n_seq, dtype=torch.long, device=model_device(st)))
         quantize_(st, self.quant, 'convert')
         if self.table and self.table['bias_bits'] == 4:
-            quantize_bias_(st, _counts(corpus.with_vocab(vocab)))
-        # integer weights and biases as uniform codes: what training makes them is not known yet, so they are
+            # the biases' codes get the histogram the run gives them; only their order is random
+            quantize_bias_(st, _counts(corpus.with_vocab(vocab)), self.bias_hist(corpus))
+        # integer weights as uniform codes: what training makes them is not known, so they are predicted at their full
+        # width (coding.MIN_SAVING: trained INT4 weights are stored so)
         with torch.no_grad():
-            for (
-                name,
-                b,
-                # predicted at their full width (coding.MIN_SAVING: trained INT4 weights are stored so)
-            ) in st.named_buffers():
-                if name.endswith(('qdata', 'bias.codes')) and b.dtype in (torch.uint8, torch.int8):
+            for name, b in st.named_buffers():
+                if name.endswith('qdata') and b.dtype in (torch.uint8, torch.int8):
                     b.random_(*((0, 256) if b.dtype == torch.uint8 else (-128, 128)), generator=g)
     return st.eval(), vocab
 

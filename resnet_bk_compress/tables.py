@@ -435,13 +435,44 @@ class QuantizedBias(nn.Module):
         self.register_buffer('levels', torch.zeros(16, dtype=torch.float16))
 
     @classmethod
-    def from_float(cls, b: torch.Tensor, weights: torch.Tensor | None = None) -> QuantizedBias:
-        "Levels by weighted 1-D k-means of b's entries, each entry coded by its nearest level."
-        q = cls(b.numel())
-        levels, codes = kmeans(b.detach().float().reshape(-1, 1), 16, weights)
-        q.levels = levels.squeeze(1).half()
-        q.codes = pack_int4(torch.cdist(b.detach().float().reshape(-1, 1), q.levels.float()[:, None]).argmin(1))
+    def from_float(
+        cls,
+        b: torch.Tensor,
+        weights: torch.Tensor | None = None,  # a weight for each entry (word counts): where the levels crowd
+        hist: torch.Tensor | None = None,  # entries per level (16 counts summing to b.numel()): fixed by design
+    ) -> QuantizedBias:
+        """Levels ascending. Without `hist`, by weighted 1-D k-means, each entry coded by its nearest level; with it,
+        the hist[0] smallest entries get code 0, the next hist[1] code 1, ..., each level the weighted mean of its
+        entries. Either way the result does not depend on the order of the entries."""
+        x = b.detach().float().reshape(-1).cpu()
+        w = torch.ones_like(x) if weights is None else weights.detach().float().reshape(-1).cpu().clamp(min=0)
+        if w.shape != x.shape:
+            raise ValueError(f"weights must have one entry per bias ({x.numel()}), got {w.numel()}")
+        o = torch.argsort(w, stable=True)
+        o = o[torch.argsort(x[o], stable=True)]  # sorted by value (ties by weight): the same input in any order
+        q = cls(x.numel())
+        if hist is None:
+            levels = kmeans(x[o, None], 16, w[o])[0].squeeze(1).sort().values.half()
+            codes = torch.cdist(x[:, None], levels.float()[:, None]).argmin(1)
+        else:
+            h = torch.as_tensor(hist).long().cpu()
+            if h.shape != (16,) or (h < 0).any() or h.sum() != x.numel():
+                raise ValueError(f"hist must be 16 counts summing to {x.numel()}, got {h.tolist()}")
+            codes = torch.empty_like(o)
+            codes[o] = torch.repeat_interleave(torch.arange(16), h)
+            mass = torch.zeros(16).index_add_(0, codes, w)
+            mean = torch.zeros(16).index_add_(0, codes, x * w) / mass.clamp(min=1e-30)
+            plain = torch.zeros(16).index_add_(0, codes, x) / h.clamp(min=1)  # where a group weighs nothing
+            levels = torch.where(mass > 0, mean, plain)
+            # an empty group's level repeats the one below it: levels stay ascending
+            levels = torch.cummax(torch.where(h > 0, levels, torch.full_like(levels, -torch.inf)), 0).values
+            levels = torch.where(torch.isinf(levels), x.min(), levels).half()
+        q.levels, q.codes = levels, pack_int4(codes)
         return q
+
+    def histogram(self) -> torch.Tensor:
+        "How many entries each code has (16 counts): what an entropy coder pays for the codes."
+        return torch.bincount(unpack_int4(self.codes, self.n).long().cpu(), minlength=16)
 
     def forward(self) -> torch.Tensor:
         return self.levels.float()[unpack_int4(self.codes, self.n).long()]
@@ -450,17 +481,19 @@ class QuantizedBias(nn.Module):
         return f"{self.n}, 4-bit, 16 levels"
 
 
-def quantize_bias_(model: ResNetBKLM, weights: torch.Tensor | None = None) -> ResNetBKLM:
-    "Store an OutputHead's biases as a QuantizedBias (in place); weights: word counts for the k-means."
+def quantize_bias_(
+    model: ResNetBKLM, weights: torch.Tensor | None = None, hist: torch.Tensor | None = None
+) -> ResNetBKLM:
+    "Store an OutputHead's biases as a QuantizedBias (in place); weights (word counts) and hist as in `from_float`."
     head = model.head
     if type(head) is not OutputHead:
         raise ValueError(f"quantize_bias_ needs a tied or factorized OutputHead, got {type(head).__name__}")
     if isinstance(head.bias, nn.Module):
         raise ValueError("the head's biases are already quantized")
     b = head.bias.detach().float()
-    # the k-means runs on the CPU (its seeded generator lives there); the levels and codes join the head's device
+    # quantized on the CPU (the k-means' seeded generator lives there); the levels and codes join the head's device
     del head.bias
-    head.bias = QuantizedBias.from_float(b.cpu(), None if weights is None else weights.cpu()).to(b.device)
+    head.bias = QuantizedBias.from_float(b, weights, hist).to(b.device)
     return model
 
 # %% ../nbs/03a_tables.ipynb #a0d1bedb

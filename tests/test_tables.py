@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from safetensors import safe_open
 from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words
-from resnet_bk_compress.files import file_bytes
+from resnet_bk_compress.files import file_bytes, read_model_file
 from resnet_bk_compress.tables import canonical_order, permute_vocab_, permute_vocab
 from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, COMPRESSED_VERSION, Plan
 from conftest import sealed, fresh_process_logits, train_small
@@ -92,6 +92,20 @@ def test_planner_predicts_the_file_and_refuses_what_no_student_reaches(syn, teac
     with pytest.raises(PipelineError, match=r'no student reaches 10000x .*the smallest the planner found is'):
         hopeless.run_pipeline(syn, save_dir=tmp_path / 'never', progress=False)
     assert not (tmp_path / 'never').exists()  # refused before anything was written
+
+def test_planner_writes_the_bytes_it_predicts_where_codes_and_biases_are_entropy_coded(tmp_path):
+    "3,000 words: the codes of the table and of the 4-bit biases are rANS-coded, so their bytes depend on their histograms."
+    syn = synthetic_corpus(vocab_size=3000, n_train=40_000, n_eval=2_000)
+    teacher = train_small(syn, 20)
+    for name, student in (('same width', {}), ('narrower', dict(d_model=16, n_layers=1))):
+        pipe = CompressionPipeline(teacher, syn.vocab, batch_size=16, calib_batches=4, table=dict(n_dense=100, codebook_size=64),
+                                   student=dict(tie_embeddings=True, num_experts=1, **student))
+        predicted = pipe.predict_bytes(syn)
+        rep = pipe.run_pipeline(syn, max_steps=20, save_dir=tmp_path / name.replace(' ', '_'), progress=False)
+        header = read_model_file(rep['compressed_file'])[0]
+        assert {'tok_emb.codes', 'head.bias.codes'} <= set(json.loads(header['coded'])), (name, header['coded'])
+        # the biases' histogram is the teacher's (bias_hist), the table's codes those of the run's own k-means
+        assert rep['compressed_bytes'] == predicted, (name, rep['compressed_bytes'], predicted)
 
 def test_table_settings_are_checked_before_a_run(syn, teacher):
     with pytest.raises(ValueError, match=r"unknown table settings \['n_dens'\]"):
