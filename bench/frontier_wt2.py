@@ -7,7 +7,7 @@ each target finishes, so a partial run keeps what it measured. Run alone: the ba
 
     python bench/frontier_wt2.py [--targets 32 50 100 150 200] [--distillation-epochs 2] [--qat-epochs 0.1]
 """
-import argparse, json, platform, shutil, sys, time
+import argparse, json, platform, shutil, subprocess, sys, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
@@ -28,6 +28,7 @@ if __name__ == '__main__':
     out = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else dict(points={})
     out.update(distillation_epochs=a.distillation_epochs, qat_epochs=a.qat_epochs, torch=torch.__version__, threads=torch.get_num_threads(),
                machine=platform.machine())
+    commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
     for target in a.targets:
         d = ROOT / '.cache' / f'frontier_{target:g}x'
         shutil.rmtree(d, ignore_errors=True)
@@ -41,6 +42,7 @@ if __name__ == '__main__':
         else:
             out['points'][f'{target:g}'] = dict(target=target, bytes=rep['compressed_bytes'], ratio=rep['compression_ratio'], ppl=rep['compressed_ppl'],
                                                  teacher_ppl=rep['teacher_ppl'], unigram_ppl=rep['unigram_ppl'], gain_kept=rep['gain_kept'],
-                                                 plan=rep['plan'], seconds=rep['seconds'], baseline=rep['baseline'], parts=rep['parts'])
+                                                 plan=rep['plan'], seconds=rep['seconds'], baseline=rep['baseline'], parts=rep['parts'],
+                                                 commit=commit)
             print(target, {k: out['points'][f'{target:g}'][k] for k in ('bytes', 'ppl')}, 'baseline', rep['baseline']['ppl'], flush=True)
         Path(a.out).write_text(json.dumps(out, indent=1))

@@ -1,15 +1,12 @@
-"""How well the planner predicts the 100x WikiText-2 file, part by part, and what a better stand-in for the biases would give.
+"""How well the planner predicts the WikiText-2 files it plans, part by part.
 
-The planner writes the final structure with every value it knows before training (the word list, the table's codes)
-and stand-ins for the rest, and measures that file (06_pipeline). Its INT4 weights are stored at full width whatever
-training makes them, so their stand-ins are exact; the 4-bit head biases are entropy-coded, so their bytes depend on
-the trained values. This measures, for the default 100x plan of the reference teacher:
-
-- `bound`: the planner's file, biases as uniform random codes (no trained file can code them larger);
-- `teacher_biases`: the same file with the teacher's head biases quantized in their place (the student starts from
-  them), the obvious estimate;
-- `trained`: the parts of the file bench/pipeline_wt2.py wrote (from bench/out/pipeline_wt2.json), and of the
-  frontier's files at other targets (bench/out/frontier_wt2.json: predicted and written bytes).
+The planner writes the final structure with every value it knows before training and stand-ins for the rest, and
+measures that file (06_pipeline). Known before training: the word list, the table's codes (the run's own seeded
+k-means, on the teacher head's rows or the student's first table), and the histogram of the 4-bit bias codes (the
+teacher's biases', `CompressionPipeline.bias_hist`). Stand-ins: INT4 weights as uniform codes, stored at full width
+whatever training makes them. This writes the planned file of the default 100x plan of the reference teacher and
+compares it, part by part, with the file bench/pipeline_wt2.py wrote (bench/out/pipeline_wt2.json) when that run had
+the same plan, and lists predicted against written bytes for every point of bench/out/frontier_wt2.json.
 
     python bench/plan_bytes_wt2.py [--out bench/out/plan_bytes_wt2.json]
 """
@@ -21,8 +18,7 @@ from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.train import bench_result
-from resnet_bk_compress.tables import QuantizedBias
-from resnet_bk_compress.pipeline import CompressionPipeline, save_compressed, file_parts, _counts
+from resnet_bk_compress.pipeline import CompressionPipeline, save_compressed, file_parts
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,21 +29,19 @@ if __name__ == '__main__':
     pipe = CompressionPipeline(teacher, vocab, target_compression=100., teacher_bytes=file_bytes(CACHE))
     pipe.use_plan(plan := pipe.plan(corpus))
     model, voc = pipe.final_structure(corpus)
-    d, info = Path(tempfile.mkdtemp()), dict(stage='quantize', history=list(pipe.stages))
-    parts = {'bound': file_parts(save_compressed(model, d / 'bound.safetensors', voc, info))}
-    canon, cvocab = pipe.canonical_teacher(corpus)
-    model.head.bias = QuantizedBias.from_float(canon.head.bias.detach().float(), _counts(corpus.with_vocab(cvocab)))
-    parts['teacher_biases'] = file_parts(save_compressed(model, d / 'teacher.safetensors', voc, info))
+    info = dict(stage='quantize', history=list(pipe.stages))
+    planned = file_parts(save_compressed(model, Path(tempfile.mkdtemp()) / 'plan.safetensors', voc, info))
     run = bench_result('pipeline_wt2')['results']['report']
     same_plan = run['plan']['student'] == plan.student and run['plan']['table'] == plan.table
-    if same_plan:
-        parts['trained'] = run['parts']
-    totals = {k: sum(v.values()) for k, v in parts.items()}
+    trained = run['parts'] if same_plan else None
     fr = bench_result('frontier_wt2')
-    frontier = {k: dict(predicted=v['plan']['predicted_bytes'], written=v['bytes'], epochs=fr['distillation_epochs'])
+    frontier = {k: dict(predicted=v['plan']['predicted_bytes'], written=v['bytes'], error=v['plan']['predicted_bytes'] / v['bytes'] - 1,
+                        commit=v.get('commit'))
                 for k, v in fr['points'].items() if 'bytes' in v}
-    res = dict(plan=plan.to_dict(), parts=parts, totals=totals, trained_run_same_plan=same_plan,
-               error_vs_trained={k: v / totals['trained'] - 1 for k, v in totals.items()} if same_plan else None,
+    res = dict(plan=plan.to_dict(), planned_parts=planned, planned_total=sum(planned.values()), bias_hist=pipe.bias_hist(corpus).tolist(),
+               trained_run_same_plan=same_plan, trained_parts=trained, trained_total=run['compressed_bytes'] if same_plan else None,
+               error_vs_trained=sum(planned.values()) / run['compressed_bytes'] - 1 if same_plan else None,
+               part_errors={k: planned.get(k, 0) - trained.get(k, 0) for k in {*planned, *trained}} if same_plan else None,
                frontier=frontier, torch=torch.__version__, machine=platform.machine())
     Path(a.out).write_text(json.dumps(res, indent=1))
-    print(json.dumps({k: res[k] for k in ('totals', 'error_vs_trained', 'frontier')}, indent=1))
+    print(json.dumps({k: res[k] for k in ('planned_total', 'trained_total', 'error_vs_trained', 'part_errors', 'frontier')}, indent=1))
