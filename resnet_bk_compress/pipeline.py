@@ -313,7 +313,9 @@ def _counts(corpus: Corpus) -> torch.Tensor:
 def bias_hist(self: CompressionPipeline, corpus: Corpus) -> torch.Tensor:
     """How many words each 4-bit bias level gets in every file of the run: as many as in the teacher's biases quantized
     by k-means (03a_tables). Known before training, it fixes what the entropy-coded codes cost."""
-    at = torch.tensor([corpus.vocab.stoi[w] for w in self.vocab.itos])  # counts in the teacher's word order
+    at = torch.tensor(
+        [corpus.vocab.stoi[w] for w in self.vocab.itos], device=corpus.train.device
+    )  # counts in the teacher's word order
     b = self.teacher.head.bias
     b = b() if isinstance(b, torch.nn.Module) else b  # a teacher loaded from a compressed file
     return QuantizedBias.from_float(b.detach().float(), _counts(corpus)[at]).histogram()

@@ -455,14 +455,15 @@ class QuantizedBias(nn.Module):
             levels = kmeans(x[o, None], 16, w[o])[0].squeeze(1).sort().values.half()
             codes = torch.cdist(x[:, None], levels.float()[:, None]).argmin(1)
         else:
-            h = torch.as_tensor(hist).long().cpu()
+            h = torch.as_tensor(hist, device='cpu').long()
             if h.shape != (16,) or (h < 0).any() or h.sum() != x.numel():
                 raise ValueError(f"hist must be 16 counts summing to {x.numel()}, got {h.tolist()}")
             codes = torch.empty_like(o)
-            codes[o] = torch.repeat_interleave(torch.arange(16), h)
-            mass = torch.zeros(16).index_add_(0, codes, w)
-            mean = torch.zeros(16).index_add_(0, codes, x * w) / mass.clamp(min=1e-30)
-            plain = torch.zeros(16).index_add_(0, codes, x) / h.clamp(min=1)  # where a group weighs nothing
+            codes[o] = torch.repeat_interleave(torch.arange(16, device=h.device), h)
+            z = torch.zeros(16, device=x.device)  # on the CPU, as every tensor here
+            mass = z.index_add(0, codes, w)
+            mean = z.index_add(0, codes, x * w) / mass.clamp(min=1e-30)
+            plain = z.index_add(0, codes, x) / h.clamp(min=1)  # where a group weighs nothing
             levels = torch.where(mass > 0, mean, plain)
             # an empty group's level repeats the one below it: levels stay ascending
             levels = torch.cummax(torch.where(h > 0, levels, torch.full_like(levels, -torch.inf)), 0).values
