@@ -275,7 +275,7 @@ def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progre
     # learned codes: the stage file stores the assignment
     if hasattr(tr.student.tok_emb, 'freeze_codes_'):
         tr.student.tok_emb.freeze_codes_()
-    return tr.student
+    return tr.student, steps
 
 
 @patch
@@ -285,9 +285,11 @@ def _stage_prune(self: CompressionPipeline, model, corpus, steps, ckpt, progress
         stats = expert_stats(model, self._calib(corpus, model.cfg.n_seq))
     before = [m.num_experts for m in _moes(model)]
     prune_experts_(model, stats, keep=min(self.keep_experts, model.cfg.num_experts))
-    if steps and before != [m.num_experts for m in _moes(model)]:
+    if before == [m.num_experts for m in _moes(model)]:
+        return model, 0  # nothing pruned: nothing to retrain
+    if steps:
         fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=1))
-    return model
+    return model, steps
 
 
 @patch
@@ -302,7 +304,7 @@ def _stage_quantize(self: CompressionPipeline, model, corpus, steps, ckpt, progr
     quantize_(model.eval(), self.quant, 'convert')
     if self.table and self.table['bias_bits'] == 4:
         quantize_bias_(model, _counts(corpus), self.bias_hist(corpus))
-    return model
+    return model, steps
 
 # %% ../nbs/06_pipeline.ipynb #bde957f3
 def _counts(corpus: Corpus) -> torch.Tensor:
@@ -510,9 +512,7 @@ def run_pipeline(
         if steps is None and 'distill_steps' in (self.budget or {}):
             steps = self.budget['distill_steps']
         ckpt = out / f'stage{i}.ckpt'
-        model = stage[name](model, corpus, steps, ckpt, progress)
-        if steps is None:
-            steps = self.budget['distill_steps']
+        model, steps = stage[name](model, corpus, steps, ckpt, progress)  # the steps it trained
         path = save_compressed(
             model,
             out / f'stage{i}_{name}.safetensors',
@@ -622,7 +622,7 @@ def scratch_baseline(
     model = base.make_student(teacher, corpus).to(device)
     fit(model, corpus, **{**base._fit_args(corpus, n_seq, steps, None, progress, self.lr, seed=3), 'checkpoint': None})
     if 'quantize' in self.stages:
-        model = base._stage_quantize(model, corpus, quantize_steps, None, progress)
+        model, _ = base._stage_quantize(model, corpus, quantize_steps, None, progress)
     path = save_compressed(model, out / 'baseline.safetensors', corpus.vocab, dict(stage='baseline'))
     return dict(
         name='scratch baseline',

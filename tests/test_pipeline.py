@@ -77,6 +77,14 @@ def test_pipeline_argument_errors(syn, teacher, run):
     other = synthetic_corpus(vocab_size=50, n_train=5_000, n_eval=1_000)
     with pytest.raises(PipelineError, match='vocabulary'): pipe.run_pipeline(other, save_dir=d / 'x', progress=False)
 
+def test_the_report_counts_the_steps_each_stage_trained(syn, teacher, run, tmp_path):
+    "A prune stage that prunes nothing retrains nothing, and its record says 0 steps (not the steps it was given)."
+    _, rep, _ = run  # 2 experts a block, 1 kept: pruned, then retrained
+    assert [s['steps'] for s in rep['stages']] == [8, 8, 8]
+    pipe = CompressionPipeline(teacher, syn.vocab, stages=('prune', 'quantize'), keep_experts=4, batch_size=16, calib_batches=2)
+    rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'r', progress=False)  # the teacher has 4: none pruned
+    assert [s['steps'] for s in rep['stages']] == [0, 3] and rep['stages'][0]['params'] == rep['teacher']['params']
+
 def test_stages_subset_and_resume_after_the_last_stage(syn, teacher, tmp_path):
     pipe = CompressionPipeline(teacher, syn.vocab, stages=('prune', 'quantize'), keep_experts=2, batch_size=16, calib_batches=2)
     rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'r', progress=False)
