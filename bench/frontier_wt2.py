@@ -2,19 +2,21 @@
 
 For each target ratio the pipeline plans its student (03a_tables, 06_pipeline), distills, prunes and quantizes
 it with shorter training than the headline run (bench/pipeline_wt2.py; the plot says so), and trains the
-same-size scratch baseline for the same wall clock. Results are appended to bench/out/frontier_wt2.json as
-each target finishes, so a partial run keeps what it measured. Run alone: the baseline's steps depend on speed.
+same-size scratch baseline for the same wall clock. A target the planner refuses is recorded, and the frontier's
+end is measured in its place: the smallest plan the planner found, at its ratio (rounded down to 0.1x). Results
+are appended to bench/out/frontier_wt2.json as each target finishes, so a partial run keeps what it measured.
+Run alone: the baseline's steps depend on speed.
 
     python bench/frontier_wt2.py [--targets 32 50 100 150 200] [--distillation-epochs 2] [--qat-epochs 0.1]
 """
-import argparse, json, platform, shutil, subprocess, sys, time
+import argparse, json, math, platform, shutil, subprocess, sys
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, CACHE
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import file_bytes
-from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.pipeline import CompressionPipeline, PlanError
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,20 +31,24 @@ if __name__ == '__main__':
     out.update(distillation_epochs=a.distillation_epochs, qat_epochs=a.qat_epochs, torch=torch.__version__, threads=torch.get_num_threads(),
                machine=platform.machine())
     commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
-    for target in a.targets:
+    queue, end = list(a.targets), None  # end: the ratio of the smallest plan, once a target is refused
+    while queue:
+        target = queue.pop(0)
         d = ROOT / '.cache' / f'frontier_{target:g}x'
         shutil.rmtree(d, ignore_errors=True)
         pipe = CompressionPipeline(teacher, vocab, target_compression=target, teacher_bytes=file_bytes(CACHE))
-        t0 = time.perf_counter()
         try:
             rep = pipe.run_pipeline(corpus, distillation_epochs=a.distillation_epochs, pruning_epochs=0, qat_epochs=a.qat_epochs, save_dir=d,
                                     progress=False, baseline=True)
-        except ValueError as e:  # a target the planner refuses is a point of the frontier too: where it ends
-            out['points'][f'{target:g}'] = dict(target=target, refused=str(e)); print(target, e, flush=True)
+        except PlanError as e:  # a target the planner refuses: recorded, and the frontier's end measured next (once)
+            out['points'][f'{target:g}'] = dict(target=target, refused=str(e), commit=commit); print(target, e, flush=True)
+            if end is None:
+                end = math.floor(e.ratio * 10) / 10
+                queue.insert(0, end)
         else:
             out['points'][f'{target:g}'] = dict(target=target, bytes=rep['compressed_bytes'], ratio=rep['compression_ratio'], ppl=rep['compressed_ppl'],
                                                  teacher_ppl=rep['teacher_ppl'], unigram_ppl=rep['unigram_ppl'], gain_kept=rep['gain_kept'],
                                                  plan=rep['plan'], seconds=rep['seconds'], baseline=rep['baseline'], parts=rep['parts'],
-                                                 commit=commit)
+                                                 commit=commit, end=target == end)
             print(target, {k: out['points'][f'{target:g}'][k] for k in ('bytes', 'ppl')}, 'baseline', rep['baseline']['ppl'], flush=True)
         Path(a.out).write_text(json.dumps(out, indent=1))

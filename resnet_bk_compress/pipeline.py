@@ -52,8 +52,8 @@ from resnet_bk_compress.distill import (
 # %% auto #0
 __all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE',
            'save_compressed', 'compressed_info', 'load_compressed', 'check_settings', 'CompressionPipeline',
-           'PipelineError', 'file_parts', 'gain_kept', 'plot_report', 'Plan', 'compress_main', 'rbk_compress',
-           'pipeline_check']
+           'PipelineError', 'PlanError', 'file_parts', 'gain_kept', 'plot_report', 'Plan', 'compress_main',
+           'rbk_compress', 'pipeline_check']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
 # 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
@@ -371,6 +371,15 @@ def make_student(self: CompressionPipeline, teacher: ResNetBKLM, corpus: Corpus)
 # %% ../nbs/06_pipeline.ipynb #f457b188
 class PipelineError(InputError):
     "A pipeline run that cannot start or resume as asked."
+
+
+class PlanError(PipelineError):
+    """A target no student reaches. `smallest`: the smallest plan the planner wrote on the way (its bytes, student and
+    table); `ratio`: the compression it reaches, the frontier's end."""
+
+    def __init__(self, msg: str, smallest: dict, ratio: float):
+        super().__init__(msg)
+        self.smallest, self.ratio = smallest, ratio
 
 
 def _measure(model, corpus, path) -> dict:
@@ -935,11 +944,12 @@ def plan(self: CompressionPipeline, corpus: Corpus) -> Plan:
         if (b := self._try(corpus, tried, st, dict(n_dense=0, codebook_size=K), 1)) <= budget:
             return done(b)
     best = min(tried, key=lambda t: t['bytes'])
-    raise PipelineError(
+    ratio = self.teacher_file_bytes() / best['bytes']
+    raise PlanError(
         f"no student reaches {self.target_compression:g}x ({budget:,.0f} bytes): the smallest the planner found is "
-        f"{best['bytes']:,} bytes "
-        f"({self.teacher_file_bytes() / best['bytes']:.1f}x; {best['student']}, table {best['table']}): lower the "
-        "target"
+        f"{best['bytes']:,} bytes ({ratio:.1f}x; {best['student']}, table {best['table']}): lower the target",
+        best,
+        ratio,
     )
 
 

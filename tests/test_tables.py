@@ -6,7 +6,7 @@ from safetensors import safe_open
 from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words
 from resnet_bk_compress.files import file_bytes, read_model_file
 from resnet_bk_compress.tables import canonical_order, permute_vocab_, permute_vocab
-from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, COMPRESSED_VERSION, Plan
+from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, PlanError, load_compressed, COMPRESSED_VERSION, Plan
 from conftest import sealed, fresh_process_logits, train_small
 
 @settings(max_examples=300, deadline=None)
@@ -89,8 +89,11 @@ def test_planner_predicts_the_file_and_refuses_what_no_student_reaches(syn, teac
     assert pipe.planned.table is not None and rep['compression_ratio'] >= 25
     assert abs(rep['compressed_bytes'] / pipe.planned.predicted_bytes - 1) < 0.01
     hopeless = CompressionPipeline(teacher, syn.vocab, target_compression=10_000)
-    with pytest.raises(PipelineError, match=r'no student reaches 10000x .*the smallest the planner found is'):
+    with pytest.raises(PlanError, match=r'no student reaches 10000x .*the smallest the planner found is') as e:
         hopeless.run_pipeline(syn, save_dir=tmp_path / 'never', progress=False)
+    small = e.value.smallest  # the frontier's end, for a program: the smallest plan written, and its ratio
+    assert isinstance(e.value, PipelineError) and {'bytes', 'student', 'table'} <= set(small) and f"{small['bytes']:,} bytes" in str(e.value)
+    assert e.value.ratio == pytest.approx(hopeless.teacher_file_bytes() / small['bytes']) and 1 < e.value.ratio < 10_000
     assert not (tmp_path / 'never').exists()  # refused before anything was written
 
 def test_planner_writes_the_bytes_it_predicts_where_codes_and_biases_are_entropy_coded(tmp_path):
