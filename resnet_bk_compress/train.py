@@ -291,10 +291,13 @@ def fit(
     # training-state file: written as training goes, resumed from if it exists
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 0,  # steps between checkpoints (0: at the end of each epoch only)
+    keep_best: bool = False,  # end with the weights of the epoch whose `eval_split` perplexity was lowest
 ) -> list[dict]:
     "Train `model` (through `objective`) on `corpus.train`; returns one dict of metrics per epoch."
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if keep_best and not eval_split:
+        raise ValueError("keep_best needs an eval_split to choose the best epoch by")
     rank, world = dist_info()
     if batch_size % world:
         raise ValueError(
@@ -321,6 +324,7 @@ def fit(
         world=world,
         corpus=corpus.name,
         params=num_params(objective),
+        **({'keep_best': True} if keep_best else {}),
     )
     st = dict(step=0, epoch=0, batch=0, history=[], tokens=0, loss_sum=0.0, n_b=0, seconds=0.0)
     if checkpoint is not None and Path(checkpoint).is_file():
@@ -375,9 +379,13 @@ def fit(
         if eval_split:
             rec[f'{eval_split}_ppl'] = evaluate(model, corpus.split(eval_split))['ppl']
         st['history'].append(rec)
+        if keep_best and rec[f'{eval_split}_ppl'] < st.get('best_ppl', math.inf):
+            st.update(best_ppl=rec[f'{eval_split}_ppl'], best={k: v.clone() for k, v in model.state_dict().items()})
         st.update(epoch=st['epoch'] + 1, batch=0, tokens=0, loss_sum=0.0, n_b=0, seconds=0.0)
         save()
     bar.close()
+    if keep_best and 'best' in st:
+        model.load_state_dict(st['best'])
     return st['history']
 
 # %% ../nbs/00b_train.ipynb #9a6408c2
@@ -405,6 +413,10 @@ def _train_args(argv=None):
     for k in ('d_model', 'n_layers', 'n_seq', 'num_experts', 'top_k'):
         p.add_argument(f"--{k.replace('_', '-')}", type=int, default=ResNetBKConfig.__dataclass_fields__[k].default)
     p.add_argument('--dropout', type=float, default=0.1)
+    p.add_argument('--weight-decay', type=float, default=0.01, help='AdamW weight decay')
+    p.add_argument(
+        '--keep-best', action='store_true', help="keep the epoch with the lowest valid perplexity (early stopping)"
+    )
     p.add_argument(
         '--device',
         default=None,
@@ -439,9 +451,11 @@ def train_main(argv=None) -> dict:
         epochs=a.epochs,
         batch_size=a.batch_size,
         lr=a.lr,
+        weight_decay=a.weight_decay,
         seed=a.seed,
         max_steps=a.max_steps,
         progress=not a.no_progress,
+        keep_best=a.keep_best,
     )
     metrics = dict(
         data=a.data,

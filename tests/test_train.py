@@ -156,3 +156,37 @@ def test_chunked_ce_skips_gradients_under_no_grad(monkeypatch):
     assert calls == []
     chunked_cross_entropy(h, head.weight, head.bias, t, 3)
     assert len(calls) == 4  # one grad-of-h product per chunk
+
+def test_keep_best_survives_a_resume(syn, small_cfg, tmp_path):
+    "A run killed after its best epoch and resumed from its checkpoint ends with that epoch's weights."
+    from resnet_bk_compress.train import LMObjective
+    per_epoch = len(syn.train) // small_cfg.n_seq // 32
+
+    class Worsens(LMObjective):  # learns for 2 epochs, then climbs the loss: the best epoch is the second, for sure
+        def __init__(self, model):
+            super().__init__(model)
+            self.register_buffer('calls', torch.zeros((), dtype=torch.long))  # in the checkpoint with the weights
+        def forward(self, *a):
+            self.calls += 1
+            loss, logs = super().forward(*a)
+            return (loss if self.calls <= 2 * per_epoch else -loss), logs
+
+    class Killed(Worsens):  # and dies in the fourth epoch, after the third one's checkpoint
+        def forward(self, *a):
+            if self.calls == 3 * per_epoch + 2: raise KeyboardInterrupt('killed')
+            return super().forward(*a)
+
+    kw = dict(epochs=5, batch_size=32, lr=5e-3, progress=False, keep_best=True)
+    torch.manual_seed(0); whole = ResNetBKLM(small_cfg)
+    curve = [r['valid_ppl'] for r in fit(whole, syn, objective=Worsens(whole), **kw)]
+    assert curve.index(min(curve)) == 1 and curve[-1] > curve[1], curve
+    ck = tmp_path / 'ck.pt'
+    torch.manual_seed(0); part = ResNetBKLM(small_cfg)
+    with pytest.raises(KeyboardInterrupt): fit(part, syn, objective=Killed(part), checkpoint=ck, **kw)
+    assert torch.load(ck, weights_only=True)['state']['best_ppl'] == min(curve)
+    torch.manual_seed(1); resumed = ResNetBKLM(small_cfg)  # other weights: everything must come from the checkpoint
+    assert [r['valid_ppl'] for r in fit(resumed, syn, objective=Worsens(resumed), checkpoint=ck, **kw)] == curve
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    assert abs(evaluate(resumed, syn.valid)['ppl'] - min(curve)) < 1e-6 * min(curve)
+    with pytest.raises(ValueError, match='keep_best needs an eval_split'):
+        fit(resumed, syn, **{**kw, 'eval_split': None})
