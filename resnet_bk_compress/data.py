@@ -240,13 +240,28 @@ def load_wikitext2(root: str | Path | None = None) -> Corpus:
     return c
 
 # %% ../nbs/00a_data.ipynb #264a9857
+def _bounded(decoder, b: bytes, limit: int) -> bytes:
+    "What a streaming `decoder` makes of `b`, refused as soon as it passes `limit` bytes (a decompression bomb)."
+    out = decoder.decode(b, limit + 1) if hasattr(decoder, 'decode') else decoder.decompress(b, max_length=limit + 1)
+    if len(out) > limit:
+        raise ValueError(f"it unpacks to more than {limit:,} bytes")
+    if not decoder.eof:
+        raise ValueError("it ends before its end mark")
+    return out
+
+
+# tag -> (name, compress(bytes), decompress(bytes, limit)): a decoder never makes more than `limit` bytes
 _CODECS = {
-    1: ('xz', lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
-    2: ('bz2', lambda b: bz2.compress(b, 9), bz2.decompress),
+    1: (
+        'xz',
+        lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME),
+        lambda b, n: _bounded(lzma.LZMADecompressor(), b, n),
+    ),
+    2: ('bz2', lambda b: bz2.compress(b, 9), lambda b, n: _bounded(bz2.BZ2Decompressor(), b, n)),
     3: (
         'ppmd',
         lambda b: pyppmd.compress(b, max_order=8, mem_size=16 << 20),
-        lambda b: pyppmd.decompress(b, max_order=8, mem_size=16 << 20),
+        lambda b, n: _bounded(pyppmd.Ppmd8Decoder(8, 16 << 20), b, n),
     ),
 }
 
@@ -291,13 +306,16 @@ def pack_words(words: list[str]) -> bytes:
     return min((bytes([tag]) + enc(fc) for tag, (_, enc, _) in _CODECS.items()), key=len)
 
 
-def unpack_words(blob: bytes) -> list[str]:
-    "Inverse of `pack_words`; a damaged blob is a ValueError that says so."
+def unpack_words(
+    blob: bytes,
+    limit: int = 1 << 28,  # most bytes the front-coded list may unpack to: a crafted blob stops there
+) -> list[str]:
+    "Inverse of `pack_words`; a damaged blob, or one that unpacks to more than `limit` bytes, is a ValueError."
     if len(blob) < 2 or blob[0] not in _CODECS:
         raise ValueError(f"not a packed word list (codec tag {blob[:1]!r})")
     name, _, dec = _CODECS[blob[0]]
     try:
-        return front_decode(dec(bytes(blob[1:])))
+        return front_decode(dec(bytes(blob[1:]), limit))
     except (lzma.LZMAError, pyppmd.PpmdError, OSError, EOFError, ValueError, UnicodeDecodeError) as e:
         raise ValueError(f"the packed word list ({name}) is damaged: {e}") from None
 

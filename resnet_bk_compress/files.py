@@ -7,6 +7,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/files.html.md"""
 # %% ../nbs/00d_files.ipynb #ebbaa587
 from __future__ import annotations
 import hashlib, importlib, json, lzma, math, os, shutil
+from dataclasses import replace
 from pathlib import Path
 import torch
 import torch.nn as nn
@@ -15,12 +16,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from .coding import code_bytes, decode_bytes
 from .model import ResNetBKConfig, ResNetBKLM, InputError
-from .data import Vocab, pack_words, unpack_words
+from .data import Vocab, pack_words, unpack_words, _bounded
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'KINDS', 'STRUCTURES', 'SMALL', 'ModelFileError', 'file_bytes',
-           'atomic_write', 'encode_sparse', 'decode_sparse', 'model_digest', 'register_structure', 'save_model',
-           'read_model_file', 'load_model']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'KINDS', 'STRUCTURES', 'SMALL', 'CONFIG_RANGES', 'LOAD_FLOOR',
+           'LOAD_EXPANSION', 'CODED_EXPANSION', 'MAX_WORD_BYTES', 'ModelFileError', 'file_bytes', 'atomic_write',
+           'encode_sparse', 'decode_sparse', 'model_digest', 'register_structure', 'save_model', 'load_budget',
+           'float_model_bytes', 'read_header', 'structure_only', 'read_model_file', 'load_model']
 
 # %% ../nbs/00d_files.ipynb #42bdb9d8
 # 2: a checksum and a 'structure' entry; 3: entropy-coded tensors ('coded')
@@ -262,9 +264,63 @@ def save_model(
     header['checksum'] = model_digest(header, tensors)
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=header))
 
+# %% ../nbs/00d_files.ipynb #4cba4de1
+# sizes a file's config may give (inclusive): far beyond any model this library trains, short of a crafted header
+CONFIG_RANGES = {
+    'vocab_size': (2, 1 << 24),
+    'd_model': (1, 1 << 15),
+    'n_layers': (1, 1 << 10),
+    'n_seq': (1, 1 << 20),
+    'num_experts': (1, 1 << 10),
+    'top_k': (1, 1 << 10),
+    'd_ff': (1, 1 << 17),
+}
+LOAD_FLOOR = 256 << 20  # bytes of tensors any file may ask the reader for
+LOAD_EXPANSION = 1024  # a larger file may ask for this many times its size
+CODED_EXPANSION = 256  # decoded bytes per stored byte of a coded tensor that the model does not hold
+MAX_WORD_BYTES = 1024  # longest word of a word list, in UTF-8 bytes
 
-def read_model_file(path: str | Path) -> tuple[dict, dict]:
-    "(header, tensors) of a model file, with clear errors for missing, truncated, foreign or newer files."
+
+def load_budget(path: str | Path) -> int:
+    "Bytes of tensors loading the file at `path` may allocate: `LOAD_EXPANSION` times its size, at least `LOAD_FLOOR`."
+    return max(LOAD_FLOOR, LOAD_EXPANSION * file_bytes(path))
+
+# %% ../nbs/00d_files.ipynb #24dc6e80
+def _tensor_bytes(m: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers()))
+
+
+def float_model_bytes(cfg: ResNetBKConfig) -> int:
+    """Bytes of the tensors of the float model `cfg` describes, without building it: three small models on the `meta`
+    device (one or two blocks of one or two experts) give the cost of a block and of an expert exactly."""
+    with torch.device('meta'):
+        t = {
+            (L, E): _tensor_bytes(ResNetBKLM(replace(cfg, n_layers=L, num_experts=E, top_k=1)))
+            for L, E in ((1, 1), (1, 2), (2, 1))
+        }
+    expert, block = t[1, 2] - t[1, 1], t[2, 1] - t[1, 1]  # a block with its first expert
+    return t[1, 1] + (cfg.n_layers - 1) * block + cfg.n_layers * (cfg.num_experts - 1) * expert
+
+# %% ../nbs/00d_files.ipynb #4fe0fe88
+_REQUIRED = object()
+
+
+def _json(path, header: dict, key: str, default=_REQUIRED):
+    "A header entry as JSON; a missing (unless it has a default), malformed or too deeply nested one is refused."
+    if key not in header:
+        if default is _REQUIRED:
+            raise ModelFileError(f"'{path}': its {key!r} entry is missing: the file is corrupt")
+        return default
+    try:
+        return json.loads(header[key])
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise ModelFileError(
+            f"'{path}': its {key!r} entry is not JSON this library reads ({type(e).__name__}): the file is corrupt"
+        ) from None
+
+# %% ../nbs/00d_files.ipynb #3b4eda63
+def _open(path: str | Path) -> tuple[dict, dict]:
+    "(header, tensors as stored) of a model file, its format, version and checksum checked; nothing decoded."
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file '{path}' does not exist")
@@ -284,75 +340,43 @@ def read_model_file(path: str | Path) -> tuple[dict, dict]:
     if header.get('format_version') not in READS_FORMATS:
         raise ModelFileError(
             f"'{path}' has format version {header.get('format_version')!r}; this library reads versions "
-            f"{', '.join(READS_FORMATS)}: "
-            f"upgrade resnet_bk_compress to read it"
+            f"{', '.join(READS_FORMATS)}: upgrade resnet_bk_compress to read it"
         )
     if header['format_version'] != '1' and header.get('checksum') != model_digest(header, tensors):
         raise ModelFileError(
             f"'{path}' does not match its checksum: the file is corrupt (a changed or lost byte); use another copy"
         )
-    try:
-        # entropy-coded byte tensors, decoded first
-        for k, (dt, shape, alphabet) in json.loads(header.get('coded', '{}')).items():
-            if dt not in ('uint8', 'int8'):
-                raise ValueError(f"{k!r} is coded as {dt!r}, not a byte dtype")
-            raw = decode_bytes(tensors.pop(k + '@rans').numpy().tobytes(), alphabet, math.prod(shape))
-            tensors[k] = torch.frombuffer(bytearray(raw), dtype=getattr(torch, dt)).reshape(shape)
-    except (KeyError, ValueError, TypeError) as e:
-        raise ModelFileError(
-            f"'{path}': an entropy-coded tensor cannot be decoded ({e!r}): the file is corrupt"
-        ) from None
-    try:
-        # pack_small: unpack in the order they were packed
-        for dt, entries in json.loads(header.get('small', '{}')).items():
-            flat, i = tensors.pop(f'@small.{dt}'), 0
-            for k, shape in entries:
-                n = math.prod(shape)
-                tensors[k] = flat[i : i + n].reshape(shape).clone()
-                i += n
-            if i != flat.numel():
-                raise ValueError(f"{flat.numel() - i} values left over")
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise ModelFileError(
-            f"'{path}': the packed small tensors cannot be read ({e!r}): the file is corrupt"
-        ) from None
-    # '"words"': data.pack_words; '"xz"': one word per line, xz (files written before pack_words)
-    if 'vocab_codec' in header:
-        try:
-            codec = json.loads(header['vocab_codec'])
-            blob = tensors.pop({'words': 'vocab@words', 'xz': 'vocab@xz'}[codec]).numpy().tobytes()
-            header['vocab'] = json.dumps(
-                unpack_words(blob) if codec == 'words' else lzma.decompress(blob).decode().split('\n')
-            )
-        except (KeyError, ValueError, lzma.LZMAError, UnicodeDecodeError) as e:
-            raise ModelFileError(
-                f"'{path}': the compressed vocabulary cannot be read ({e!r}): the file is corrupt"
-            ) from None
-    for k, shape in json.loads(header.get('sparse', '{}')).items():
-        try:
-            tensors[k] = decode_sparse(tensors.pop(k + '@mask'), tensors.pop(k + '@values'), shape)
-        except (KeyError, ValueError) as e:
-            raise ModelFileError(
-                f"'{path}': sparse tensor {k!r} cannot be decoded ({e}): the file is corrupt"
-            ) from None
-    for k in json.loads(header.get('complex', '[]')):
-        if k not in tensors or tensors[k].shape[-1:] != (2,):
-            raise ModelFileError(
-                f"'{path}': complex tensor {k!r} is missing or not stored as (..., 2) real pairs: the file is corrupt"
-            )
-        tensors[k] = torch.view_as_complex(tensors[k])
     return header, tensors
 
 
-def _entry(path, header: dict, kind: str):
+def read_header(path: str | Path) -> dict:
+    "The header of a model file, its format, version and checksum checked; nothing is decoded or built."
+    return _open(path)[0]
+
+# %% ../nbs/00d_files.ipynb #e34e100f
+def _config(path, header: dict) -> ResNetBKConfig:
+    "The file's config, each size in `CONFIG_RANGES` and its float model within the file's load budget."
+    d = _json(path, header, 'config')
     try:
-        return json.loads(header[kind])
-    except (KeyError, json.JSONDecodeError) as e:
+        cfg = ResNetBKConfig.from_dict(d)
+    except (KeyError, ValueError, TypeError, OverflowError) as e:
+        raise ModelFileError(f"'{path}' has a malformed config: {e}") from None
+    for k, (lo, hi) in CONFIG_RANGES.items():
+        if not lo <= getattr(cfg, k) <= hi:
+            raise ModelFileError(
+                f"'{path}': config {k}={getattr(cfg, k):,} is outside [{lo:,}, {hi:,}], the range this library "
+                "loads: the header is crafted or corrupt"
+            )
+    need, budget = float_model_bytes(cfg), load_budget(path)
+    if need > budget:
         raise ModelFileError(
-            f"'{path}': its {kind!r} entry is missing or not JSON ({e!r}): the file is corrupt"
-        ) from None
+            f"'{path}': its config describes {need / 2**20:,.0f} MB of tensors, more than a file of "
+            f"{file_bytes(path):,} bytes may ask for ({budget / 2**20:,.0f} MB: {LOAD_EXPANSION}x its size, at least "
+            f"{LOAD_FLOOR >> 20} MB): the header is crafted or corrupt"
+        )
+    return cfg
 
-
+# %% ../nbs/00d_files.ipynb #3bb414ff
 def _structure(path, header: dict) -> list:
     """[(order, kind, rebuild, value)] of a file: its 'structure' entry (version 2), or the kinds whose entries a
     version 1 file has."""
@@ -369,42 +393,225 @@ def _structure(path, header: dict) -> list:
             for m in sorted(set(KINDS.values())):
                 importlib.import_module(m)
             values = {k: v for k in STRUCTURES if (v := _kind(k)[3](header)) is not None}
-    except (ValueError, TypeError, KeyError) as e:
-        raise ModelFileError(f"'{path}' has a malformed 'structure' entry ({e!r}): the file is corrupt") from None
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise ModelFileError(
+            f"'{path}' has a malformed 'structure' entry ({str(e)[:200]!r}): the file is corrupt"
+        ) from None
     if 'structure' in header:
-        values = {kind: _entry(path, header, kind) for kind in kinds}
+        values = {kind: _json(path, header, kind) for kind in kinds}
     if unknown := set(values) - set(STRUCTURES):
         raise ModelFileError(
-            f"'{path}' holds layers of kinds {sorted(unknown)} that this version of resnet_bk_compress cannot build: "
-            "upgrade it"
+            f"'{path}' holds layers of kinds {sorted(unknown)[:5]} that this version of resnet_bk_compress cannot "
+            "build: upgrade it"
         )
     return sorted((STRUCTURES[k][2], k, _kind(k)[1], v) for k, v in values.items())
 
+# %% ../nbs/00d_files.ipynb #20bc28f2
+_STRUCTURE_ONLY = [False]
 
+
+def structure_only() -> bool:
+    """Whether a file's structure is being rebuilt: its tensors will replace every value computed now, so a quantizer
+    may skip its search (`int4_moe` rounds to nearest instead of searching clipping ranges)."""
+    return _STRUCTURE_ONLY[0]
+
+
+def _build(path, header: dict, cfg: ResNetBKConfig) -> ResNetBKLM:
+    "The model the header describes, built on the CPU in its structure; its tensors are not loaded yet."
+    structure = _structure(path, header)
+    with torch.device('cpu'):  # a file loads on the CPU, whatever the default device: the caller moves the model
+        model = ResNetBKLM(cfg)
+        _STRUCTURE_ONLY[0] = True
+        try:
+            for _, kind, rebuild, value in structure:
+                try:
+                    rebuild(model, value)
+                except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:  # a damaged entry
+                    raise ModelFileError(
+                        f"'{path}': its {kind!r} entry {json.dumps(value)[:200]} does not fit its config ({e}): "
+                        "the file is corrupt"
+                    ) from None
+        finally:
+            _STRUCTURE_ONLY[0] = False
+    return model
+
+# %% ../nbs/00d_files.ipynb #933fdcab
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def _expected(model: nn.Module) -> dict:
+    "name -> (dtype, shape) of each tensor the model holds, as a file stores it (a complex tensor as real pairs)."
+    return {
+        k: (_REAL[v.dtype], (*v.shape, 2)) if v.is_complex() else (v.dtype, tuple(v.shape))
+        for k, v in model.state_dict().items()
+    }
+
+
+def _shape(x) -> tuple:
+    "A declared shape: a list of at most 8 non-negative integers."
+    if not isinstance(x, list) or len(x) > 8 or any(type(n) is not int or n < 0 for n in x):
+        raise ValueError(f"shape {str(x)[:80]} is not a list of at most 8 non-negative integers")
+    return tuple(x)
+
+
+def _dtype(name) -> torch.dtype:
+    if not isinstance(name, str) or not isinstance(dt := getattr(torch, name, None), torch.dtype):
+        raise ValueError(f"{str(name)[:40]!r} is not a dtype")
+    return dt
+
+
+def _fits(k: str, dtype: torch.dtype, shape: tuple, expected: dict):
+    "A declared tensor against the one the model expects (an empty placeholder, sized when it loads, takes any shape)."
+    if k not in expected:
+        raise ValueError(f"{k!r} is not a tensor of the model the header describes")
+    e_dtype, e_shape = expected[k]
+    if dtype != e_dtype or (shape != e_shape and math.prod(e_shape) > 0):
+        raise ValueError(
+            f"{k!r} is declared {str(dtype)[6:]} {list(shape)}, the model holds {str(e_dtype)[6:]} {list(e_shape)}"
+        )
+
+# %% ../nbs/00d_files.ipynb #5418fcfa
+def _parts(path, header: dict, expected: dict) -> dict:
+    """name -> (dtype, shape or None, most elements) of each part a sparse or packed entry stores, every declaration
+    checked against the model the header describes."""
+    parts = {}
+    try:
+        for k, shape in _json(path, header, 'sparse', {}).items():
+            shape = _shape(shape)
+            if k in expected:  # a sparse tensor the model does not hold is refused when it loads
+                _fits(k, expected[k][0], shape, expected)
+            n = math.prod(shape)
+            parts[k + '@mask'] = (torch.uint8, (-(-n // 8),), -(-n // 8))
+            parts[k + '@values'] = (expected.get(k, (None,))[0], None, n)
+        for dt, entries in _json(path, header, 'small', {}).items():
+            dtype, n = _dtype(dt), 0
+            for k, shape in entries:
+                shape = _shape(shape)
+                if k in expected:
+                    _fits(k, dtype, shape, expected)
+                n += math.prod(shape)
+            parts[f'@small.{dt}'] = (dtype, (n,), n)
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ModelFileError(
+            f"'{path}': a sparse or packed entry does not fit its config ({e}): the file is corrupt"
+        ) from None
+    return parts
+
+
+def _coded_size(k: str, dtype, shape: tuple, stored: int, parts: dict, expected: dict) -> int:
+    "Elements a coded tensor decodes to, once its declaration is checked: nothing is decoded before this."
+    if k in parts:
+        p_dtype, p_shape, most = parts[k]
+        if dtype != (p_dtype or dtype) or (shape != p_shape if p_shape else len(shape) != 1 or shape[0] > most):
+            raise ValueError(f"{k!r} is declared {str(dtype)[6:]} {list(shape)}, its entry stores {most:,} elements")
+    elif k in expected:
+        if (dtype, shape) != expected[k]:
+            e_dtype, e_shape = expected[k]
+            raise ValueError(
+                f"{k!r} is declared {str(dtype)[6:]} {list(shape)}, the model holds {str(e_dtype)[6:]} {list(e_shape)}"
+            )
+    elif math.prod(shape) > CODED_EXPANSION * stored:
+        raise ValueError(f"{k!r} would decode {math.prod(shape):,} bytes from {stored:,} ({CODED_EXPANSION}x at most)")
+    return math.prod(shape)
+
+# %% ../nbs/00d_files.ipynb #543daf8e
+def _decode(path, header: dict, tensors: dict, model: ResNetBKLM) -> dict:
+    """The stored tensors as the model holds them (coded, packed, sparse and complex ones decoded) and the word list
+    into header['vocab'], every size checked before it is allocated."""
+    expected = _expected(model)
+    parts = _parts(path, header, expected)
+    try:  # entropy-coded byte tensors first: any other part may be stored coded
+        for k, entry in _json(path, header, 'coded', {}).items():
+            dt, shape, alphabet = entry
+            dtype, shape = _dtype(dt), _shape(shape)
+            if dtype not in (torch.uint8, torch.int8):
+                raise ValueError(f"{k!r} is coded as {dt!r}, not a byte dtype")
+            blob = tensors.pop(k + '@rans').numpy().tobytes()
+            raw = decode_bytes(blob, alphabet, _coded_size(k, dtype, shape, len(blob), parts, expected))
+            tensors[k] = torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
+        raise ModelFileError(
+            f"'{path}': an entropy-coded tensor cannot be decoded ({e!r}): the file is corrupt"
+        ) from None
+    try:  # pack_small: unpack in the order they were packed
+        for dt, entries in _json(path, header, 'small', {}).items():
+            flat, i = tensors.pop(f'@small.{dt}'), 0
+            if (flat.dtype, tuple(flat.shape)) != parts[f'@small.{dt}'][:2]:
+                raise ValueError(f"'@small.{dt}' holds {flat.dtype} {list(flat.shape)}, its entry lists other tensors")
+            for k, shape in entries:
+                n = math.prod(shape)
+                tensors[k] = flat[i : i + n].reshape(shape).clone()
+                i += n
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise ModelFileError(
+            f"'{path}': the packed small tensors cannot be read ({e!r}): the file is corrupt"
+        ) from None
+    if 'vocab_codec' in header:  # '"words"': data.pack_words; '"xz"': one word per line (before pack_words)
+        limit = min(model.cfg.vocab_size * (MAX_WORD_BYTES + 2), load_budget(path))
+        try:
+            codec = _json(path, header, 'vocab_codec')
+            blob = tensors.pop({'words': 'vocab@words', 'xz': 'vocab@xz'}[codec]).numpy().tobytes()
+            words = unpack_words(blob, limit) if codec == 'words' else _bounded(lzma.LZMADecompressor(), blob, limit)
+            header['vocab'] = json.dumps(words if codec == 'words' else words.decode().split('\n'))
+        except (KeyError, TypeError, ValueError, lzma.LZMAError, UnicodeDecodeError) as e:
+            raise ModelFileError(
+                f"'{path}': the compressed vocabulary cannot be read ({e!r}): the file is corrupt"
+            ) from None
+    for k, shape in _json(path, header, 'sparse', {}).items():
+        try:
+            tensors[k] = decode_sparse(tensors.pop(k + '@mask'), tensors.pop(k + '@values'), shape)
+        except (KeyError, ValueError) as e:
+            raise ModelFileError(
+                f"'{path}': sparse tensor {k!r} cannot be decoded ({e}): the file is corrupt"
+            ) from None
+    complex_keys = _json(path, header, 'complex', [])
+    for k in complex_keys if isinstance(complex_keys, list) else [None]:
+        if (
+            not isinstance(k, str)
+            or k not in tensors
+            or tensors[k].shape[-1:] != (2,)
+            or tensors[k].dtype not in _REAL.values()
+        ):
+            raise ModelFileError(
+                f"'{path}': complex tensor {str(k)[:80]!r} is missing or not stored as (..., 2) real pairs: "
+                "the file is corrupt"
+            )
+        tensors[k] = torch.view_as_complex(tensors[k])
+    return tensors
+
+# %% ../nbs/00d_files.ipynb #4c1c5013
+def _read(path) -> tuple[dict, dict, ResNetBKLM]:
+    "(header, tensors, the model they load into): every size the file asks for checked before it is allocated."
+    header, tensors = _open(path)
+    model = _build(path, header, _config(path, header))
+    return header, _decode(path, header, tensors, model), model
+
+
+def read_model_file(path: str | Path) -> tuple[dict, dict]:
+    """(header, tensors) of a model file, decoded: clear errors for missing, truncated, foreign, newer and crafted
+    files."""
+    header, tensors, _ = _read(path)
+    return header, tensors
+
+# %% ../nbs/00d_files.ipynb #aa390aaf
 def load_model(path: str | Path) -> tuple[ResNetBKLM, Vocab, dict]:
     """(model in eval mode, vocabulary, metadata) from any file written by `save_model`, rebuilt in the structure it was
     saved in."""
-    header, tensors = read_model_file(path)
+    header, tensors, model = _read(path)
+    words, meta = _json(path, header, 'vocab'), _json(path, header, 'meta', {})
     try:
-        cfg, vocab, meta = (
-            ResNetBKConfig.from_dict(json.loads(header['config'])),
-            Vocab(json.loads(header['vocab'])),
-            json.loads(header.get('meta', '{}')),
-        )
-    except (KeyError, ValueError, TypeError) as e:
+        if not isinstance(meta, dict) or not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError("the word list is not a list of strings, or the metadata not an object")
+        vocab = Vocab(words)
+    except ValueError as e:
         raise ModelFileError(f"'{path}' has a malformed header: {e}") from None
-    with torch.device('cpu'):  # a file loads on the CPU, whatever the default device: the caller moves the model
-        model = ResNetBKLM(cfg)
-        for _, kind, rebuild, value in _structure(path, header):
-            try:
-                rebuild(model, value)
-            except (ValueError, TypeError, KeyError) as e:  # a damaged entry: name the file and the entry
-                raise ModelFileError(
-                    f"'{path}': its {kind!r} entry {json.dumps(value)[:200]} does not fit its config ({e}): "
-                    "the file is corrupt"
-                ) from None
+    if len(vocab) != model.cfg.vocab_size:
+        raise ModelFileError(
+            f"'{path}': its word list has {len(vocab):,} words, its config {model.cfg.vocab_size:,}: "
+            "the file is corrupt"
+        )
     try:
         model.load_state_dict(tensors)  # strict: missing, unexpected and mis-shaped tensors are all named
     except RuntimeError as e:
-        raise ModelFileError(f"'{path}' does not match its config: {e}") from None
+        raise ModelFileError(f"'{path}' does not match its config: {str(e)[:2000]}") from None
     return model.eval(), vocab, meta

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from .model import MoE, on_device, rel_error, time_ms, within, moved_share
-from .files import file_bytes
+from .files import file_bytes, structure_only
 from resnet_bk_compress.quant import (
     PerGroup,
     Calibratable,
@@ -170,6 +170,11 @@ def quantize_weight(
             f"hessian has shape {tuple(hessian.shape)} for a weight with {w.shape[1]} inputs: expected ({w.shape[1]}, "
             f"{w.shape[1]})"
         )
+    if structure_only():  # a file's tensors will replace these: the shapes are all that matter
+        s, z = self._range_qparams(
+            *group_view(w.detach().float(), self.group_size_for(w.shape[1])).aminmax(dim=-1, keepdim=True)
+        )
+        return self.quantize(w, s, z), s, z
     if self.method == 'gptq' and hessian is not None:
         return self._gptq(w, hessian)
     s, z = self.qparams(w, None if hessian is None else hessian.diagonal())

@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/model.html.md"""
 
 # %% ../nbs/00_model.ipynb #38efe972
 from __future__ import annotations
-import copy, statistics, sys, time
+import copy, math, statistics, sys, time
 from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
@@ -81,8 +81,12 @@ class ResNetBKConfig:
                 f"H is real symmetric, so Im z > 0 keeps H - zI invertible"
             )
         for k in ('v_clamp', 'feature_clamp'):
-            if not getattr(self, k) > 0:
-                raise InputError(f"ResNetBKConfig.{k} must be > 0, got {getattr(self, k)}")
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= sys.float_info.max:
+                raise InputError(f"ResNetBKConfig.{k} must be a finite number > 0, got {v!r:.40}")
+            setattr(self, k, float(v))
+        if not (math.isfinite(self.z.real) and math.isfinite(self.z.imag)):
+            raise InputError(f"ResNetBKConfig.z must be finite, got {self.z}")
         if self.embed_rank is not None and (
             not isinstance(self.embed_rank, int)
             or isinstance(self.embed_rank, bool)

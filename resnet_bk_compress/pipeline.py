@@ -27,7 +27,7 @@ from resnet_bk_compress.model import (
     run_command,
 )
 from .data import Corpus, synthetic_corpus, load_corpus, unigram_ppl, train_batches, batches_per_epoch
-from .files import save_model, load_model, read_model_file, file_bytes, atomic_write, ModelFileError
+from .files import save_model, load_model, read_header, file_bytes, atomic_write, ModelFileError
 from .train import fit, evaluate
 from .quant import QuantConfig, quantize_, calibrating
 from .int4_moe import Int4MoEConfig
@@ -80,7 +80,7 @@ def save_compressed(
 
 def compressed_info(path: str | Path) -> dict:
     "The `compressed` header entry of a file (its version and run history); clear errors for any other file."
-    header, _ = read_model_file(path)  # missing, truncated, corrupt, foreign and newer model files are refused here
+    header = read_header(path)  # missing, truncated, corrupt, foreign and newer model files are refused here
     if 'compressed' not in header:
         raise ModelFileError(
             f"'{path}' is a resnet_bk_compress model file but not one the pipeline wrote: load it with load_model"

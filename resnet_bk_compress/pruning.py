@@ -132,11 +132,8 @@ def _rows(layer: nn.Module, idx: torch.Tensor):
 def prune_moe_(moe: MoE, keep: list[int]) -> MoE:
     "Keep only experts `keep` (indices into the layer's current experts) of one MoE layer, in place."
     keep = sorted(set(int(e) for e in keep))
-    if len(keep) < moe.top_k:
-        raise ValueError(
-            f"cannot keep {len(keep)} experts in a layer with top_k={moe.top_k}: every token needs top_k experts; keep "
-            f"at least {moe.top_k}"
-        )
+    if not keep:
+        raise ValueError("a layer keeps at least one expert")
     if keep[0] < 0 or keep[-1] >= moe.num_experts:
         raise ValueError(f"expert indices {keep} out of range for {moe.num_experts} experts")
     idx = torch.tensor(keep, device=moe.token_counts.device)  # where the layer lives
@@ -149,6 +146,7 @@ def prune_moe_(moe: MoE, keep: list[int]) -> MoE:
     _rows(moe.gate, idx)
     moe.kept = [getattr(moe, 'kept', list(range(moe.num_experts)))[e] for e in keep]
     moe.num_experts = len(keep)
+    moe.top_k = min(moe.top_k, len(keep))  # fewer experts than top_k: every token goes to all of them
     moe.token_counts = torch.zeros(len(keep), dtype=torch.long, device=moe.token_counts.device)
     return moe
 
@@ -176,10 +174,8 @@ def prune_experts_(
                 f"layer {i} has {moe.num_experts} experts but its stats have {len(s.tokens)}: collect them again"
             )
         n = int((s.usage >= threshold).sum()) if k is None else k
-        if n < moe.top_k:
-            raise ValueError(
-                f"layer {i}: keeping {n} experts is fewer than top_k={moe.top_k}; lower the threshold or keep more"
-            )
+        if n < 1:
+            raise ValueError(f"layer {i}: keeping {n} experts; a layer keeps at least one (lower the threshold)")
         score = s.usage if ranking == 'usage' else s.saliency
         prune_moe_(moe, score.topk(min(n, moe.num_experts)).indices.tolist())
     return [m.kept for m in moes]
@@ -194,9 +190,12 @@ def _describe_pruned(model: nn.Module) -> dict | None:
 
 
 def _rebuild_pruned(model: nn.Module, spec: dict):
-    kept, moes = spec['kept'], _moes(model)
-    if len(kept) != len(moes):
+    kept, moes, E = spec['kept'], _moes(model), model.cfg.num_experts
+    if not isinstance(kept, list) or len(kept) != len(moes):
         raise ValueError(f"it lists {len(kept)} MoE layers, the config builds {len(moes)}")
+    for k in kept:
+        if not isinstance(k, list) or len(set(k)) != len(k) or any(type(i) is not int or not 0 <= i < E for i in k):
+            raise ValueError(f"kept experts {str(k)[:80]} are not distinct indices in [0, {E})")
     for m, k in zip(moes, kept):
         prune_moe_(m, range(len(k)))
         m.kept = list(k)
@@ -222,8 +221,8 @@ class ProgressivePruningScheduler:
     ):
         moes = _moes(model)
         start = max(m.num_experts for m in moes)
-        if target < max(m.top_k for m in moes):
-            raise ValueError(f"target={target} is below top_k={max(m.top_k for m in moes)}")
+        if target < 1:
+            raise ValueError(f"target={target}: a layer keeps at least one expert")
         if target > start:
             raise ValueError(f"target={target} is more than the {start} experts the layers have")
         self.model, self.corpus, self.target, self.ranking = model, corpus, target, ranking

@@ -513,6 +513,8 @@ def _rebuild_table(model: ResNetBKLM, s: dict):
     afterwards."""
     if not isinstance(s, dict) or set(s) != set(_SPEC_KEYS) or any(type(v) is not int for v in s.values()):
         raise ValueError(f"a table entry has the integers {list(_SPEC_KEYS)}")
+    if s['codebook_size'] > max(256, model.cfg.vocab_size):  # more codewords than words: a crafted file
+        raise ValueError(f"codebook_size {s['codebook_size']:,} exceeds max(256, vocab_size)")
     model.tok_emb = CodebookTable(
         model.cfg.vocab_size, model.tok_emb.embedding_dim, s['n_dense'], s['n_codebooks'], s['codebook_size']
     )

@@ -48,14 +48,19 @@ def test_pruned_experts_are_gone_and_the_file_shrinks(trained, tmp_path):
     with torch.no_grad(): assert torch.equal(fresh_process_logits('resnet_bk_compress.files.load_model', b, x, tmp_path), m(x))
     assert load_model(b)[0].blocks[1].moe.kept == kept[1]  # save_model wrote the kept experts: the one loader rebuilds them
 
-def test_never_below_top_k_and_bad_input(trained):
+def test_below_top_k_routes_to_every_kept_expert_and_bad_input(trained):
     syn, lm, calib = trained
     st = expert_stats(lm, calib)
-    with pytest.raises(ValueError, match='fewer than top_k=1'): prune_experts_(copy.deepcopy(lm), st, keep=0)
-    with pytest.raises(ValueError, match='fewer than top_k=1'): prune_experts_(copy.deepcopy(lm), st, threshold=1.1)
-    m2 = MoE(8, num_experts=4, top_k=2)
-    with pytest.raises(ValueError, match='keep at least 2'): prune_moe_(m2, [0])
+    with pytest.raises(ValueError, match='keeps at least one'): prune_experts_(copy.deepcopy(lm), st, keep=0)
+    with pytest.raises(ValueError, match='keeps at least one'): prune_experts_(copy.deepcopy(lm), st, threshold=1.1)
+    m2 = MoE(8, num_experts=4, top_k=2).eval()
+    with pytest.raises(ValueError, match='at least one expert'): prune_moe_(m2, [])
     with pytest.raises(ValueError, match='out of range'): prune_moe_(m2, [0, 7])
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        want = m2.expert(3, x)  # one expert left: every token goes to it with weight 1
+        assert (prune_moe_(m2, [3]).num_experts, m2.top_k) == (1, 1)
+        assert torch.allclose(m2(x), want)
     with pytest.raises(ValueError, match='2 ExpertStats for 1 MoE'): prune_experts_(nn.Sequential(MoE(8)), st)
     with pytest.raises(ValueError, match='no MoE layer'): expert_stats(nn.Linear(2, 2), [])
 
