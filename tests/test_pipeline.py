@@ -195,3 +195,23 @@ def test_rbk_eval_reads_every_file_the_library_writes(run, syn, teacher, tmp_pat
         model, vocab, _ = load(path)
         ids, _ = encode_file(text, vocab)
         assert eval_main([str(path), '--text', str(text)])['ppl'] == pytest.approx(evaluate(model, ids)['ppl'], rel=1e-5), path.name
+
+@pytest.mark.parametrize('top_k', [1, 2])
+def test_the_planner_runs_top_1_and_top_2_teachers_end_to_end(tmp_path, top_k):
+    "rbk-compress --teacher with the planner's student (one expert a layer): a top-2 teacher crashed in the distill stage."
+    syn = synthetic_corpus()
+    torch.manual_seed(0)
+    # the teacher (rbk-train --d-model 48 --n-layers 3 --num-experts 8), for a few steps
+    t = ResNetBKLM(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=48, n_layers=3, n_seq=32, num_experts=8, top_k=top_k))
+    fit(t, syn, max_steps=10, batch_size=16, lr=5e-3, eval_split=None, progress=False)
+    save_model(t, tmp_path / 'own.safetensors', syn.vocab)
+    r = _cli('--teacher', str(tmp_path / 'own.safetensors'), '--target', '20', '--out', str(tmp_path / 'run'), '--no-progress',
+             '--max-steps', '3', '--distillation-epochs', '1', '--pruning-epochs', '0.1', '--qat-epochs', '0.1')
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((tmp_path / 'run' / 'report.json').read_text())
+    assert rep['plan']['keep_experts'] < top_k or top_k == 1  # the plan keeps fewer experts than a top-2 teacher routes to
+    # the INT4 table's zero points are stored sparse, and how many are 0 depends on training: a few bytes either way
+    assert abs(rep['compressed_bytes'] - rep['plan']['predicted_bytes']) <= 0.001 * rep['plan']['predicted_bytes'], rep
+    m, _, _ = load_compressed(rep['compressed_file'])
+    assert all(b.moe.num_experts == rep['plan']['keep_experts'] and b.moe.top_k == min(top_k, b.moe.num_experts)
+               for b in m.blocks)
