@@ -9,7 +9,7 @@ schedule, keeping the best epoch by valid perplexity) and the experts (`--num-ex
                               [--num-experts 4] [--top-k 1] [--model-out FILE] [--checkpoint FILE]
                               [--data DIR] [--out bench/out/train_wt2.json]
 """
-import argparse, json, platform, resource, sys, time
+import argparse, json, platform, resource, time
 from pathlib import Path
 import torch
 from resnet_bk_compress.data import load_wikitext2, unigram_ppl

@@ -8,7 +8,7 @@ from hypothesis import event, given, settings, strategies as st, HealthCheck
 from safetensors import safe_open
 from safetensors.torch import save_file
 from resnet_bk_compress.data import synthetic_corpus
-from resnet_bk_compress.files import load_model, model_digest, ModelFileError, float_model_bytes, LOAD_FLOOR
+from resnet_bk_compress.files import load_model, model_digest, ModelFileError, float_model_bytes
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
 from conftest import every_kind
 
