@@ -22,7 +22,7 @@ import argparse, json, math, platform, sys, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
-from train_wt2 import reference_teacher, ROOT, CACHE
+from train_wt2 import reference_teacher, ROOT, teacher_file
 from resnet_bk_compress.data import load_wikitext2, batches_per_epoch, Corpus, unigram_ppl
 from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.train import evaluate, fit
@@ -65,7 +65,7 @@ if __name__ == '__main__':
     save = lambda: out.write_text(json.dumps(res, indent=1))
     corpus0 = load_wikitext2()
     teacher0, vocab0, _ = reference_teacher()
-    pipe = CompressionPipeline(teacher0, vocab0, target_compression=a.target, teacher_bytes=file_bytes(CACHE))
+    pipe = CompressionPipeline(teacher0, vocab0, target_compression=a.target, teacher_bytes=file_bytes(teacher_file()))
     pipe.use_plan(plan := pipe.plan(corpus0))
     if res.get('plan') not in (None, plan.to_dict()):  # another student: its runs are not points of this curve
         print(f"the plan changed ({res['plan']} -> {plan.to_dict()}): starting the curve over", flush=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).parent))
-from train_wt2 import reference_teacher, ROOT
+from train_wt2 import reference_teacher, ROOT, teacher_file
 from resnet_bk_compress.data import load_wikitext2, unigram_ppl
 from resnet_bk_compress.model import num_params
 from resnet_bk_compress.files import save_model, file_bytes
@@ -74,7 +74,7 @@ if __name__ == '__main__':
     def save(): out.parent.mkdir(parents=True, exist_ok=True); out.write_text(json.dumps(res, indent=1))
     corpus = load_wikitext2()
     teacher, vocab, meta = reference_teacher()
-    res.update(unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)), teacher=dict(test_ppl=meta['test_ppl'], bytes=file_bytes(ROOT / '.cache' / 'teacher' / 'wt2_reference.safetensors'), params=num_params(teacher)),
+    res.update(unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)), teacher=dict(test_ppl=meta['test_ppl'], bytes=file_bytes(teacher_file()), params=num_params(teacher)),
                student=STUDENT, middle=MIDDLE, steps=a.steps, batch_size=BATCH, lr=LR, torch=torch.__version__, threads=torch.get_num_threads(),
                machine=platform.machine())
     runs = res.setdefault('runs', {})

@@ -13,7 +13,7 @@ import argparse, json, math, platform, shutil, subprocess, sys
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
-from train_wt2 import reference_teacher, ROOT, CACHE
+from train_wt2 import reference_teacher, ROOT, teacher_file
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.pipeline import CompressionPipeline, PlanError
@@ -36,7 +36,7 @@ if __name__ == '__main__':
         target = queue.pop(0)
         d = ROOT / '.cache' / f'frontier_{target:g}x'
         shutil.rmtree(d, ignore_errors=True)
-        pipe = CompressionPipeline(teacher, vocab, target_compression=target, teacher_bytes=file_bytes(CACHE))
+        pipe = CompressionPipeline(teacher, vocab, target_compression=target, teacher_bytes=file_bytes(teacher_file()))
         try:
             rep = pipe.run_pipeline(corpus, distillation_epochs=a.distillation_epochs, pruning_epochs=0, qat_epochs=a.qat_epochs, save_dir=d,
                                     progress=False, baseline=True)

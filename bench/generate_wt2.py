@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
-from train_wt2 import reference_teacher, ROOT, CACHE
+from train_wt2 import reference_teacher, ROOT, teacher_file
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import load_model, file_bytes
 from resnet_bk_compress.generate import generate_ids, position_nll
@@ -58,7 +58,7 @@ if __name__ == '__main__':
     if a.models is None:
         reference_teacher()
         report = ROOT / '.cache' / 'pipeline_wt2' / 'report.json'
-        a.models = [str(CACHE)] + ([json.loads(report.read_text())['compressed_file']] if report.is_file() else [])
+        a.models = [str(teacher_file())] + ([json.loads(report.read_text())['compressed_file']] if report.is_file() else [])
     out = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
     res = out.setdefault('models', {})
     for f in a.models:

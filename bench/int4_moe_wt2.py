@@ -9,7 +9,7 @@ import argparse, copy, json, platform, sys, tempfile, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_wt2 import CACHE, reference_teacher
+from train_wt2 import teacher_file, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, eval_windows
 from resnet_bk_compress.files import file_bytes, save_model
 from resnet_bk_compress.train import evaluate, fit
@@ -53,7 +53,7 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, only=None):
     held = moe_inputs(teacher, [x for x, _ in list(eval_windows(corpus.valid, teacher.cfg.n_seq, 32))[:4]])
     fp_experts = expert_bytes({f'{i}.{k}': v for i, b in enumerate(teacher.blocks) for k, v in b.moe.state_dict().items() if k.startswith('experts.')})
     previous = json.loads(Path(OUT).read_text())['results'] if only else {}
-    out = {'fp32': dict(test_ppl=evaluate(teacher, corpus.test)['ppl'], expert_bytes=fp_experts, file_bytes=file_bytes(CACHE))}
+    out = {'fp32': dict(test_ppl=evaluate(teacher, corpus.test)['ppl'], expert_bytes=fp_experts, file_bytes=file_bytes(teacher_file()))}
     print('fp32', out['fp32'], flush=True)
 
     def convert(cfg, name, train_steps=0):

@@ -14,7 +14,7 @@ import argparse, copy, importlib.metadata, json, math, platform, re, shutil, sys
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_wt2 import CACHE, reference_teacher
+from train_wt2 import teacher_file, reference_teacher
 from quant_wt2 import calibrate
 from safetensors import safe_open
 from safetensors.torch import save_file, load_file
@@ -266,7 +266,7 @@ def ours(teacher, vocab, corpus, word_list, held, n_windows, tmp) -> list[dict]:
             if not p.is_file(): raise FileNotFoundError(f"{p} is missing: run bench/{'pipeline' if d == 'pipeline_wt2' else 'frontier'}_wt2.py first")
             return p
         return f
-    rows = [run_ours('fp32 teacher', lambda: CACHE, teacher, vocab, corpus, word_list, held, n_windows, 'everything in float32'),
+    rows = [run_ours('fp32 teacher', teacher_file, teacher, vocab, corpus, word_list, held, n_windows, 'everything in float32'),
             run_ours('INT8 post-training', quantized(Int8Config(), 'int8'), teacher, vocab, corpus, word_list, held, n_windows,
                      'Linear per channel, embedding per row, BK-Core'),
             run_ours('INT4 GPTQ experts g128, INT8 rest', quantized(Int4MoEConfig(), 'int4'), teacher, vocab, corpus, word_list, held, n_windows,
@@ -341,7 +341,7 @@ if __name__ == '__main__':
     t0 = time.perf_counter()
     tf = forward_ppl(teacher, corpus.test, teacher.cfg.n_seq, a.eval_windows)
     from resnet_bk_compress.data import unigram_ppl
-    res.update(teacher=dict(file=str(CACHE.relative_to(ROOT)), file_bytes=file_bytes(CACHE), **tf, unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(vocab))),
+    res.update(teacher=dict(file=str(teacher_file().relative_to(ROOT)), file_bytes=file_bytes(teacher_file()), **tf, unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(vocab))),
                word_list_bytes=word_list, group_size=GROUP,
                # the same words sorted: what front coding gets when the rows are permuted to match (the pipeline's files do that, in bands)
                word_list_bytes_sorted=len(pack_words(sorted(vocab.itos))), eval_windows=a.eval_windows, torch=torch.__version__, threads=torch.get_num_threads(),

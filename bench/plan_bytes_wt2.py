@@ -14,7 +14,7 @@ import argparse, json, platform, sys, tempfile
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).parent))
-from train_wt2 import reference_teacher, ROOT, CACHE
+from train_wt2 import reference_teacher, ROOT, teacher_file
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.train import bench_result
@@ -26,7 +26,7 @@ if __name__ == '__main__':
     a = p.parse_args()
     corpus = load_wikitext2()
     teacher, vocab, _ = reference_teacher()
-    pipe = CompressionPipeline(teacher, vocab, target_compression=100., teacher_bytes=file_bytes(CACHE))
+    pipe = CompressionPipeline(teacher, vocab, target_compression=100., teacher_bytes=file_bytes(teacher_file()))
     pipe.use_plan(plan := pipe.plan(corpus))
     model, voc = pipe.final_structure(corpus)
     info = dict(stage='quantize', history=list(pipe.stages))

@@ -8,7 +8,7 @@ import argparse, copy, json, platform, sys, tempfile, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_wt2 import CACHE, reference_teacher
+from train_wt2 import teacher_file, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches
 from resnet_bk_compress.files import file_bytes, save_model
 from resnet_bk_compress.train import evaluate, fit
@@ -23,7 +23,7 @@ def run():
     t0, tmp = time.perf_counter(), Path(tempfile.mkdtemp())
     calib = [x for x, _ in list(train_batches(corpus.train, teacher.cfg.n_seq, 32, seed=123))[:8]]
     stats = expert_stats(teacher, calib)
-    out = dict(fp32=dict(test_ppl=evaluate(teacher, corpus.test)['ppl'], file_bytes=file_bytes(CACHE)),
+    out = dict(fp32=dict(test_ppl=evaluate(teacher, corpus.test)['ppl'], file_bytes=file_bytes(teacher_file())),
                usage=[s.usage.tolist() for s in stats], saliency=[s.saliency.tolist() for s in stats], experts=[], magnitude=[])
     print(out, flush=True)
     retrain = lambda m: (fit(m, corpus, epochs=1, max_steps=STEPS, lr=LR, eval_split=None, progress=False, seed=7), evaluate(m, corpus.test)['ppl'])[1]

@@ -4,11 +4,11 @@ model fine-tuned for the same steps); the file bytes of each.
 
     python bench/quant_wt2.py [--calib-batches 16] [--qat-steps 200] [--out bench/out/quant_wt2.json]
 """
-import argparse, copy, json, math, platform, sys, tempfile, time
+import argparse, copy, json, platform, sys, tempfile, time
 from pathlib import Path
 import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_wt2 import CACHE, reference_teacher
+from train_wt2 import teacher_file, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, unigram_ppl
 from resnet_bk_compress.files import file_bytes, save_model
 from resnet_bk_compress.train import evaluate, fit
@@ -29,7 +29,7 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_a
     out, tmp = {}, Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
     fp32 = evaluate(teacher, corpus.test)['ppl']
-    out['fp32'] = dict(test_ppl=fp32, file_bytes=file_bytes(CACHE))
+    out['fp32'] = dict(test_ppl=fp32, file_bytes=file_bytes(teacher_file()))
     out['unigram_test_ppl'] = unigram_ppl(corpus.train, corpus.test, len(vocab))
     print('fp32', out['fp32'], flush=True)
     for name in OBSERVERS:

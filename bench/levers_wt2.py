@@ -1,0 +1,178 @@
+"""What buys quality in the hour: the 100x student's distillation with one lever changed at a time, on WikiText-2.
+
+The student is the one the pipeline plans for 100x of a kept teacher (bench/train_wt2.py's `TEACHERS`, `reference`
+by default), distilled as the distill stage does it (cached top-k targets at T = 1, BK features, AdamW, a
+warmup-cosine schedule sized to the run). Each lever is its own run from the same initialization and batch order,
+one knob changed from the library's defaults (`default`):
+
+- `dropout0`, `dropout0.3`: dropout inside the student's experts (the teacher's 0.1 is inherited);
+- `lr1.5e-3`, `lr6e-3`: the peak learning rate (3e-3);
+- `warmup0.01`, `warmup0.2`: the share of steps spent warming up (0.05) before the cosine decay;
+- `k8`, `k128`: how many of the teacher's words per token the target cache keeps (32).
+
+Every run gets the same wall-clock budget, not the same steps: a lever that makes a step cheaper (no dropout masks,
+fewer cached words) buys more of them. The budget is `--epochs` epochs of the default's step, and each lever's steps
+are that budget over its own seconds per step, timed back to back with the default's three times (the median
+ratio; recorded). Results land in the
+JSON as each run finishes (a rerun skips the runs there), with the valid perplexity after each epoch and the test
+perplexity at the end. The budget's safety margin is read from the committed pipeline runs (the seconds it held back
+against the seconds each run ended before its deadline), not trained here.
+
+    python bench/levers_wt2.py [--teacher reference] [--epochs 4] [--levers default dropout0 ...] [--threads N]
+                               [--train-tokens N] [--out bench/out/levers_wt2.json]
+"""
+
+import argparse, json, math, platform, sys, time
+from pathlib import Path
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_wt2 import ROOT, TEACHERS, reference_teacher, teacher_file
+from resnet_bk_compress.data import Corpus, load_wikitext2, batches_per_epoch
+from resnet_bk_compress.files import file_bytes
+from resnet_bk_compress.train import evaluate, fit
+from resnet_bk_compress.distill import TeacherTargets
+from resnet_bk_compress.pipeline import CompressionPipeline
+
+# name -> what it changes from the defaults: dropout of the student, lr, warmup share, k of the target cache
+LEVERS = {
+    'default': {},
+    'dropout0': dict(dropout=0.0),
+    'dropout0.3': dict(dropout=0.3),
+    'lr1.5e-3': dict(lr=1.5e-3),
+    'lr6e-3': dict(lr=6e-3),
+    'warmup0.01': dict(warmup=0.01),
+    'warmup0.2': dict(warmup=0.2),
+    'k8': dict(k=8),
+    'k128': dict(k=128),
+}
+
+
+def set_dropout(model, p: float):
+    "Set every dropout of `model` (those inside the experts) to `p`."
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+
+
+def margin_evidence() -> list[dict]:
+    """Each committed budgeted pipeline run: the seconds its 10% margin held back from distillation, and the seconds it
+    ended before its deadline. A run that ends well inside its margin did not need all of it."""
+    rows = []
+    for f in sorted((ROOT / 'bench' / 'out').glob('pipeline_wt2*.json')):
+        b = json.loads(f.read_text())['results']['report'].get('budget') or {}
+        if not b.get('minutes') or 'used_s' not in b:
+            continue
+        margin_s = 0.1 * b['distill_steps'] * b['distill_step_s']
+        spare_s = b['minutes'] * 60 - b['used_s']
+        rows.append(
+            dict(file=f.name, budget_s=b['minutes'] * 60, used_s=b['used_s'], margin_s=margin_s, spare_s=spare_s)
+        )
+    return rows
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--teacher', default='reference', choices=list(TEACHERS))
+    p.add_argument('--epochs', type=float, default=4.0, help="the budget: epochs of the default's step")
+    p.add_argument('--levers', nargs='+', default=list(LEVERS), choices=list(LEVERS))
+    p.add_argument('--target', type=float, default=100.0)
+    p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--train-tokens', type=int, default=None, help='a smoke run: the first N training tokens only')
+    p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'levers_wt2.json'))
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out)
+    res = json.loads(out.read_text()) if out.is_file() else {}
+    save = lambda: out.write_text(json.dumps(res, indent=1))
+    corpus0 = load_wikitext2()
+    teacher0, vocab0, _ = reference_teacher(a.teacher)
+    pipe = CompressionPipeline(
+        teacher0, vocab0, target_compression=a.target, teacher_bytes=file_bytes(teacher_file(a.teacher))
+    )
+    pipe.use_plan(plan := pipe.plan(corpus0))
+    key = dict(teacher=a.teacher, plan=plan.to_dict(), epochs=a.epochs, train_tokens=a.train_tokens)
+    if res.get('key') not in (None, key):  # another student or budget: its runs do not compare with these
+        print(f"the setup changed ({res['key']} -> {key}): starting over", flush=True)
+        res = {}
+    teacher, vocab = pipe.canonical_teacher(corpus0)
+    corpus = corpus0.with_vocab(vocab)
+    if a.train_tokens:
+        corpus = Corpus(vocab, corpus.train[: a.train_tokens], corpus.valid, corpus.test, 'wikitext-2, cut')
+    per = batches_per_epoch(len(corpus.train), teacher.cfg.n_seq, pipe.batch_size)
+    targets = {}  # k -> TeacherTargets, built once each
+
+    def setup(lever):
+        "(student, objective, lr, warmup) of a lever, from the same initialization."
+        kn = LEVERS[lever]
+        torch.manual_seed(0)
+        s = pipe.make_student(teacher, corpus)
+        if 'dropout' in kn:
+            set_dropout(s, kn['dropout'])
+        k = kn.get('k', pipe.distill['k'])
+        if k not in targets:
+            targets[k] = TeacherTargets(teacher, corpus.train, k=k, T=pipe.distill.get('T', 1.0))
+        d = {kk: v for kk, v in pipe.distill.items() if kk not in ('k', 'targets')}
+        from resnet_bk_compress.distill import DistillationObjective
+
+        obj = DistillationObjective(s, teacher, targets=targets[k], **d)
+        return s, obj, kn.get('lr', pipe.lr), kn.get('warmup', 0.05)
+
+    def step_s(lever, steps=10) -> float:
+        s, obj, lr, _ = setup(lever)
+        kw = dict(eval_split=None, progress=False, lr=lr, batch_size=pipe.batch_size, objective=obj, offset=0)
+        fit(s, corpus, max_steps=2, **kw)
+        t0 = time.perf_counter()
+        fit(s, corpus, max_steps=steps, **kw)
+        return (time.perf_counter() - t0) / steps
+
+    res.update(
+        key=key,
+        steps_per_epoch=per,
+        teacher_test_ppl=evaluate(teacher, corpus.test)['ppl'],
+        distill=pipe.distill,
+        lr=pipe.lr,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
+        margin=margin_evidence(),
+    )
+    save()
+    runs = res.setdefault('runs', {})
+    for lever in a.levers:
+        if lever in runs:
+            continue
+        # seconds per step, the default's and the lever's back to back, three times: the median ratio sizes the run
+        pairs = [(1.0, 1.0)] if lever == 'default' else [(step_s('default'), step_s(lever)) for _ in range(3)]
+        base_s, own_s = sorted(pairs, key=lambda b: b[0] / b[1])[len(pairs) // 2]
+        steps = max(1, round(a.epochs * per * base_s / own_s))
+        s, obj, lr, warm = setup(lever)
+        t0 = time.perf_counter()
+        hist = fit(
+            s,
+            corpus,
+            epochs=math.ceil(steps / per),
+            max_steps=steps,
+            batch_size=pipe.batch_size,
+            lr=lr,
+            warmup=warm,
+            seed=0,
+            eval_split='valid',
+            progress=False,
+            objective=obj,
+            offset=0,
+        )
+        runs[lever] = dict(
+            changes=LEVERS[lever],
+            steps=steps,
+            step_s=None if lever == 'default' else own_s,
+            default_step_s=None if lever == 'default' else base_s,
+            wall_s=time.perf_counter() - t0,
+            valid_by_epoch=[dict(steps=h['steps'], valid_ppl=h['valid_ppl']) for h in hist],
+            valid_ppl=hist[-1]['valid_ppl'],
+            test_ppl=evaluate(s, corpus.test)['ppl'],
+        )
+        print(lever, json.dumps({k: runs[lever][k] for k in ('steps', 'step_s', 'valid_ppl', 'test_ppl')}), flush=True)
+        save()
