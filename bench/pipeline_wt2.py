@@ -62,7 +62,7 @@ def teacher_record(name, meta, trained=None) -> dict:
         bytes=file_bytes(t['file']),
         test_ppl=meta['test_ppl'],
         valid_curve=curve,
-        training_json=str(t['json'].relative_to(ROOT)),
+        training_json=None if trained else str(t['json'].relative_to(ROOT)),  # None: trained by this run
         **rec,
     )
 

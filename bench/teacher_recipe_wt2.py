@@ -24,7 +24,7 @@ SETTINGS = {
     'dropout0.3': dict(dropout=0.3),
     'wd0.1': dict(weight_decay=0.1),
     'wd0.3': dict(weight_decay=0.3),
-    'dropout0.3+wd0.1': dict(dropout=0.3, weight_decay=0.1),
+    'wd1': dict(weight_decay=1.0),
 }
 
 if __name__ == '__main__':

@@ -136,7 +136,8 @@ def teacher_file(name='reference') -> Path:
     t = TEACHERS[name]
     if name not in KEPT:
         return t['file']
-    how = f'restore it with `git checkout -- {t["file"].relative_to(ROOT)}` or retrain it: python bench/train_wt2.py --teacher {name}'
+    rel = t['file'].relative_to(ROOT)
+    how = f'restore it with `git checkout -- {rel}` or retrain it: python bench/train_wt2.py --teacher {name}'
     if not t['file'].is_file():
         raise FileNotFoundError(f"teacher '{name}': {t['file']} is missing; {how}")
     want = json.loads(t['json'].read_text())['sha256']
@@ -148,7 +149,7 @@ def teacher_file(name='reference') -> Path:
 
 
 def reference_teacher(name='reference', data=None):
-    "(model, vocab, meta) of the teacher `name` of `TEACHERS`; the 3-epoch one is trained first if its cache is missing."
+    "(model, vocab, meta) of the teacher `name` of `TEACHERS`; the 3-epoch one is trained first if it is missing."
     if name not in KEPT and not TEACHERS[name]['file'].is_file():
         train_reference(data, out=TEACHERS[name]['file'], **TEACHERS[name]['recipe'])
     return load_model(teacher_file(name))
@@ -173,19 +174,21 @@ if __name__ == '__main__':
     knobs.add_argument('--num-experts', type=int, help='experts a block (4)')
     knobs.add_argument('--top-k', type=int, help='experts each token is routed to (1)')
     p.add_argument('--model-out', default=None, help='where the trained model file goes (default: .cache/teacher/)')
-    p.add_argument('--checkpoint', default=None, help='training-state file: resumed from if it exists')
+    p.add_argument(
+        '--checkpoint', default=None, help='training-state file, resumed from if it exists (--teacher: .cache/teacher/)'
+    )
     p.add_argument('--out', default=None, help='the JSON (default: bench/out/train_wt2.json)')
     a = p.parse_args()
     given = {k: getattr(a, k) for k in ('epochs', 'lr', 'dropout', 'weight_decay', 'keep_best', 'num_experts', 'top_k')}
     given = {k: v for k, v in given.items() if v is not None}
     if a.teacher and (given or a.model_out or a.out):
-        p.error(
-            f'--teacher {a.teacher} trains its own recipe into its own files; leave out {", ".join(given) or "--model-out/--out"}'
-        )
+        left = ', '.join(given) or '--model-out/--out'
+        p.error(f'--teacher {a.teacher} trains its own recipe into its own files; leave out {left}')
     t = TEACHERS[a.teacher or '3epoch']
     recipe = t['recipe'] if a.teacher else given
     out = Path(a.out or t['json'])
-    res = train_reference(a.data, out=a.model_out or t['file'], checkpoint=a.checkpoint, **recipe)
+    ckpt = a.checkpoint or (ROOT / '.cache' / 'teacher' / f'{a.teacher}.ckpt' if a.teacher else None)
+    res = train_reference(a.data, out=a.model_out or t['file'], checkpoint=ckpt, **recipe)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     print(json.dumps({k: v for k, v in res.items() if k not in ('history', 'config')}, indent=1))

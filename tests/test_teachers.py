@@ -55,6 +55,16 @@ def test_a_changed_or_missing_teacher_is_refused_with_the_way_back(tmp_path, mon
         teacher_file('reference')
 
 
+def test_the_pipeline_report_names_its_teacher():
+    "bench/pipeline_wt2.py's results.teacher: what issue 34's checks read, from the teacher's training JSON."
+    import pipeline_wt2
+
+    rec, tr = pipeline_wt2.teacher_record('reference', dict(test_ppl=233.0)), record('reference')
+    assert {'epochs', 'test_ppl', 'num_experts', 'top_k', 'dropout', 'weight_decay', 'valid_curve'} <= set(rec)
+    assert rec['valid_curve'] == tr['valid_curve'] and rec['sha256'] == tr['sha256'] and rec['test_ppl'] == 233.0
+    assert (rec['num_experts'], rec['top_k']) == (4, 1)
+
+
 def test_train_wt2_keeps_a_named_recipe_whole():
     "`--teacher NAME` trains that teacher's recipe: a knob beside it is refused before anything trains."
     r = subprocess.run(
