@@ -7,7 +7,7 @@ setting whose best epoch is its last is flagged `still_improving`: its run was t
 Results are added to bench/out/teacher_recipe_wt2.json as each setting finishes (settings already there are
 skipped), models go to .cache/teacher_recipe/, and a killed run resumes from its checkpoint.
 
-    python bench/teacher_recipe_wt2.py [--settings base wd0.1 dropout0.3 ...] [--epochs 6]
+    python bench/teacher_recipe_wt2.py [--settings base wd0.1 dropout0.3 ...] [--epochs 6] [--threads N]
 """
 
 import argparse, fcntl, json, sys
