@@ -32,7 +32,7 @@ from train_wt2 import ROOT, TEACHERS, reference_teacher, teacher_file
 from resnet_bk_compress.data import Corpus, load_wikitext2, batches_per_epoch
 from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.train import evaluate, fit
-from resnet_bk_compress.distill import TeacherTargets
+from resnet_bk_compress.distill import DistillationObjective, TeacherTargets
 from resnet_bk_compress.pipeline import CompressionPipeline
 
 # name -> what it changes from the defaults: dropout of the student, lr, warmup share, k of the target cache
@@ -115,8 +115,6 @@ if __name__ == '__main__':
         if k not in targets:
             targets[k] = TeacherTargets(teacher, corpus.train, k=k, T=pipe.distill.get('T', 1.0))
         d = {kk: v for kk, v in pipe.distill.items() if kk not in ('k', 'targets')}
-        from resnet_bk_compress.distill import DistillationObjective
-
         obj = DistillationObjective(s, teacher, targets=targets[k], **d)
         return s, obj, kn.get('lr', pipe.lr), kn.get('warmup', 0.05)
 
