@@ -18,7 +18,7 @@ length instead). Writes bench/out/pipeline_wt2.json (pipeline_wt2_8experts.json,
                                  [--no-baseline] [--save-dir DIR] [--out FILE]
 """
 
-import argparse, json, platform, resource, shutil, sys, time
+import argparse, inspect, json, platform, resource, shutil, sys, time
 from pathlib import Path
 import torch
 
@@ -30,6 +30,8 @@ from resnet_bk_compress.train import evaluate
 from resnet_bk_compress.pipeline import CompressionPipeline, load_compressed, RUN_EPOCHS
 
 PPL_GOAL = {'reference': 0.07, '8experts': 0.10, '3epoch': 0.15}  # issue 34 (issues 7 and 15 for the 3-epoch path)
+# train_reference's own defaults: the knobs a recipe leaves as they are
+TRAIN_DEFAULTS = {k: v.default for k, v in inspect.signature(train_reference).parameters.items()}
 OUT = {'reference': 'pipeline_wt2.json', '8experts': 'pipeline_wt2_8experts.json', '3epoch': 'pipeline_wt2_3epoch.json'}
 
 
@@ -49,11 +51,10 @@ def teacher_record(name, meta, trained=None) -> dict:
     tr = trained or json.loads(t['json'].read_text())
     keys = ('epochs', 'kept_epoch', 'num_experts', 'top_k', 'dropout', 'weight_decay', 'lr', 'params', 'train_wall_s')
     rec = {k: tr.get(k) for k in keys}
-    if rec['num_experts'] is None:  # the 3-epoch teacher's JSON predates these fields: its config holds them
-        rec.update(
-            num_experts=tr['config']['num_experts'], top_k=tr['config']['top_k'], dropout=tr['config']['dropout']
-        )
-        rec.update(weight_decay=0.01, kept_epoch=tr['epochs'])
+    if rec['num_experts'] is None:  # the 3-epoch teacher's JSON predates these fields: its config and recipe hold them
+        c, recipe = tr['config'], TRAIN_DEFAULTS | t['recipe']
+        rec.update(num_experts=c['num_experts'], top_k=c['top_k'], dropout=c['dropout'])
+        rec.update(weight_decay=recipe['weight_decay'], kept_epoch=tr['epochs'])
     curve = tr.get('valid_curve') or [[h['epoch'] + 1, h['valid_ppl']] for h in tr['history']]
     return dict(
         name=name,

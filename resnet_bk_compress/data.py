@@ -17,9 +17,9 @@ from .model import InputError
 
 # %% auto #0
 __all__ = ['SPLITS', 'WIKITEXT2_VOCAB', 'read_bytes', 'read_text', 'decode_text', 'tokenize', 'Vocab', 'Corpus', 'find_split',
-           'load_corpus', 'corpus_from_texts', 'default_wikitext2_dir', 'load_wikitext2', 'front_code', 'front_decode',
-           'pack_words', 'unpack_words', 'zipf_probs', 'synthetic_corpus', 'eval_windows', 'window_starts',
-           'windows_at', 'train_batches', 'batches_per_epoch', 'unigram_ppl', 'encode_file']
+           'load_corpus', 'corpus_from_texts', 'default_wikitext2_dir', 'load_wikitext2', 'bounded_decode',
+           'front_code', 'front_decode', 'pack_words', 'unpack_words', 'zipf_probs', 'synthetic_corpus', 'eval_windows',
+           'window_starts', 'windows_at', 'train_batches', 'batches_per_epoch', 'unigram_ppl', 'encode_file']
 
 # %% ../nbs/00a_data.ipynb #1e886851
 def read_bytes(path: str | Path) -> bytes:
@@ -240,7 +240,7 @@ def load_wikitext2(root: str | Path | None = None) -> Corpus:
     return c
 
 # %% ../nbs/00a_data.ipynb #264a9857
-def _bounded(decoder, b: bytes, limit: int) -> bytes:
+def bounded_decode(decoder, b: bytes, limit: int) -> bytes:
     "What a streaming `decoder` makes of `b`, refused as soon as it passes `limit` bytes (a decompression bomb)."
     out = decoder.decode(b, limit + 1) if hasattr(decoder, 'decode') else decoder.decompress(b, max_length=limit + 1)
     if len(out) > limit:
@@ -255,13 +255,13 @@ _CODECS = {
     1: (
         'xz',
         lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME),
-        lambda b, n: _bounded(lzma.LZMADecompressor(), b, n),
+        lambda b, n: bounded_decode(lzma.LZMADecompressor(), b, n),
     ),
-    2: ('bz2', lambda b: bz2.compress(b, 9), lambda b, n: _bounded(bz2.BZ2Decompressor(), b, n)),
+    2: ('bz2', lambda b: bz2.compress(b, 9), lambda b, n: bounded_decode(bz2.BZ2Decompressor(), b, n)),
     3: (
         'ppmd',
         lambda b: pyppmd.compress(b, max_order=8, mem_size=16 << 20),
-        lambda b, n: _bounded(pyppmd.Ppmd8Decoder(8, 16 << 20), b, n),
+        lambda b, n: bounded_decode(pyppmd.Ppmd8Decoder(8, 16 << 20), b, n),
     ),
 }
 

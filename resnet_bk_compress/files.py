@@ -16,7 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from .coding import code_bytes, decode_bytes
 from .model import ResNetBKConfig, ResNetBKLM, InputError
-from .data import Vocab, pack_words, unpack_words, _bounded
+from .data import Vocab, bounded_decode, pack_words, unpack_words
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'KINDS', 'STRUCTURES', 'SMALL', 'CONFIG_RANGES', 'LOAD_FLOOR',
@@ -551,7 +551,9 @@ def _decode(path, header: dict, tensors: dict, model: ResNetBKLM) -> dict:
         try:
             codec = _json(path, header, 'vocab_codec')
             blob = tensors.pop({'words': 'vocab@words', 'xz': 'vocab@xz'}[codec]).numpy().tobytes()
-            words = unpack_words(blob, limit) if codec == 'words' else _bounded(lzma.LZMADecompressor(), blob, limit)
+            words = (
+                unpack_words(blob, limit) if codec == 'words' else bounded_decode(lzma.LZMADecompressor(), blob, limit)
+            )
             header['vocab'] = json.dumps(words if codec == 'words' else words.decode().split('\n'))
         except (KeyError, TypeError, ValueError, lzma.LZMAError, UnicodeDecodeError) as e:
             raise ModelFileError(

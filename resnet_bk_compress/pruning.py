@@ -192,7 +192,8 @@ def _describe_pruned(model: nn.Module) -> dict | None:
 def _rebuild_pruned(model: nn.Module, spec: dict):
     kept, moes, E = spec['kept'], _moes(model), model.cfg.num_experts
     if not isinstance(kept, list) or len(kept) != len(moes):
-        raise ValueError(f"it lists {len(kept)} MoE layers, the config builds {len(moes)}")
+        n = len(kept) if isinstance(kept, list) else 'no list of'
+        raise ValueError(f"it lists {n} MoE layers, the config builds {len(moes)}")
     for k in kept:
         if not isinstance(k, list) or len(set(k)) != len(k) or any(type(i) is not int or not 0 <= i < E for i in k):
             raise ValueError(f"kept experts {str(k)[:80]} are not distinct indices in [0, {E})")
