@@ -25,7 +25,6 @@ against the seconds each run ended before its deadline), not trained here.
 import argparse, json, math, platform, sys, time
 from pathlib import Path
 import torch
-import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import ROOT, TEACHERS, reference_teacher, teacher_file
@@ -47,13 +46,6 @@ LEVERS = {
     'k8': dict(k=8),
     'k128': dict(k=128),
 }
-
-
-def set_dropout(model, p: float):
-    "Set every dropout of `model` (those inside the experts) to `p`."
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = p
 
 
 def margin_evidence() -> list[dict]:
@@ -107,10 +99,9 @@ if __name__ == '__main__':
     def setup(lever):
         "(student, objective, lr, warmup) of a lever, from the same initialization."
         kn = LEVERS[lever]
+        pipe.student = plan.student | {k: v for k, v in kn.items() if k == 'dropout'}  # the student setting
         torch.manual_seed(0)
         s = pipe.make_student(teacher, corpus)
-        if 'dropout' in kn:
-            set_dropout(s, kn['dropout'])
         k = kn.get('k', pipe.distill['k'])
         if k not in targets:
             targets[k] = TeacherTargets(teacher, corpus.train, k=k, T=pipe.distill.get('T', 1.0))

@@ -13,9 +13,15 @@ for the same time (measured after the run, not counted in it). The student is th
 --target; distillation trains for whatever the other stages leave of the budget (`--distillation-epochs` fixes its
 length instead). Writes bench/out/pipeline_wt2.json (pipeline_wt2_8experts.json, pipeline_wt2_3epoch.json).
 
+`--resume` continues the run in its directory instead of starting over: a finished run goes on to its baseline (so a
+run and its baseline can be measured in two sittings), a killed one resumes its stage from the stage's checkpoint.
+The time and memory of a resumed run are read from its state (each stage's measured seconds and peak memory, and,
+with a time budget, the loading and planning before them); a run resumed inside a stage lost the seconds before its
+kill, so its time goal is not judged.
+
     python bench/pipeline_wt2.py [--teacher reference|8experts|3epoch] [--target 100]
                                  [--minutes 60 | --distillation-epochs E] [--pruning-epochs 0.5] [--qat-epochs 0.5]
-                                 [--no-baseline] [--save-dir DIR] [--out FILE]
+                                 [--no-baseline] [--resume] [--save-dir DIR] [--out FILE]
 """
 
 import argparse, inspect, json, platform, resource, shutil, sys, time
@@ -76,6 +82,7 @@ if __name__ == '__main__':
     for k, v in RUN_EPOCHS.items():  # the library's defaults; --distillation-epochs replaces the time budget
         p.add_argument(f'--{k.replace("_", "-")}', type=float, default=None if k == 'distillation_epochs' else v)
     p.add_argument('--no-baseline', action='store_true', help='skip the same-size scratch baseline')
+    p.add_argument('--resume', action='store_true', help='continue the run in --save-dir (its baseline, or its stage)')
     p.add_argument('--save-dir', default=None, help='the run directory (default: .cache/pipeline_wt2[_NAME])')
     p.add_argument('--out', default=None, help='the JSON (default: bench/out/pipeline_wt2[_NAME].json)')
     a = p.parse_args()
@@ -92,7 +99,13 @@ if __name__ == '__main__':
     teacher_rec = teacher_record(name, meta, trained)
     # the 3-epoch path counts its teacher's training in the hour (measured when it was cached, or inside t_all)
     counted_s = 0.0 if kept or trained_in_run else teacher_rec['train_wall_s']
-    shutil.rmtree(save_dir, ignore_errors=True)
+    state_file = save_dir / 'state.json'
+    if a.resume and not state_file.is_file():
+        sys.exit(f'--resume: no run in {save_dir} (no state.json): run without --resume to start one')
+    # stages finished before this call: a resumed run's time is its state's, judged only if no stage was cut
+    done_before = len(json.loads(state_file.read_text())['stages']) if a.resume else 0
+    if not a.resume:
+        shutil.rmtree(save_dir, ignore_errors=True)
     pipe = CompressionPipeline(
         teacher, vocab, target_compression=a.target, max_ppl_increase=PPL_GOAL[name], teacher_bytes=teacher_rec['bytes']
     )
@@ -104,9 +117,14 @@ if __name__ == '__main__':
     )
     run = dict(save_dir=save_dir, progress=False, minutes=minutes, **epochs)
     spent = counted_s + (time.perf_counter() - t_all)  # loading the data (and the 3-epoch teacher's training)
-    rep = pipe.run_pipeline(corpus, baseline=False, spent_seconds=spent, **run)
+    rep = pipe.run_pipeline(corpus, baseline=False, resume=a.resume, spent_seconds=spent, **run)
     run_s = time.perf_counter() - t_all  # loading, (training the 3-epoch teacher when missing), planning, every stage
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cut = a.resume and done_before < len(rep['stages'])  # a stage ran (resumed) in this call: its first part is lost
+    if a.resume:  # this process did not run the whole pipeline: the state's measurements are the run's
+        run_s = rep['budget']['used_s'] if rep.get('budget') else counted_s + rep['seconds']
+        run_s -= counted_s
+        peak_mb = max(st['peak_mb'] for st in rep['stages'])
     print(pipe, flush=True)
     if not a.no_baseline:  # a measurement after the run: not in its time
         rep = pipe.run_pipeline(corpus, baseline=True, resume=True, spent_seconds=spent, **run)
@@ -128,7 +146,9 @@ if __name__ == '__main__':
         time=dict(
             goal=f'<= {a.minutes:g} min ' + ('for compression, the teacher beside it' if kept else 'with the teacher'),
             reached_min=total_s / 60,
-            met=minutes is None or total_s <= minutes * 60,
+            met=None if cut else minutes is None or total_s <= minutes * 60,  # None: not judged (resumed in a stage)
+            resumed=a.resume,
+            resumed_inside_stage=cut,
             teacher_min=teacher_rec['train_wall_s'] / 60,
             teacher_in_budget=not kept,
             teacher_trained_in_run=trained_in_run,

@@ -326,6 +326,7 @@ def student_config(
     tie_embeddings: bool | None = None,  # head shares the embedding table (None: as the teacher)
     embed_rank: int | None = None,  # factorize the embedding (and an untied head) through this rank
     d_ff: int | None = None,  # expert hidden width (None: the teacher's at its width, else 2 * d_model)
+    dropout: float | None = None,  # dropout inside the experts (None: the teacher's)
 ) -> ResNetBKConfig:
     "The student's shape: the teacher's configuration with what is asked changed (its values checked, nothing built)."
     tc = teacher_cfg
@@ -341,6 +342,7 @@ def student_config(
             'd_ff': given(d_ff, tc.d_ff if d == tc.d_model else 2 * d),
             'tie_embeddings': given(tie_embeddings, tc.tie_embeddings),
             'embed_rank': embed_rank,
+            'dropout': given(dropout, tc.dropout),
         }
     )
 
@@ -353,11 +355,12 @@ def make_student(
     tie_embeddings: bool | None = None,  # head shares the embedding table (None: as the teacher)
     embed_rank: int | None = None,  # factorize the embedding (and an untied head) through this rank
     d_ff: int | None = None,  # expert hidden width (None: the teacher's at its width, else 2 * d_model)
+    dropout: float | None = None,  # dropout inside the experts (None: the teacher's)
     init: bool = True,  # initialize from the teacher where shapes allow
 ) -> ResNetBKLM:
     "A smaller ResNet-BK with the teacher's vocabulary and numerics, initialized from the teacher where shapes allow."
     tc = teacher.cfg
-    cfg = student_config(tc, d_model, n_layers, num_experts, tie_embeddings, embed_rank, d_ff)
+    cfg = student_config(tc, d_model, n_layers, num_experts, tie_embeddings, embed_rank, d_ff, dropout)
     d = cfg.d_model
     with torch.device(model_device(teacher)):  # built where the teacher lives: every layer, and every tensor made below
         student = ResNetBKLM(cfg)
