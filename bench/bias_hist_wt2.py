@@ -35,7 +35,7 @@ if __name__ == '__main__':
     corpus = corpus.with_vocab(vocab)
     pipe = CompressionPipeline(teacher, vocab)  # the teacher in the stage files' order: its bias histogram is the run's
     pipe.table = None  # the quantize stage without its 4-bit biases, and without QAT steps
-    model, _ = pipe._stage_quantize(student, corpus, 0, None, False)
+    model, _, _ = pipe._stage_quantize(student, corpus, 0, None, False)
     b = model.head.bias.detach().float().clone()
     del model.head.bias
     counts, hist = _counts(corpus), pipe.bias_hist(corpus)

@@ -262,6 +262,11 @@ def _fit_args(
     )
 
 
+def _curve(hist: list[dict]) -> list[list]:
+    "A stage's training curve for the report: [steps so far, mean training loss of the epoch] after each epoch."
+    return [[h['steps'], h['train_loss']] for h in hist]
+
+
 @patch
 def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progress):
     torch.manual_seed(0)
@@ -270,12 +275,11 @@ def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progre
     tr = DistillationTrainer(model, student, corpus, **self.distill)
     if steps is None:
         steps = self._budget_steps(tr, corpus)  # --minutes: as many steps as the time left allows
-    if steps:
-        tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0))
+    hist = tr.fit(**self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=0)) if steps else []
     # learned codes: the stage file stores the assignment
     if hasattr(tr.student.tok_emb, 'freeze_codes_'):
         tr.student.tok_emb.freeze_codes_()
-    return tr.student, steps
+    return tr.student, steps, _curve(hist)
 
 
 @patch
@@ -286,10 +290,10 @@ def _stage_prune(self: CompressionPipeline, model, corpus, steps, ckpt, progress
     before = [m.num_experts for m in _moes(model)]
     prune_experts_(model, stats, keep=min(self.keep_experts, model.cfg.num_experts))
     if before == [m.num_experts for m in _moes(model)]:
-        return model, 0  # nothing pruned: nothing to retrain
-    if steps:
-        fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=1))
-    return model, steps
+        return model, 0, []  # nothing pruned: nothing to retrain
+    args = self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=1)
+    hist = fit(model, corpus, **args) if steps else []
+    return model, steps, _curve(hist)
 
 
 @patch
@@ -299,12 +303,12 @@ def _stage_quantize(self: CompressionPipeline, model, corpus, steps, ckpt, progr
     with calibrating(model), torch.no_grad():
         for x in self._calib(corpus, model.cfg.n_seq):
             model(x.to(model_device(model)))
-    if steps:
-        fit(model, corpus, **self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.qat_lr, seed=2))
+    args = self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.qat_lr, seed=2)
+    hist = fit(model, corpus, **args) if steps else []
     quantize_(model.eval(), self.quant, 'convert')
     if self.table and self.table['bias_bits'] == 4:
         quantize_bias_(model, _counts(corpus), self.bias_hist(corpus))
-    return model, steps
+    return model, steps, _curve(hist)
 
 # %% ../nbs/06_pipeline.ipynb #bde957f3
 def _counts(corpus: Corpus) -> torch.Tensor:
@@ -521,7 +525,7 @@ def run_pipeline(
         if steps is None and 'distill_steps' in (self.budget or {}):
             steps = self.budget['distill_steps']
         ckpt = out / f'stage{i}.ckpt'
-        model, steps = stage[name](model, corpus, steps, ckpt, progress)  # the steps it trained
+        model, steps, curve = stage[name](model, corpus, steps, ckpt, progress)  # the steps it trained, its curve
         path = save_compressed(
             model,
             out / f'stage{i}_{name}.safetensors',
@@ -534,6 +538,7 @@ def run_pipeline(
             **_measure(model.eval(), corpus, path),
             seconds=time.perf_counter() - t0,
             peak_mb=_peak_mb(),
+            curve=curve,  # [steps, mean training loss] after each epoch of the stage's training
         )
         state['stages'].append(rec)
         save_state()
@@ -631,7 +636,7 @@ def scratch_baseline(
     model = base.make_student(teacher, corpus).to(device)
     fit(model, corpus, **{**base._fit_args(corpus, n_seq, steps, None, progress, self.lr, seed=3), 'checkpoint': None})
     if 'quantize' in self.stages:
-        model, _ = base._stage_quantize(model, corpus, quantize_steps, None, progress)
+        model, _, _ = base._stage_quantize(model, corpus, quantize_steps, None, progress)
     path = save_compressed(model, out / 'baseline.safetensors', corpus.vocab, dict(stage='baseline'))
     return dict(
         name='scratch baseline',
