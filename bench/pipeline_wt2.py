@@ -55,7 +55,18 @@ def teacher_record(name, meta, trained=None) -> dict:
     "The teacher's recipe, valid curve, test perplexity and training time: from `trained` or its training JSON."
     t = TEACHERS[name]
     tr = trained or json.loads(t['json'].read_text())
-    keys = ('epochs', 'kept_epoch', 'num_experts', 'top_k', 'dropout', 'weight_decay', 'lr', 'params', 'train_wall_s')
+    keys = (
+        'epochs',
+        'kept_epoch',
+        'num_experts',
+        'top_k',
+        'dropout',
+        'weight_decay',
+        'lr',
+        'params',
+        'train_wall_s',
+        'contention',
+    )
     rec = {k: tr.get(k) for k in keys}
     if rec['num_experts'] is None:  # the 3-epoch teacher's JSON predates these fields: its config and recipe hold them
         c, recipe = tr['config'], TRAIN_DEFAULTS | t['recipe']
