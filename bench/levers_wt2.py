@@ -49,18 +49,31 @@ LEVERS = {
 
 
 def margin_evidence() -> list[dict]:
-    """Each committed budgeted pipeline run: the seconds its 10% margin held back from distillation, and the seconds it
-    ended before its deadline. A run that ends well inside its margin did not need all of it."""
+    """Each committed budgeted pipeline run: the seconds its 10% margin held back from distillation, the seconds it
+    ended before its deadline, and (runs since the stages record their training seconds) how much slower its
+    distillation steps ran than the probe that sized them. A run that ends well inside its margin did not need all
+    of it; steps slower than the probe by more than the margin would have overrun without the reserve."""
     rows = []
     for f in sorted((ROOT / 'bench' / 'out').glob('pipeline_wt2*.json')):
-        b = json.loads(f.read_text())['results']['report'].get('budget') or {}
+        rep = json.loads(f.read_text())['results']['report']
+        b = rep.get('budget') or {}
         if not b.get('minutes') or 'used_s' not in b:
             continue
-        margin_s = 0.1 * b['distill_steps'] * b['distill_step_s']
-        spare_s = b['minutes'] * 60 - b['used_s']
-        rows.append(
-            dict(file=f.name, budget_s=b['minutes'] * 60, used_s=b['used_s'], margin_s=margin_s, spare_s=spare_s)
+        d = next(s for s in rep['stages'] if s['name'] == 'distill')
+        row = dict(
+            file=f.name,
+            budget_s=b['minutes'] * 60,
+            used_s=b['used_s'],
+            margin_s=0.1 * b['distill_steps'] * b['distill_step_s'],
+            spare_s=b['minutes'] * 60 - b['used_s'],
+            probe_step_s=b['distill_step_s'],
         )
+        if d.get('train_s'):  # the steps alone, without building the targets and probing
+            row.update(
+                run_step_s=d['train_s'] / d['steps'],
+                slower_than_probe=d['train_s'] / d['steps'] / b['distill_step_s'] - 1,
+            )
+        rows.append(row)
     return rows
 
 

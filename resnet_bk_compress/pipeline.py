@@ -262,9 +262,10 @@ def _fit_args(
     )
 
 
-def _curve(hist: list[dict]) -> list[list]:
-    "A stage's training curve for the report: [steps so far, mean training loss of the epoch] after each epoch."
-    return [[h['steps'], h['train_loss']] for h in hist]
+def _training(hist: list[dict]) -> dict:
+    """What a stage's `fit` history puts in its record: its curve ([steps so far, mean training loss of the epoch]
+    after each epoch) and its seconds of training steps (without building targets, probing or scoring)."""
+    return dict(curve=[[h['steps'], h['train_loss']] for h in hist], train_s=sum(h['seconds'] for h in hist))
 
 
 @patch
@@ -279,7 +280,7 @@ def _stage_distill(self: CompressionPipeline, model, corpus, steps, ckpt, progre
     # learned codes: the stage file stores the assignment
     if hasattr(tr.student.tok_emb, 'freeze_codes_'):
         tr.student.tok_emb.freeze_codes_()
-    return tr.student, steps, _curve(hist)
+    return tr.student, steps, hist
 
 
 @patch
@@ -292,8 +293,7 @@ def _stage_prune(self: CompressionPipeline, model, corpus, steps, ckpt, progress
     if before == [m.num_experts for m in _moes(model)]:
         return model, 0, []  # nothing pruned: nothing to retrain
     args = self._fit_args(corpus, model.cfg.n_seq, steps, ckpt, progress, self.lr, seed=1)
-    hist = fit(model, corpus, **args) if steps else []
-    return model, steps, _curve(hist)
+    return model, steps, fit(model, corpus, **args) if steps else []
 
 
 @patch
@@ -308,7 +308,7 @@ def _stage_quantize(self: CompressionPipeline, model, corpus, steps, ckpt, progr
     quantize_(model.eval(), self.quant, 'convert')
     if self.table and self.table['bias_bits'] == 4:
         quantize_bias_(model, _counts(corpus), self.bias_hist(corpus))
-    return model, steps, _curve(hist)
+    return model, steps, hist
 
 # %% ../nbs/06_pipeline.ipynb #bde957f3
 def _counts(corpus: Corpus) -> torch.Tensor:
@@ -525,7 +525,7 @@ def run_pipeline(
         if steps is None and 'distill_steps' in (self.budget or {}):
             steps = self.budget['distill_steps']
         ckpt = out / f'stage{i}.ckpt'
-        model, steps, curve = stage[name](model, corpus, steps, ckpt, progress)  # the steps it trained, its curve
+        model, steps, hist = stage[name](model, corpus, steps, ckpt, progress)  # the steps it trained, its history
         path = save_compressed(
             model,
             out / f'stage{i}_{name}.safetensors',
@@ -538,7 +538,7 @@ def run_pipeline(
             **_measure(model.eval(), corpus, path),
             seconds=time.perf_counter() - t0,
             peak_mb=_peak_mb(),
-            curve=curve,  # [steps, mean training loss] after each epoch of the stage's training
+            **_training(hist),
         )
         state['stages'].append(rec)
         save_state()
