@@ -133,8 +133,7 @@ if __name__ == '__main__':
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cut = a.resume and done_before < len(rep['stages'])  # a stage ran (resumed) in this call: its first part is lost
     if a.resume:  # this process did not run the whole pipeline: the state's measurements are the run's
-        run_s = rep['budget']['used_s'] if rep.get('budget') else counted_s + rep['seconds']
-        run_s -= counted_s
+        run_s = rep['budget']['used_s'] - counted_s if rep.get('budget') else rep['seconds']
         peak_mb = max(st['peak_mb'] for st in rep['stages'])
     print(pipe, flush=True)
     if not a.no_baseline:  # a measurement after the run: not in its time
