@@ -13,7 +13,7 @@ one knob changed from the library's defaults (`default`):
 Every run gets the same wall-clock budget, not the same steps: a lever that makes a step cheaper (no dropout masks,
 fewer cached words) buys more of them. The budget is `--epochs` epochs of the default's step, and the steps of a lever
 that changes a step's cost (dropout, k) are that budget over its own seconds per step, timed back to back with the
-default's three times (the median ratio; recorded); the learning-rate and schedule levers train the default's steps.
+default's five times (the median ratio; recorded); the learning-rate and schedule levers train the default's steps.
 Results land in the JSON as each run finishes (a rerun skips the runs there), with the valid perplexity after each
 epoch and the test perplexity at the end. The budget's safety margin is read from the committed pipeline runs (the
 seconds it held back against the seconds each run ended before its deadline, and how much slower their steps ran than
@@ -125,7 +125,7 @@ if __name__ == '__main__':
         obj = DistillationObjective(s, teacher, targets=targets[k], **d)
         return s, obj, kn.get('lr', pipe.lr), kn.get('warmup', 0.05)
 
-    def step_s(lever, steps=10) -> float:
+    def step_s(lever, steps=30) -> float:
         s, obj, lr, _ = setup(lever)
         kw = dict(eval_split=None, progress=False, lr=lr, batch_size=pipe.batch_size, objective=obj, offset=0)
         fit(s, corpus, max_steps=2, **kw)
@@ -149,11 +149,11 @@ if __name__ == '__main__':
     for lever in a.levers:
         if lever in runs:
             continue
-        # seconds per step, the default's and the lever's back to back, three times: the median ratio sizes the run
+        # seconds per step, the default's and the lever's back to back, five times: the median ratio sizes the run
         # a lever that leaves the step as it is (the learning rate, the schedule) trains the default's steps exactly:
         # timing it would only add the timer's noise (about 8% here) to its length
         timed = bool(set(LEVERS[lever]) & COST)
-        pairs = [(step_s('default'), step_s(lever)) for _ in range(3)] if timed else [(1.0, 1.0)]
+        pairs = [(step_s('default'), step_s(lever)) for _ in range(5)] if timed else [(1.0, 1.0)]
         base_s, own_s = sorted(pairs, key=lambda b: b[0] / b[1])[len(pairs) // 2]
         steps = max(1, round(a.epochs * per * base_s / own_s))
         s, obj, lr, warm = setup(lever)
