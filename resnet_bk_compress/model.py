@@ -82,7 +82,9 @@ class ResNetBKConfig:
             )
         for k in ('v_clamp', 'feature_clamp'):
             v = getattr(self, k)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= sys.float_info.max:
+            if (
+                isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= torch.finfo(torch.float32).max
+            ):  # clamps of float32 tensors
                 raise InputError(f"ResNetBKConfig.{k} must be a finite number > 0, got {v!r:.40}")
             setattr(self, k, float(v))
         if not (math.isfinite(self.z.real) and math.isfinite(self.z.imag)):
