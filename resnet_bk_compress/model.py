@@ -80,12 +80,13 @@ class ResNetBKConfig:
                 f"ResNetBKConfig.z must have a positive imaginary part (got {self.z}): "
                 f"H is real symmetric, so Im z > 0 keeps H - zI invertible"
             )
+        big = torch.finfo(torch.float32).max  # the clamps bound float32 tensors
         for k in ('v_clamp', 'feature_clamp'):
             v = getattr(self, k)
-            if (
-                isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= torch.finfo(torch.float32).max
-            ):  # clamps of float32 tensors
-                raise InputError(f"ResNetBKConfig.{k} must be a finite number > 0, got {v!r:.40}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= big:
+                raise InputError(
+                    f"ResNetBKConfig.{k} must be a number in (0, {big:.4g}] (a float32 bound), got {v!r:.40}"
+                )
             setattr(self, k, float(v))
         if not (math.isfinite(self.z.real) and math.isfinite(self.z.imag)):
             raise InputError(f"ResNetBKConfig.z must be finite, got {self.z}")

@@ -120,6 +120,7 @@ def test_two_sided_lm_is_not_causal():
 
 @pytest.mark.parametrize('kw,msg', [(dict(top_k=0), 'top_k must be a positive integer'), (dict(dropout=1.0), 'dropout'),
                                     (dict(z=1 - 1j), 'positive imaginary part'), (dict(bk_dtype='complex32'), 'bk_dtype'),
-                                    (dict(n_seq=2.5), 'n_seq must be a positive integer')])
+                                    (dict(n_seq=2.5), 'n_seq must be a positive integer'),
+                                    (dict(feature_clamp=3.402823466385289e+38), r'feature_clamp must be a number in \(0, 3.403e\+38\]')])
 def test_config_validation(kw, msg):
     with pytest.raises(ValueError, match=msg): ResNetBKConfig(**kw)
