@@ -8,19 +8,22 @@ one knob changed from the library's defaults (`default`):
 - `dropout0`, `dropout0.3`: dropout inside the student's experts (the teacher's 0.1 is inherited);
 - `lr1.5e-3`, `lr6e-3`: the peak learning rate (3e-3);
 - `warmup0.01`, `warmup0.2`: the share of steps spent warming up (0.05) before the cosine decay;
-- `k8`, `k128`: how many of the teacher's words per token the target cache keeps (32).
+- `k8`, `k128`: how many of the teacher's words per token the target cache keeps (32);
+- `dropout0+lr6e-3`: the two winners of the 4-epoch screen together, for the runs at length (`--epochs 16`).
 
 Every run gets the same wall-clock budget, not the same steps: a lever that makes a step cheaper (no dropout masks,
 fewer cached words) buys more of them. The budget is `--epochs` epochs of the default's step, and the steps of a lever
 that changes a step's cost (dropout, k) are that budget over its own seconds per step, timed back to back with the
 default's five times (the median ratio; recorded); the learning-rate and schedule levers train the default's steps.
-Results land in the JSON as each run finishes (a rerun skips the runs there), with the valid perplexity after each
-epoch and the test perplexity at the end. The budget's safety margin is read from the committed pipeline runs (the
-seconds it held back against the seconds each run ended before its deadline, and how much slower their steps ran than
-the probe that sized them), not trained here.
+`--same-steps` trains every lever for the default's steps instead (the runs at length: whether a lever's gain holds
+without the steps it buys), and each run records the seconds its training steps took (`train_s`), so the cost of a
+step is measured over the whole run as well as by the timer. Results land in the JSON as each run finishes (a rerun
+skips the runs there), with the valid perplexity after each epoch and the test perplexity at the end. The budget's
+safety margin is read from the committed pipeline runs (the seconds it held back against the seconds each run ended
+before its deadline, and how much slower their steps ran than the probe that sized them), not trained here.
 
     python bench/levers_wt2.py [--teacher reference] [--epochs 4] [--levers default dropout0 ...] [--threads N]
-                               [--train-tokens N] [--out bench/out/levers_wt2.json]
+                               [--same-steps] [--train-tokens N] [--out bench/out/levers_wt2.json]
 """
 
 import argparse, json, math, platform, sys, time
@@ -46,6 +49,7 @@ LEVERS = {
     'warmup0.2': dict(warmup=0.2),
     'k8': dict(k=8),
     'k128': dict(k=128),
+    'dropout0+lr6e-3': dict(dropout=0.0, lr=6e-3),  # the two screen winners together, for the runs at length
 }
 
 COST = {'dropout', 'k'}  # the levers that change what a step costs (dropout masks, the cached words it reads)
@@ -87,6 +91,9 @@ if __name__ == '__main__':
     p.add_argument('--levers', nargs='+', default=list(LEVERS), choices=list(LEVERS))
     p.add_argument('--target', type=float, default=100.0)
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument(
+        '--same-steps', action='store_true', help="every lever trains the default's steps (each run's seconds recorded)"
+    )
     p.add_argument('--train-tokens', type=int, default=None, help='a smoke run: the first N training tokens only')
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'levers_wt2.json'))
     a = p.parse_args()
@@ -102,6 +109,8 @@ if __name__ == '__main__':
     )
     pipe.use_plan(plan := pipe.plan(corpus0))
     key = dict(teacher=a.teacher, plan=plan.to_dict(), epochs=a.epochs, train_tokens=a.train_tokens)
+    if a.same_steps:
+        key['same_steps'] = True
     if res.get('key') not in (None, key):  # another student or budget: its runs do not compare with these
         print(f"the setup changed ({res['key']} -> {key}): starting over", flush=True)
         res = {}
@@ -152,7 +161,7 @@ if __name__ == '__main__':
         # seconds per step, the default's and the lever's back to back, five times: the median ratio sizes the run
         # a lever that leaves the step as it is (the learning rate, the schedule) trains the default's steps exactly:
         # timing it would only add the timer's noise (about 8% here) to its length
-        timed = bool(set(LEVERS[lever]) & COST)
+        timed = bool(set(LEVERS[lever]) & COST) and not a.same_steps
         pairs = [(step_s('default'), step_s(lever)) for _ in range(5)] if timed else [(1.0, 1.0)]
         base_s, own_s = sorted(pairs, key=lambda b: b[0] / b[1])[len(pairs) // 2]
         steps = max(1, round(a.epochs * per * base_s / own_s))
@@ -178,6 +187,7 @@ if __name__ == '__main__':
             step_s=own_s if timed else None,
             default_step_s=base_s if timed else None,
             wall_s=time.perf_counter() - t0,
+            train_s=sum(h['seconds'] for h in hist),  # the training steps alone, without the evaluations
             valid_by_epoch=[dict(steps=h['steps'], valid_ppl=h['valid_ppl']) for h in hist],
             valid_ppl=hist[-1]['valid_ppl'],
             test_ppl=evaluate(s, corpus.test)['ppl'],
