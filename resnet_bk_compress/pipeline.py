@@ -191,7 +191,8 @@ class CompressionPipeline:
         checkpoint_every: int = 50,  # training steps between checkpoints inside a stage
         teacher_bytes: int | None = None,  # bytes of the teacher's file (default: the teacher saved by save_model)
     ):
-        self.student = dict(tie_embeddings=True) if student is None else student
+        # no dropout: it costs a distilled student quality and time (05_distill, the levers)
+        self.student = dict(tie_embeddings=True, dropout=0.0) if student is None else student
         self.distill = dict(targets='topk', k=32, T=1.0) if distill is None else distill
         check_settings(
             model.cfg, len(vocab), target_compression, max_ppl_increase, stages, self.student, self.distill, table
@@ -922,7 +923,7 @@ def plan(self: CompressionPipeline, corpus: Corpus) -> Plan:
         last = tried[-1]
         return Plan(last['student'], last['table'], last['keep_experts'], b, budget, tuple(tried))
 
-    tied = dict(tie_embeddings=True)
+    tied = dict(tie_embeddings=True, dropout=0.0)  # no dropout: 05_distill's levers
     # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
     K = 256 if V >= 8192 else 16
     for keep in sorted({tc.num_experts, 1}, reverse=True):  # a plain tied INT4 table, all experts, then one

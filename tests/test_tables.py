@@ -6,6 +6,7 @@ from safetensors import safe_open
 from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words
 from resnet_bk_compress.files import file_bytes, read_model_file
 from resnet_bk_compress.tables import canonical_order, permute_vocab_, permute_vocab
+from resnet_bk_compress.distill import make_student
 from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, PlanError, load_compressed, COMPRESSED_VERSION, Plan
 from conftest import sealed, fresh_process_logits, train_small
 
@@ -84,6 +85,8 @@ def test_planner_predicts_the_file_and_refuses_what_no_student_reaches(syn, teac
     before = copy.copy(pipe.__dict__)
     plan = pipe.plan(syn)  # a value: the pipeline is unchanged until a run uses it
     assert isinstance(plan, Plan) and pipe.__dict__ == before and plan.tried[-1]['bytes'] == plan.predicted_bytes <= plan.budget
+    # no dropout in the planned student (05_distill: dropout costs a distilled student quality and time)
+    assert plan.student['dropout'] == 0.0 and teacher.cfg.dropout > 0 and make_student(teacher, **plan.student).cfg.dropout == 0.0
     rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'run', progress=False)
     assert pipe.planned == plan and (pipe.student, pipe.table) == (plan.student, plan.table) and rep['plan'] == plan.to_dict()
     assert pipe.planned.table is not None and rep['compression_ratio'] >= 25
