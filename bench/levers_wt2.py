@@ -5,7 +5,9 @@ by default), distilled as the distill stage does it (cached top-k targets at T =
 warmup-cosine schedule sized to the run). Each lever is its own run from the same initialization and batch order,
 one knob changed from the library's defaults (`default`):
 
-- `dropout0`, `dropout0.3`: dropout inside the student's experts (the teacher's 0.1 is inherited);
+- `dropout0`, `dropout0.3`: dropout inside the student's experts (the committed runs were measured when the student
+  inherited the teacher's 0.1; these runs made 0 the planner's default, so `default` is now `dropout0`, and a rerun
+  starts over: the plan in the JSON's key changed);
 - `lr1.5e-3`, `lr6e-3`: the peak learning rate (3e-3);
 - `warmup0.01`, `warmup0.2`: the share of steps spent warming up (0.05) before the cosine decay;
 - `k8`, `k128`: how many of the teacher's words per token the target cache keeps (32);
