@@ -50,10 +50,10 @@ from resnet_bk_compress.distill import (
 )
 
 # %% auto #0
-__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'PLAN_DENSE',
-           'save_compressed', 'compressed_info', 'load_compressed', 'check_settings', 'CompressionPipeline',
-           'PipelineError', 'PlanError', 'file_parts', 'gain_kept', 'plot_report', 'Plan', 'compress_main',
-           'rbk_compress', 'pipeline_check']
+__all__ = ['COMPRESSED_VERSION', 'READS', 'STAGES', 'RUN_EPOCHS', 'TEACHER_EPOCHS', 'TABLE_DEFAULTS', 'STUDENT_DEFAULTS',
+           'PLAN_DENSE', 'save_compressed', 'compressed_info', 'load_compressed', 'check_settings',
+           'CompressionPipeline', 'PipelineError', 'PlanError', 'file_parts', 'gain_kept', 'plot_report', 'Plan',
+           'compress_main', 'rbk_compress', 'pipeline_check']
 
 # %% ../nbs/06_pipeline.ipynb #0f0f1665
 # 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
@@ -113,6 +113,9 @@ TEACHER_EPOCHS = 3
 
 # learn_codes: 03a_tables' straight-through codes
 TABLE_DEFAULTS = dict(n_dense=1000, n_codebooks=1, codebook_size=256, bias_bits=4, learn_codes=False)
+# the student's settings that no plan changes: a head tied to its table, and no dropout (it costs a distilled student
+# quality and time: 05_distill, the levers)
+STUDENT_DEFAULTS = dict(tie_embeddings=True, dropout=0.0)
 
 
 def _peak_mb() -> float:
@@ -191,8 +194,7 @@ class CompressionPipeline:
         checkpoint_every: int = 50,  # training steps between checkpoints inside a stage
         teacher_bytes: int | None = None,  # bytes of the teacher's file (default: the teacher saved by save_model)
     ):
-        # no dropout: it costs a distilled student quality and time (05_distill, the levers)
-        self.student = dict(tie_embeddings=True, dropout=0.0) if student is None else student
+        self.student = dict(STUDENT_DEFAULTS) if student is None else student
         self.distill = dict(targets='topk', k=32, T=1.0) if distill is None else distill
         check_settings(
             model.cfg, len(vocab), target_compression, max_ppl_increase, stages, self.student, self.distill, table
@@ -923,7 +925,7 @@ def plan(self: CompressionPipeline, corpus: Corpus) -> Plan:
         last = tried[-1]
         return Plan(last['student'], last['table'], last['keep_experts'], b, budget, tuple(tried))
 
-    tied = dict(tie_embeddings=True, dropout=0.0)  # no dropout: 05_distill's levers
+    tied = STUDENT_DEFAULTS
     # codes of a byte for a large vocabulary; for a small one, 4-bit codes and codebooks a sixteenth the size
     K = 256 if V >= 8192 else 16
     for keep in sorted({tc.num_experts, 1}, reverse=True):  # a plain tied INT4 table, all experts, then one
