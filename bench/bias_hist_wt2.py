@@ -19,7 +19,9 @@ from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.train import evaluate
 from resnet_bk_compress.coding import code_bytes
 from resnet_bk_compress.tables import QuantizedBias
-from resnet_bk_compress.pipeline import CompressionPipeline, load_compressed, save_compressed, _counts
+from resnet_bk_compress.files import load_compressed, save_compressed
+from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.plan import word_counts, bias_hist
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,7 +40,7 @@ if __name__ == '__main__':
     model, _, _ = pipe._stage_quantize(student, corpus, 0, None, False)
     b = model.head.bias.detach().float().clone()
     del model.head.bias
-    counts, hist = _counts(corpus), pipe.bias_hist(corpus)
+    counts, hist = word_counts(corpus), bias_hist(teacher, vocab, corpus)
     km = QuantizedBias.from_float(b, counts)
     equal = torch.tensor([len(b) // 16 + (i < len(b) % 16) for i in range(16)])
     ways = {'k-means, nearest level': km, "rank, the teacher's histogram": QuantizedBias.from_float(b, counts, hist),

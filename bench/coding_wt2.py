@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import ROOT
 from resnet_bk_compress.data import front_code, _CODECS
 from resnet_bk_compress.files import save_model, read_model_file, file_bytes
-from resnet_bk_compress.pipeline import load_compressed, save_compressed, file_parts, _PARTS
+from resnet_bk_compress.files import load_compressed, save_compressed
+from resnet_bk_compress.report import file_parts, _PARTS
 
 def entropy_bytes(a: np.ndarray, k: int) -> float:
     c = np.bincount(a, minlength=k).astype(float); p = c[c > 0] / c.sum()

@@ -29,6 +29,7 @@ from resnet_bk_compress.train import evaluate, fit
 from resnet_bk_compress.distill import DistillationTrainer
 from resnet_bk_compress.generate import generate_ids
 from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.plan import Plan, build_student, canonical_teacher
 
 def run(student, corpus, steps, objective, pipe, offset) -> dict:
     "Train `student` for `steps` (warmup-cosine over exactly those), valid ppl after each epoch, test ppl at the end."
@@ -66,29 +67,26 @@ if __name__ == '__main__':
     corpus0 = load_wikitext2()
     teacher0, vocab0, _ = reference_teacher()
     pipe = CompressionPipeline(teacher0, vocab0, target_compression=a.target, teacher_bytes=file_bytes(teacher_file()))
-    pipe.use_plan(plan := pipe.plan(corpus0))
-    if res.get('plan') not in (None, plan.to_dict()):  # another student: its runs are not points of this curve
+    pipe.use_plan(plan := pipe.choose_plan(corpus0))
+    if res.get('plan') and Plan.from_dict(res['plan']).to_dict() != plan.to_dict():  # another student: its runs are not points of this curve
         print(f"the plan changed ({res['plan']} -> {plan.to_dict()}): starting the curve over", flush=True)
         res = {}
-    teacher, vocab = pipe.canonical_teacher(corpus0)
+    teacher, vocab = canonical_teacher(teacher0, vocab0, corpus0, pipe.table)
     corpus = corpus0.with_vocab(vocab)
     n_seq = teacher.cfg.n_seq
     per = batches_per_epoch(len(corpus.train), n_seq, pipe.batch_size)
     def student(scratch=False):
         torch.manual_seed(0)
-        base = pipe
-        if scratch:
-            import copy
-            base = copy.copy(pipe); base.student = {**pipe.student, 'init': False}
-        return base.make_student(teacher, corpus)
-    tr = DistillationTrainer(teacher, student(), corpus, **pipe.distill)  # the top-k cache, once
+        calib = pipe._calib(corpus, n_seq)
+        return build_student(teacher, corpus, pipe.student.replace(init=not scratch), pipe.table, calib)
+    tr = DistillationTrainer(teacher, student(), corpus, **pipe.distill.to_dict())  # the top-k cache, once
     objective = tr.objective.like  # the same objective for another student (or other targets: targets=...)
     if 'step_s' not in res:  # both timed back to back, the same conditions
         res['step_s'] = dict(distill=pipe._seconds_per_step(student(), corpus, objective, pipe.lr, steps=10),
                              scratch=pipe._seconds_per_step(student(True), corpus, None, pipe.lr, steps=10))
     res.update(plan=plan.to_dict(), teacher_test_ppl=evaluate(teacher, corpus.test)['ppl'],
                teacher_valid_ppl=evaluate(teacher, corpus.valid)['ppl'], steps_per_epoch=per, train_tokens=len(corpus.train),
-               unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(vocab)), distill=pipe.distill, lr=pipe.lr,
+               unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(vocab)), distill=pipe.distill.to_dict(), lr=pipe.lr,
                torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine())
     save()
     runs = res.setdefault('runs', {})
@@ -113,7 +111,7 @@ if __name__ == '__main__':
         gen = torch.load(ROOT / '.cache' / 'curve_generated.pt')
         mixed = Corpus(vocab, torch.cat([corpus.train, gen]), corpus.valid, corpus.test, 'wikitext-2 + teacher text')
         s = student()
-        trg = DistillationTrainer(teacher, s, mixed, **pipe.distill)
+        trg = DistillationTrainer(teacher, s, mixed, **pipe.distill.to_dict())
         runs[k] = dict(kind='generated', epochs=e, mixed_tokens=len(mixed.train),
                        **run(s, mixed, max(1, round(e * per)), objective(s, targets=trg.targets), pipe, 0))
         del trg

@@ -19,7 +19,7 @@ if __name__ == '__main__':
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         # exactly the README's command, no arguments (progress bars go to stderr)
-        r = subprocess.run([sys.executable, '-c', 'from resnet_bk_compress.pipeline import rbk_compress; rbk_compress()'],
+        r = subprocess.run([sys.executable, '-c', 'from resnet_bk_compress.cli import rbk_compress; rbk_compress()'],
                            cwd=d, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         if r.returncode:

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, teacher_file
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import file_bytes
-from resnet_bk_compress.pipeline import CompressionPipeline, PlanError
+from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.plan import PlanError
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

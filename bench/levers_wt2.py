@@ -39,6 +39,7 @@ from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.train import evaluate, fit
 from resnet_bk_compress.distill import DistillationObjective, TeacherTargets
 from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.plan import Plan, build_student, canonical_teacher
 
 # name -> what it changes from the defaults: dropout of the student, lr, warmup share, k of the target cache
 LEVERS = {
@@ -109,14 +110,15 @@ if __name__ == '__main__':
     pipe = CompressionPipeline(
         teacher0, vocab0, target_compression=a.target, teacher_bytes=file_bytes(teacher_file(a.teacher))
     )
-    pipe.use_plan(plan := pipe.plan(corpus0))
+    pipe.use_plan(plan := pipe.choose_plan(corpus0))
     key = dict(teacher=a.teacher, plan=plan.to_dict(), epochs=a.epochs, train_tokens=a.train_tokens)
     if a.same_steps:
         key['same_steps'] = True
-    if res.get('key') not in (None, key):  # another student or budget: its runs do not compare with these
+    old = res.get('key')  # (its plan as a value: the JSON of an earlier version of the library)
+    if old and {**old, 'plan': Plan.from_dict(old['plan']).to_dict()} != key:  # another student or budget
         print(f"the setup changed ({res['key']} -> {key}): starting over", flush=True)
         res = {}
-    teacher, vocab = pipe.canonical_teacher(corpus0)
+    teacher, vocab = canonical_teacher(teacher0, vocab0, corpus0, pipe.table)
     corpus = corpus0.with_vocab(vocab)
     if a.train_tokens:
         corpus = Corpus(vocab, corpus.train[: a.train_tokens], corpus.valid, corpus.test, 'wikitext-2, cut')
@@ -126,13 +128,13 @@ if __name__ == '__main__':
     def setup(lever):
         "(student, objective, lr, warmup) of a lever, from the same initialization."
         kn = LEVERS[lever]
-        pipe.student = plan.student | {k: v for k, v in kn.items() if k == 'dropout'}  # the student setting
+        student = plan.student.replace(**{k: v for k, v in kn.items() if k == 'dropout'})  # the student setting
         torch.manual_seed(0)
-        s = pipe.make_student(teacher, corpus)
-        k = kn.get('k', pipe.distill['k'])
+        s = build_student(teacher, corpus, student, pipe.table, pipe._calib(corpus, teacher.cfg.n_seq))
+        k = kn.get('k', pipe.distill.k)
         if k not in targets:
-            targets[k] = TeacherTargets(teacher, corpus.train, k=k, T=pipe.distill.get('T', 1.0))
-        d = {kk: v for kk, v in pipe.distill.items() if kk not in ('k', 'targets')}
+            targets[k] = TeacherTargets(teacher, corpus.train, k=k, T=pipe.distill.T)
+        d = {kk: v for kk, v in pipe.distill.to_dict().items() if kk not in ('k', 'targets')}
         obj = DistillationObjective(s, teacher, targets=targets[k], **d)
         return s, obj, kn.get('lr', pipe.lr), kn.get('warmup', 0.05)
 
@@ -148,7 +150,7 @@ if __name__ == '__main__':
         key=key,
         steps_per_epoch=per,
         teacher_test_ppl=evaluate(teacher, corpus.test)['ppl'],
-        distill=pipe.distill,
+        distill=pipe.distill.to_dict(),
         lr=pipe.lr,
         torch=torch.__version__,
         threads=torch.get_num_threads(),

@@ -33,7 +33,9 @@ from train_wt2 import KEPT, ROOT, TEACHERS, reference_teacher, sha256, train_ref
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.train import evaluate
-from resnet_bk_compress.pipeline import CompressionPipeline, load_compressed, RUN_EPOCHS
+from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.files import load_compressed
+from resnet_bk_compress.settings import RUN_EPOCHS
 
 PPL_GOAL = {'reference': 0.07, '8experts': 0.10, '3epoch': 0.15}  # issue 34 (issues 7 and 15 for the 3-epoch path)
 # train_reference's own defaults: the knobs a recipe leaves as they are

@@ -23,7 +23,8 @@ from train_wt2 import ROOT
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import model_digest, file_bytes
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
-from resnet_bk_compress.pipeline import CompressionPipeline, save_compressed
+from resnet_bk_compress.files import save_compressed
+from resnet_bk_compress.plan import plan, final_structure
 
 CHILD = """
 import gc, json, resource, sys, time
@@ -94,9 +95,8 @@ if __name__ == '__main__':
     corpus = load_wikitext2()
     torch.manual_seed(0)
     teacher = ResNetBKLM(ResNetBKConfig(vocab_size=len(corpus.vocab))).eval()
-    pipe = CompressionPipeline(teacher, corpus.vocab, target_compression=100.0, teacher_bytes=18_721_016)
-    pipe.use_plan(pipe.plan(corpus))
-    model, vocab = pipe.final_structure(corpus)
+    pl = plan(teacher, corpus.vocab, corpus, 100.0, teacher_bytes=18_721_016)
+    model, vocab = final_structure(teacher, corpus.vocab, corpus, pl.student, pl.table, pl.keep_experts)
     res = dict(variants={}, torch=torch.__version__, machine=platform.machine())
     with tempfile.TemporaryDirectory() as d:
         src = save_compressed(model, Path(d) / 'wt2_100x.safetensors', vocab)

@@ -19,6 +19,7 @@ from resnet_bk_compress.train import fit, bench_result, dense_head_loss
 from resnet_bk_compress.distill import DistillationObjective, TeacherTargets
 from resnet_bk_compress.quant import quantize_, calibrating
 from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.plan import build_student, canonical_teacher
 
 def tokens_per_s(model, corpus, steps: int, lr: float, objective=None, dense: bool = False) -> float:
     "fit's tokens/s over `steps` steps of a copy of `model` (after one warm-up step), with the dense loss when `dense`."
@@ -38,11 +39,11 @@ if __name__ == '__main__':
     teacher, vocab, _ = reference_teacher()
     plan = bench_result('pipeline_wt2')['results']['report']['plan']
     pipe = CompressionPipeline(teacher, vocab, student=plan['student'], table=plan['table'], keep_experts=plan['keep_experts'])
-    t_can, v_can = pipe.canonical_teacher(corpus)
+    t_can, v_can = canonical_teacher(teacher, vocab, corpus, pipe.table)
     c = corpus.with_vocab(v_can)
     sub = Corpus(c.vocab, c.train[:300_000], c.valid, c.test, c.name, c.meta)
     torch.manual_seed(0)
-    student = pipe.make_student(t_can, c)
+    student = build_student(t_can, c, pipe.student, pipe.table, pipe._calib(c, t_can.cfg.n_seq))
     targets = TeacherTargets(t_can, sub.train, k=32, T=1.)
     distill = lambda m: DistillationObjective(m, t_can, alpha=0.5, T=1., beta=0.1, targets=targets)
     qat = copy.deepcopy(student)

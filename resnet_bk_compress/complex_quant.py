@@ -22,7 +22,7 @@ from resnet_bk_compress.quant import (
     Int8Config,
     quantize_tensor,
     dequantize_tensor,
-    fake_quantize,
+    fake_quantize_tensor,
     sqnr,
     _check_finite,
 )
@@ -153,7 +153,7 @@ def fake_quantize(self: ComplexQuantizer, x: torch.Tensor) -> torch.Tensor:
     a, b = self.components(x)
     return self.combine(
         *(
-            fake_quantize(c.contiguous(), s[i], z[i], self.bits, self.symmetric, self.granularity)
+            fake_quantize_tensor(c.contiguous(), s[i], z[i], self.bits, self.symmetric, self.granularity)
             for i, c in enumerate((a, b))
         )
     )

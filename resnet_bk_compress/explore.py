@@ -17,7 +17,7 @@ from .train import evaluate
 from .quant import quantize_, calibrating, sqnr
 from .int4_moe import Int4MoEConfig, QuantizedMoELayer
 from .pruning import expert_stats, prune_experts_, _moes
-from .pipeline import save_compressed
+from .files import save_compressed
 
 # %% auto #0
 __all__ = ['CompressionExplorer', 'weight_sqnr', 'frontier']

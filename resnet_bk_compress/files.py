@@ -20,9 +20,10 @@ from .data import Vocab, bounded_decode, pack_words, unpack_words
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'READS_FORMATS', 'KINDS', 'STRUCTURES', 'SMALL', 'CONFIG_RANGES', 'LOAD_FLOOR',
-           'LOAD_EXPANSION', 'CODED_EXPANSION', 'MAX_WORD_BYTES', 'ModelFileError', 'file_bytes', 'atomic_write',
-           'encode_sparse', 'decode_sparse', 'model_digest', 'register_structure', 'save_model', 'load_budget',
-           'float_model_bytes', 'read_header', 'structure_only', 'read_model_file', 'load_model']
+           'LOAD_EXPANSION', 'CODED_EXPANSION', 'MAX_WORD_BYTES', 'COMPRESSED_VERSION', 'READS', 'ModelFileError',
+           'file_bytes', 'atomic_write', 'encode_sparse', 'decode_sparse', 'model_digest', 'register_structure',
+           'save_model', 'load_budget', 'float_model_bytes', 'read_header', 'structure_only', 'read_model_file',
+           'load_model', 'save_compressed', 'compressed_info', 'load_compressed']
 
 # %% ../nbs/00d_files.ipynb #42bdb9d8
 # 2: a checksum and a 'structure' entry; 3: entropy-coded tensors ('coded')
@@ -617,3 +618,51 @@ def load_model(path: str | Path) -> tuple[ResNetBKLM, Vocab, dict]:
     except RuntimeError as e:
         raise ModelFileError(f"'{path}' does not match its config: {str(e)[:2000]}") from None
     return model.eval(), vocab, meta
+
+# %% ../nbs/00d_files.ipynb #e1c36e75
+# 2: codebook tables, 4-bit biases, packed word lists; 3: entropy-coded tensors; 1 and 2 still load
+COMPRESSED_VERSION = 3
+READS = (1, 2, 3)
+
+
+def save_compressed(
+    model: ResNetBKLM, path: str | Path, vocab, info: dict | None = None, meta: dict | None = None
+) -> Path:
+    """`save_model` as the pipeline writes its files: word list and small tensors packed, byte tensors entropy-coded, a
+    `compressed` entry."""
+    return save_model(
+        model,
+        path,
+        vocab,
+        meta,
+        header={'compressed': {'version': COMPRESSED_VERSION, **(info or {})}},
+        compress_vocab=True,
+        pack_small=True,
+        entropy_code=True,
+    )
+
+
+def compressed_info(path: str | Path) -> dict:
+    "The `compressed` header entry of a file (its version and run history); clear errors for any other file."
+    header = read_header(path)  # missing, truncated, corrupt, foreign and newer model files are refused here
+    if 'compressed' not in header:
+        raise ModelFileError(
+            f"'{path}' is a resnet_bk_compress model file but not one the pipeline wrote: load it with load_model"
+        )
+    try:
+        info = json.loads(header['compressed'])
+    except json.JSONDecodeError:
+        raise ModelFileError(f"'{path}' has a malformed 'compressed' header entry: the file is corrupt") from None
+    if info.get('version') not in READS:
+        raise ModelFileError(
+            f"'{path}' is compressed format version {info.get('version')!r}; this library reads versions {READS}: "
+            f"upgrade resnet_bk_compress to read it"
+        )
+    return info
+
+
+def load_compressed(path: str | Path) -> tuple[ResNetBKLM, object, dict]:
+    "(model in eval mode, vocabulary, compressed info): `load_model`, and the file's `compressed` entry checked."
+    info = compressed_info(path)
+    model, vocab, _ = load_model(path)
+    return model, vocab, info

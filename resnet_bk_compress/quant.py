@@ -28,8 +28,8 @@ from .train import lm_loss
 
 # %% auto #0
 __all__ = ['OBSERVERS', 'QUANT_KINDS', 'PerTensor', 'PerChannel', 'PerGroup', 'qrange', 'group_view', 'min_max',
-           'qparams_from_min_max', 'choose_qparams', 'quantize_tensor', 'dequantize_tensor', 'fake_quantize', 'sqnr',
-           'MinMaxObserver', 'MovingAverageMinMaxObserver', 'PercentileObserver', 'MSEObserver', 'Calibratable',
+           'qparams_from_min_max', 'choose_qparams', 'quantize_tensor', 'dequantize_tensor', 'fake_quantize_tensor',
+           'sqnr', 'MinMaxObserver', 'MovingAverageMinMaxObserver', 'PercentileObserver', 'MSEObserver', 'Calibratable',
            'Quantizer', 'FakeQuantizer', 'calibrating', 'QuantizedBKCore', 'QuantConfig', 'Int8Config', 'copy_float_',
            'QATLinear', 'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_', 'qat_check']
 
@@ -153,7 +153,7 @@ def dequantize_tensor(
     return x.reshape(*q.shape[:-1], -1)[..., : q.shape[-1]] if isinstance(granularity, PerGroup) else x
 
 
-def fake_quantize(
+def fake_quantize_tensor(
     x: torch.Tensor,
     scale: torch.Tensor,
     zero_point: torch.Tensor,
@@ -343,7 +343,7 @@ class MSEObserver(MinMaxObserver):
         best, best_err = None, None
         for r in self.ratios:
             s, z = qparams_from_min_max(lo * r, hi * r, self.bits, self.symmetric)
-            err = (fake_quantize(xs, s, z, self.bits, self.symmetric, PerChannel(0)) - xs).pow(2).mean(1)
+            err = (fake_quantize_tensor(xs, s, z, self.bits, self.symmetric, PerChannel(0)) - xs).pow(2).mean(1)
             if best is None:
                 best, best_err = (s, z), err
             else:
@@ -427,7 +427,7 @@ class FakeQuantizer(Quantizer):
 
     def fake_quantize(self, x):
         o = self.observer
-        return fake_quantize(x, self.scale, self.zero_point, o.bits, o.symmetric, o.granularity)
+        return fake_quantize_tensor(x, self.scale, self.zero_point, o.bits, o.symmetric, o.granularity)
 
 # %% ../nbs/01_quant.ipynb #78d66a12
 class calibrating:
@@ -584,7 +584,7 @@ class Int8Config(QuantConfig, kind='int8'):
 def _fq_rows(w: torch.Tensor) -> torch.Tensor:
     "Weight fake-quantized symmetrically per row (output channel), scales from the current values."
     s, z = choose_qparams(w.detach(), 8, True, PerChannel(0))
-    return fake_quantize(w, s, z, 8, True, PerChannel(0))
+    return fake_quantize_tensor(w, s, z, 8, True, PerChannel(0))
 
 
 def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,7 +70,7 @@ def every_kind(corpus) -> dict:
     from resnet_bk_compress.pruning import MagnitudePruner
     from resnet_bk_compress.tables import CodebookTable, quantize_bias_
     from resnet_bk_compress.distill import make_student
-    from resnet_bk_compress.pipeline import save_compressed
+    from resnet_bk_compress.files import save_compressed
     base = small_model(corpus)
     tab = copy.deepcopy(small_model(corpus, tie_embeddings=True))
     tab.tok_emb = CodebookTable.from_table(tab.tok_emb.weight.detach(), 40, 1, 16)

@@ -12,7 +12,7 @@ from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words, 
 from resnet_bk_compress.files import save_model, load_model, read_model_file, ModelFileError
 from resnet_bk_compress.int4_moe import Int4MoEConfig
 from resnet_bk_compress.tables import CodebookTable, quantize_bias_
-from resnet_bk_compress.pipeline import save_compressed
+from resnet_bk_compress.files import save_compressed
 from conftest import sealed, small_model, quantized_small, fresh_process_logits
 
 @given(st.lists(st.integers(0, 10**6), min_size=1, max_size=300).filter(any))
@@ -78,7 +78,7 @@ def test_entropy_coded_files_load_exactly_in_a_fresh_process_and_are_smaller(cod
     assert 'head.bias.codes' in json.loads(h['coded']), h['coded']  # (2,900 codes of a byte do not pay for a 512-byte table here)
     assert coded.stat().st_size < plain.stat().st_size, (coded.stat().st_size, plain.stat().st_size)
     with torch.no_grad(): want = m(x)
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.pipeline.load_compressed', coded, x, tmp_path), want)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.files.load_compressed', coded, x, tmp_path), want)
 
 def test_a_damaged_coded_tensor_is_a_clear_error(coded_model, tmp_path):
     m, corpus = coded_model

@@ -16,7 +16,8 @@ from resnet_bk_compress.quant import Int8Config, quantize_, calibrating
 from resnet_bk_compress.complex_quant import ComplexInt8Config
 from resnet_bk_compress.int4_moe import GroupWiseQuantizer, Int4MoEConfig
 from resnet_bk_compress.pruning import MagnitudePruner, expert_stats, prune_experts_
-from resnet_bk_compress.pipeline import CompressionPipeline, pipeline_check, load_compressed
+from resnet_bk_compress.pipeline import CompressionPipeline, pipeline_check
+from resnet_bk_compress.files import load_compressed
 from conftest import train_small
 
 @contextmanager
@@ -104,7 +105,7 @@ def test_pipeline_check(teacher):
 def test_command_lines(tmp_path, syn):
     "rbk-train, rbk-eval, rbk-compress (teacher given), rbk-generate and rbk-export, each in this process under meta."
     from resnet_bk_compress.train import train_main, eval_main
-    from resnet_bk_compress.pipeline import compress_main
+    from resnet_bk_compress.cli import compress_main
     from resnet_bk_compress.generate import generate_main
     from resnet_bk_compress.export import export_main
     t = tmp_path / 't.safetensors'

@@ -149,7 +149,8 @@ def test_the_command_line_keeps_tracebacks_for_bugs():
 def test_one_source_of_run_defaults():
     "run_pipeline, rbk-compress and bench/pipeline_wt2.py take their epochs from RUN_EPOCHS (they disagreed: 5/3/3 against 2/0.5/0.5)."
     import inspect
-    from resnet_bk_compress.pipeline import RUN_EPOCHS, _compress_args
+    from resnet_bk_compress.settings import RUN_EPOCHS
+    from resnet_bk_compress.cli import _compress_args
     sig = inspect.signature(CompressionPipeline.run_pipeline).parameters
     assert {k: sig[k].default for k in RUN_EPOCHS} == RUN_EPOCHS
     assert {k: getattr(_compress_args([]), k) for k in RUN_EPOCHS} == RUN_EPOCHS

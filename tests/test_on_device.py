@@ -2,7 +2,7 @@
 there with a CPU reference under explicit tolerances. Here they must pass on the CPU, and each must fail when its device's result is wrong."""
 import pytest
 import torch
-from resnet_bk_compress import model, train, quant, complex_quant, int4_moe, pruning, distill, pipeline
+from resnet_bk_compress import model, train, quant, complex_quant, int4_moe, pruning, distill, pipeline, files
 from resnet_bk_compress.model import InputError, on_device, within
 
 CHECKS = [(model.scan_check, ['G', 'dG/da', 'logits', 'causal leak']),
@@ -46,7 +46,7 @@ def test_each_check_fails_when_the_device_is_wrong(monkeypatch):
         m.setattr(complex_quant.ComplexQuantizer, 'fake_quantize', lambda self, x: fq(self, x) * 1.001)
         with pytest.raises(AssertionError, match='fake = dequantize'): complex_check_cpu()
     with monkeypatch.context() as m:  # a compressed file that does not hold the model the run measured
-        load = pipeline.load_compressed
+        load = files.load_compressed
         def damaged(path):
             mdl, v, info = load(path)
             if str(path).endswith('stage3_quantize.safetensors'):  # only the check loads the run's last file

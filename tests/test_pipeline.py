@@ -1,4 +1,4 @@
-import json, math, signal, subprocess, sys, time
+import json, math, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
@@ -6,9 +6,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from resnet_bk_compress.data import synthetic_corpus
 from resnet_bk_compress.model import ResNetBKConfig, ResNetBKLM
-from resnet_bk_compress.files import save_model, ModelFileError, file_bytes
+from resnet_bk_compress.files import save_model, load_model, ModelFileError, file_bytes
 from resnet_bk_compress.train import fit
-from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, load_compressed, STAGES, COMPRESSED_VERSION
+from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.settings import PipelineError, STAGES, Student
+from resnet_bk_compress.files import load_compressed, COMPRESSED_VERSION
 from resnet_bk_compress.model import InputError
 from conftest import sealed, fresh_process_logits, train_small
 
@@ -46,7 +48,7 @@ def test_compressed_file_loads_in_a_fresh_process(run, tmp_path):
     model, vocab, info = load_compressed(rep['compressed_file'])
     x = torch.randint(0, len(vocab), (2, 32))
     with torch.no_grad(): here = model(x)
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.pipeline.load_compressed', rep['compressed_file'], x, tmp_path), here)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.files.load_compressed', rep['compressed_file'], x, tmp_path), here)
     assert info['version'] == COMPRESSED_VERSION and info['history'] == list(STAGES)
     with safe_open(rep['compressed_file'], 'pt') as f:
         assert 'vocab@words' in f.keys() and {'quant', 'pruned', 'compressed'} <= set(f.metadata())
@@ -134,7 +136,7 @@ def test_a_time_budget_sizes_distillation(syn, teacher, tmp_path, monkeypatch):
     with pytest.raises(InputError, match='minutes > 0'): pipe.run_pipeline(syn, save_dir=tmp_path / 'x', minutes=0)
 
 def _cli(*args, **kw):
-    return subprocess.run([sys.executable, '-c', 'from resnet_bk_compress.pipeline import rbk_compress; rbk_compress()', *args],
+    return subprocess.run([sys.executable, '-c', 'from resnet_bk_compress.cli import rbk_compress; rbk_compress()', *args],
                           capture_output=True, text=True, timeout=600, **kw)
 
 def test_cli_killed_mid_stage_resumes(tmp_path):
@@ -146,7 +148,7 @@ def test_cli_killed_mid_stage_resumes(tmp_path):
     save_model(t, tmp_path / 'teacher.safetensors', syn.vocab)
     args = ['--out', str(out), '--no-progress', '--teacher', str(tmp_path / 'teacher.safetensors'), '--student-d-model', '8', '--student-layers', '1',
             '--max-steps', '70', '--distillation-epochs', '1', '--pruning-epochs', '0.1', '--qat-epochs', '0.1']
-    p = subprocess.Popen([sys.executable, '-c', 'from resnet_bk_compress.pipeline import rbk_compress; rbk_compress()', *args],
+    p = subprocess.Popen([sys.executable, '-c', 'from resnet_bk_compress.cli import rbk_compress; rbk_compress()', *args],
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.time()
     while not (out / 'stage1.ckpt').exists():  # the distill stage has written its first checkpoint: kill it mid-stage
@@ -219,3 +221,21 @@ def test_the_planner_runs_top_1_and_top_2_teachers_end_to_end(tmp_path, top_k):
     m, _, _ = load_compressed(rep['compressed_file'])
     assert all(b.moe.num_experts == rep['plan']['keep_experts'] and b.moe.top_k == min(top_k, b.moe.num_experts)
                for b in m.blocks)
+
+
+@pytest.mark.parametrize('version', ['a2e8543', 'd606095'])
+def test_a_run_directory_of_an_earlier_version_resumes(version, tmp_path):
+    """tests/data/old_runs: a planned run with a time budget, written by the library at `version` and stopped after its distill
+    stage, resumes: it keeps its own plan (a2e8543's student predates the planned dropout 0) and budget, and finishes."""
+    src = Path(__file__).parent / 'data' / 'old_runs' / version
+    shutil.copytree(src / 'run', tmp_path / 'run')
+    before = json.loads((tmp_path / 'run' / 'state.json').read_text())
+    teacher, vocab, _ = load_model(src / 'teacher.safetensors')
+    syn = synthetic_corpus(vocab_size=300, n_train=30_000, n_eval=3_000)
+    pipe = CompressionPipeline(teacher, vocab, target_compression=15, max_ppl_increase=1., batch_size=16, calib_batches=4)
+    rep = pipe.run_pipeline(syn, save_dir=tmp_path / 'run', resume=True, progress=False, minutes=1, max_steps=4)
+    assert [s['name'] for s in rep['stages']] == list(STAGES) and rep['stages'][0] == before['stages'][0]
+    assert pipe.student == Student.from_dict(before['settings']['student']) and pipe.student.dropout == (None if version == 'a2e8543' else 0.)
+    assert rep['budget']['distill_steps'] == before['budget']['distill_steps'] and rep['compression_ratio'] >= 15
+    with pytest.raises(PipelineError, match='used other settings'):  # a setting that the run's version did write is compared
+        pipe.run_pipeline(syn, save_dir=tmp_path / 'run', resume=True, progress=False, minutes=1, max_steps=5)

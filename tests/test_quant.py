@@ -3,7 +3,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from resnet_bk_compress.quant import (PerTensor, PerChannel, PerGroup, qrange, choose_qparams, quantize_tensor, dequantize_tensor,
-                                      fake_quantize, group_view, MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver,
+                                      fake_quantize_tensor, group_view, MinMaxObserver, MovingAverageMinMaxObserver, PercentileObserver,
                                       MSEObserver)
 from conftest import fresh_process_logits
 
@@ -28,7 +28,7 @@ def test_round_trip_within_half_a_step(shape, seed, sym, gran, amp, bits):
     # torch's fake-quantize kernels multiply by 1/scale where quantize_tensor divides: they may round a code that sits on a half
     # the other way (hypothesis found one at amp 5785), so they agree exactly except by one step at such ties
     step = _step(s, x, gran); frac = (x / step).frac().abs()
-    diff = (fake_quantize(x, s, z, bits, sym, gran) - dequantize_tensor(q, s, z, gran)).abs()
+    diff = (fake_quantize_tensor(x, s, z, bits, sym, gran) - dequantize_tensor(q, s, z, gran)).abs()
     assert ((diff == 0) | ((diff <= step * (1 + 1e-5)) & ((frac - 0.5).abs() < 1e-3))).all()
 
 @pytest.mark.parametrize('gran', GRANS)
@@ -48,7 +48,7 @@ def test_symmetric_scale_is_absmax_over_127():
 def test_straight_through_gradient(gran):
     x = (torch.randn(5, 7) * 3).requires_grad_()
     s, z = choose_qparams(x.detach() * 0.5, 8, True, gran)  # a grid that covers only half the range: some values clip
-    fake_quantize(x, s, z, 8, True, gran).sum().backward()
+    fake_quantize_tensor(x, s, z, 8, True, gran).sum().backward()
     inside = (x.detach().abs() <= _step(s, x.detach(), gran) * 127.5)
     assert torch.equal(x.grad, inside.float())
 
@@ -77,7 +77,7 @@ def test_per_channel_observers_and_mse_never_worse_than_min_max():
     w[3] = torch.distributions.StudentT(1.5).sample((4096,))  # one heavy-tailed channel
     mm, mse = MinMaxObserver(granularity=PerChannel(0)), MSEObserver(granularity=PerChannel(0))
     mm(w); mse(w)
-    err = lambda o: (fake_quantize(w, *o.qparams(), 8, True, PerChannel(0)) - w).pow(2).mean(1)
+    err = lambda o: (fake_quantize_tensor(w, *o.qparams(), 8, True, PerChannel(0)) - w).pow(2).mean(1)
     assert mm.qparams()[0].shape == (16, 1)
     assert (err(mse) <= err(mm) * (1 + 1e-6)).all() and err(mse).sum() < 0.99 * err(mm).sum()
 

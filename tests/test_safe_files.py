@@ -35,7 +35,7 @@ def coded(tmp_path_factory):
     from conftest import small_model, quantized_small
     from resnet_bk_compress.int4_moe import Int4MoEConfig
     from resnet_bk_compress.tables import CodebookTable, quantize_bias_
-    from resnet_bk_compress.pipeline import save_compressed
+    from resnet_bk_compress.files import save_compressed
 
     syn = synthetic_corpus(vocab_size=1000, n_train=20_000, n_eval=2_000)
     m = small_model(syn, tie_embeddings=True)
@@ -242,7 +242,7 @@ CLIS = {
     'rbk-generate': ('resnet_bk_compress.generate', 'rbk_generate', ['{f}', '--prompt', 'w1', '--max-new-tokens', '3']),
     'rbk-export': ('resnet_bk_compress.export', 'rbk_export', ['{f}', '--onnx', 'out/m.onnx']),
     'rbk-compress': (
-        'resnet_bk_compress.pipeline',
+        'resnet_bk_compress.cli',
         'rbk_compress',
         ['--teacher', '{f}', '--out', 'out', '--minutes', '1'],
     ),

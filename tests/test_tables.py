@@ -7,7 +7,10 @@ from resnet_bk_compress.data import synthetic_corpus, pack_words, unpack_words
 from resnet_bk_compress.files import file_bytes, read_model_file
 from resnet_bk_compress.tables import canonical_order, permute_vocab_, permute_vocab
 from resnet_bk_compress.distill import make_student
-from resnet_bk_compress.pipeline import CompressionPipeline, PipelineError, PlanError, load_compressed, COMPRESSED_VERSION, Plan
+from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.settings import PipelineError
+from resnet_bk_compress.plan import Plan, PlanError, predict_bytes, teacher_file_bytes
+from resnet_bk_compress.files import load_compressed, COMPRESSED_VERSION
 from conftest import sealed, fresh_process_logits, train_small
 
 @settings(max_examples=300, deadline=None)
@@ -60,7 +63,7 @@ def test_codebook_table_file_loads_in_a_fresh_process(table_run, syn, tmp_path):
         assert f.get_slice('tok_emb.codes').get_dtype() == 'U8'
     x = torch.randint(0, len(vocab), (2, 32))
     with torch.no_grad(): here = model(x)
-    assert torch.equal(fresh_process_logits('resnet_bk_compress.pipeline.load_compressed', rep['compressed_file'], x, tmp_path), here)
+    assert torch.equal(fresh_process_logits('resnet_bk_compress.files.load_compressed', rep['compressed_file'], x, tmp_path), here)
     assert rep['parts']['word list'] == file_bytes(rep['compressed_file']) - sum(v for k, v in rep['parts'].items() if k != 'word list')
     # the same words score the same: perplexity of the loaded model on the corpus in its own word order is the report's
     from resnet_bk_compress.train import evaluate
@@ -83,10 +86,10 @@ def test_resume_with_a_table_reaches_the_same_file(table_run, syn, teacher, tmp_
 def test_planner_predicts_the_file_and_refuses_what_no_student_reaches(syn, teacher, tmp_path):
     pipe = CompressionPipeline(teacher, syn.vocab, target_compression=25, batch_size=16, calib_batches=4)
     before = copy.copy(pipe.__dict__)
-    plan = pipe.plan(syn)  # a value: the pipeline is unchanged until a run uses it
+    plan = pipe.choose_plan(syn)  # a value: the pipeline is unchanged until a run uses it
     assert isinstance(plan, Plan) and pipe.__dict__ == before and plan.tried[-1]['bytes'] == plan.predicted_bytes <= plan.budget
     # no dropout in the planned student (05_distill: dropout costs a distilled student quality and time)
-    assert plan.student['dropout'] == 0.0 and teacher.cfg.dropout > 0 and make_student(teacher, **plan.student).cfg.dropout == 0.0
+    assert plan.student.dropout == 0.0 and teacher.cfg.dropout > 0 and make_student(teacher, **plan.student.to_dict()).cfg.dropout == 0.0
     rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'run', progress=False)
     assert pipe.planned == plan and (pipe.student, pipe.table) == (plan.student, plan.table) and rep['plan'] == plan.to_dict()
     assert pipe.planned.table is not None and rep['compression_ratio'] >= 25
@@ -96,7 +99,7 @@ def test_planner_predicts_the_file_and_refuses_what_no_student_reaches(syn, teac
         hopeless.run_pipeline(syn, save_dir=tmp_path / 'never', progress=False)
     small = e.value.smallest  # the frontier's end, for a program: the smallest plan written, and its ratio
     assert isinstance(e.value, PipelineError) and {'bytes', 'student', 'table'} <= set(small) and f"{small['bytes']:,} bytes" in str(e.value)
-    assert e.value.ratio == pytest.approx(hopeless.teacher_file_bytes() / small['bytes']) and 1 < e.value.ratio < 10_000
+    assert e.value.ratio == pytest.approx(teacher_file_bytes(teacher, syn.vocab) / small['bytes']) and 1 < e.value.ratio < 10_000
     assert not (tmp_path / 'never').exists()  # refused before anything was written
 
 def test_planner_writes_the_bytes_it_predicts_where_codes_and_biases_are_entropy_coded(tmp_path):
@@ -106,7 +109,7 @@ def test_planner_writes_the_bytes_it_predicts_where_codes_and_biases_are_entropy
     for name, student in (('same width', {}), ('narrower', dict(d_model=16, n_layers=1))):
         pipe = CompressionPipeline(teacher, syn.vocab, batch_size=16, calib_batches=4, table=dict(n_dense=100, codebook_size=64),
                                    student=dict(tie_embeddings=True, num_experts=1, **student))
-        predicted = pipe.predict_bytes(syn)
+        predicted = predict_bytes(teacher, syn.vocab, syn, pipe.student, pipe.table, pipe.keep_experts)
         rep = pipe.run_pipeline(syn, max_steps=20, save_dir=tmp_path / name.replace(' ', '_'), progress=False)
         header = read_model_file(rep['compressed_file'])[0]
         assert {'tok_emb.codes', 'head.bias.codes'} <= set(json.loads(header['coded'])), (name, header['coded'])
