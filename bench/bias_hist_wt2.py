@@ -1,17 +1,20 @@
-"""What a bias histogram fixed before training costs: 4-bit head biases coded by k-means against by rank into a histogram.
+"""What a bias histogram fixed before training costs: 4-bit head biases coded by k-means against by rank into a
+histogram.
 
 Takes the stage files of the last bench/pipeline_wt2.py run (.cache/pipeline_wt2: the float student after pruning and
 its teacher), quantizes the student as the quantize stage does but without QAT steps, leaving its biases in float, and
 then stores the same biases four ways: nearest of 16 levels placed by k-means weighted by word counts (the library's
 choice before the histogram was fixed); by rank into the teacher's histogram (the pipeline's choice: `bias_hist`); by
-rank into the student's own k-means histogram (a check: it must give the k-means codes back); by rank into equal
-counts. For each: the bias codes' entropy-coded bytes, the written file's bytes and test perplexity.
+rank into the student's own k-means histogram (a check: it must give the k-means codes back); by rank into equal counts.
+For each: the bias codes' entropy-coded bytes, the written file's bytes and test perplexity.
 
     python bench/bias_hist_wt2.py [--run-dir .cache/pipeline_wt2] [--out bench/out/bias_hist_wt2.json]
 """
+
 import argparse, json, platform, sys, tempfile
 from pathlib import Path
 import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import ROOT
 from resnet_bk_compress.data import load_wikitext2
@@ -43,9 +46,12 @@ if __name__ == '__main__':
     counts, hist = word_counts(corpus), bias_hist(teacher, vocab, corpus)
     km = QuantizedBias.from_float(b, counts)
     equal = torch.tensor([len(b) // 16 + (i < len(b) % 16) for i in range(16)])
-    ways = {'k-means, nearest level': km, "rank, the teacher's histogram": QuantizedBias.from_float(b, counts, hist),
-            "rank, the student's own k-means histogram": QuantizedBias.from_float(b, counts, km.histogram()),
-            'rank, equal counts': QuantizedBias.from_float(b, counts, equal)}
+    ways = {
+        'k-means, nearest level': km,
+        "rank, the teacher's histogram": QuantizedBias.from_float(b, counts, hist),
+        "rank, the student's own k-means histogram": QuantizedBias.from_float(b, counts, km.histogram()),
+        'rank, equal counts': QuantizedBias.from_float(b, counts, equal),
+    }
     info = dict(stage='quantize', history=['distill', 'prune', 'quantize'])
     rows = {}
     for name, qb in ways.items():
@@ -53,9 +59,19 @@ if __name__ == '__main__':
         c = code_bytes(qb.codes.numpy().tobytes())
         with tempfile.TemporaryDirectory() as t:
             n = file_bytes(save_compressed(model, Path(t) / 'x.safetensors', vocab, info))
-        rows[name] = dict(code_bytes=len(c[1]) if c else qb.codes.numel(), entropy_coded=c is not None, file_bytes=n,
-                          test_ppl=evaluate(model, corpus.test)['ppl'], histogram=qb.histogram().tolist())
+        rows[name] = dict(
+            code_bytes=len(c[1]) if c else qb.codes.numel(),
+            entropy_coded=c is not None,
+            file_bytes=n,
+            test_ppl=evaluate(model, corpus.test)['ppl'],
+            histogram=qb.histogram().tolist(),
+        )
         print(name, {k: v for k, v in rows[name].items() if k != 'histogram'}, flush=True)
-    res = dict(run=dict(plan=state.get('plan'), table=state['settings']['table'], stages=[s['name'] for s in state['stages']]),
-               teacher_histogram=hist.tolist(), ways=rows, torch=torch.__version__, machine=platform.machine())
+    res = dict(
+        run=dict(plan=state.get('plan'), table=state['settings']['table'], stages=[s['name'] for s in state['stages']]),
+        teacher_histogram=hist.tolist(),
+        ways=rows,
+        torch=torch.__version__,
+        machine=platform.machine(),
+    )
     Path(a.out).write_text(json.dumps(res, indent=1))

@@ -4,10 +4,12 @@ across positions, and WikiText-2 test perplexity with only the BK-Core quantized
 
     python bench/complex_quant_wt2.py [--out bench/out/complex_quant_wt2.json]
 """
+
 import argparse, json, platform, sys, time
 from pathlib import Path
 import torch
 import torch.nn as nn
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, eval_windows
@@ -29,22 +31,31 @@ VARIANTS = {  # name -> ComplexQuantizer arguments
 }
 R_VARIANT = 'r = 1/G asymmetric, per position'  # the continued-fraction value, quantized instead of G
 
+
 def potentials(model, batches):
     "The BK-Core input v of every layer, concatenated over batches: list of (B, N)."
     vs = [[] for _ in model.blocks]
-    hooks = [b.bk.register_forward_hook(lambda m, inp, out, i=i: vs[i].append(inp[0].detach())) for i, b in enumerate(model.blocks)]
+    hooks = [
+        b.bk.register_forward_hook(lambda m, inp, out, i=i: vs[i].append(inp[0].detach()))
+        for i, b in enumerate(model.blocks)
+    ]
     try:
         with torch.no_grad():
-            for x in batches: model(x)
+            for x in batches:
+                model(x)
     finally:
-        for h in hooks: h.remove()
+        for h in hooks:
+            h.remove()
     return [torch.cat(v) for v in vs]
+
 
 def calibrated(kwargs, bits, G_cal, observer=OBSERVER):
     q = ComplexQuantizer(bits=bits, observer=observer, **kwargs)
     with calibrating(nn.Sequential(q)):
-        for chunk in G_cal.split(32): q(chunk)
+        for chunk in G_cal.split(32):
+            q(chunk)
     return q.eval()
+
 
 def run(n_batches=32, n_held=8):
     corpus = load_wikitext2()
@@ -66,7 +77,8 @@ def run(n_batches=32, n_held=8):
                 q = calibrated(kw, bits, gc)
                 ghq = q(gh)
                 per_layer.append(sqnr(gh, ghq))
-                if bits == 4 and layer == 0: err4[name] = (gh - ghq).abs().pow(2).mean(0).sqrt().tolist()
+                if bits == 4 and layer == 0:
+                    err4[name] = (gh - ghq).abs().pow(2).mean(0).sqrt().tolist()
             table[name] = dict(per_layer=per_layer, mean=sum(per_layer) / len(per_layer))
         per_layer = []
         for gc, gh in zip(Gc, Gh):
@@ -80,27 +92,48 @@ def run(n_batches=32, n_held=8):
     for obs in ('min_max', 'moving_average'):
         for nb in (8, n_batches):
             for gname, gran in (('per tensor', PerTensor()), ('per position', PerChannel(-1))):
-                r = [sqnr(gh, calibrated(dict(granularity=gran), 8, gc[:nb * 32], obs)(gh)) for gc, gh in zip(Gc, Gh)]
+                r = [sqnr(gh, calibrated(dict(granularity=gran), 8, gc[: nb * 32], obs)(gh)) for gc, gh in zip(Gc, Gh)]
                 study[f'{obs}, {nb} batches, {gname}'] = dict(per_layer=r, mean=sum(r) / len(r))
     out['calibration_study_8bit_separate_asymmetric'] = study
     print(study, flush=True)
     a = [G.abs() for G in Gh]
-    out['positions'] = dict(layers=[dict(abs_mean=x.mean(0).tolist(), abs_min=x.amin(0).tolist(), abs_max=x.amax(0).tolist()) for x in a],
-                            rms_error_4bit_layer0=err4)
+    out['positions'] = dict(
+        layers=[dict(abs_mean=x.mean(0).tolist(), abs_min=x.amin(0).tolist(), abs_max=x.amax(0).tolist()) for x in a],
+        rms_error_4bit_layer0=err4,
+    )
     out['test_ppl']['fp32'] = evaluate(teacher, corpus.test)['ppl']
     for bits in (8, 4):
         out['test_ppl'][str(bits)] = {}
         for name, kw in VARIANTS.items():
-            cfg = ComplexInt8Config(linear=False, embedding=False, bk_observer=OBSERVER, bk_bits=bits, bk_scheme=kw['scheme'],
-                                    bk_symmetric=kw.get('symmetric'), bk_granularity=kw['granularity'])
-            m = ResNetBKLM(teacher.cfg); m.load_state_dict(teacher.state_dict()); quantize_(m, cfg); m.eval()
+            cfg = ComplexInt8Config(
+                linear=False,
+                embedding=False,
+                bk_observer=OBSERVER,
+                bk_bits=bits,
+                bk_scheme=kw['scheme'],
+                bk_symmetric=kw.get('symmetric'),
+                bk_granularity=kw['granularity'],
+            )
+            m = ResNetBKLM(teacher.cfg)
+            m.load_state_dict(teacher.state_dict())
+            quantize_(m, cfg)
+            m.eval()
             with calibrating(m), torch.no_grad():
-                for x in cal: m(x)
+                for x in cal:
+                    m(x)
             out['test_ppl'][str(bits)][name] = evaluate(m, corpus.test)['ppl']
             print(bits, name, out['test_ppl'][str(bits)][name], flush=True)
-    return dict(results=out, calib=f'{n_batches} training batches of 32 x 128 tokens', held_out=f'first {n_held} validation batches of 32 x 128 tokens',
-                observer=OBSERVER, wall_s=time.perf_counter() - t0, torch=torch.__version__, threads=torch.get_num_threads(),
-                machine=platform.machine())
+    return dict(
+        results=out,
+        calib=f'{n_batches} training batches of 32 x 128 tokens',
+        held_out=f'first {n_held} validation batches of 32 x 128 tokens',
+        observer=OBSERVER,
+        wall_s=time.perf_counter() - t0,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
+    )
+
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,6 +3,7 @@ PyTorch's int8 kernel `torch._weight_int8pack_mm` and the fp32 layer, at the sha
 
     python bench/int8_linear.py [--out bench/out/int8_linear.json]
 """
+
 import argparse, json, platform, statistics, time
 from pathlib import Path
 import torch
@@ -16,11 +17,16 @@ SHAPES = {  # name: (tokens, in_features, out_features)
     'LM head (64->33278), 128-token chunk': (128, 64, 33278),
 }
 
+
 def median_ms(f, repeats=20):
-    f(); ts = []
+    f()
+    ts = []
     for _ in range(repeats):
-        t0 = time.perf_counter(); f(); ts.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        f()
+        ts.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(ts)
+
 
 def run():
     g = torch.Generator().manual_seed(0)
@@ -32,13 +38,21 @@ def run():
         w = q.float() * s[:, None]
         ref = F.linear(x, w)
         packed = torch._weight_int8pack_mm(x, q, s)
-        rows.append(dict(shape=name, M=M, K=K, N=N,
-                         fp32_ms=median_ms(lambda: F.linear(x, w)),
-                         dequantize_ms=median_ms(lambda: F.linear(x, q.float() * s[:, None])),
-                         weight_int8pack_mm_ms=median_ms(lambda: torch._weight_int8pack_mm(x, q, s)),
-                         int8pack_max_abs_err=(packed - ref).abs().max().item()))
+        rows.append(
+            dict(
+                shape=name,
+                M=M,
+                K=K,
+                N=N,
+                fp32_ms=median_ms(lambda: F.linear(x, w)),
+                dequantize_ms=median_ms(lambda: F.linear(x, q.float() * s[:, None])),
+                weight_int8pack_mm_ms=median_ms(lambda: torch._weight_int8pack_mm(x, q, s)),
+                int8pack_max_abs_err=(packed - ref).abs().max().item(),
+            )
+        )
         print(json.dumps(rows[-1]))
     return dict(rows=rows, torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine())
+
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,9 +10,11 @@ the same plan, and lists predicted against written bytes for every point of benc
 
     python bench/plan_bytes_wt2.py [--out bench/out/plan_bytes_wt2.json]
 """
+
 import argparse, json, platform, sys, tempfile
 from pathlib import Path
 import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
 from train_wt2 import reference_teacher, ROOT, teacher_file
 from resnet_bk_compress.data import load_wikitext2
@@ -28,7 +30,7 @@ if __name__ == '__main__':
     a = p.parse_args()
     corpus = load_wikitext2()
     teacher, vocab, _ = reference_teacher()
-    plan = make_plan(teacher, vocab, corpus, 100., teacher_bytes=file_bytes(teacher_file()))
+    plan = make_plan(teacher, vocab, corpus, 100.0, teacher_bytes=file_bytes(teacher_file()))
     model, voc = final_structure(teacher, vocab, corpus, plan.student, plan.table, plan.keep_experts)
     info = dict(stage='quantize', history=['distill', 'prune', 'quantize'])
     planned = file_parts(save_compressed(model, Path(tempfile.mkdtemp()) / 'plan.safetensors', voc, info))
@@ -37,13 +39,34 @@ if __name__ == '__main__':
     same_plan = (ran.student, ran.table) == (plan.student, plan.table)
     trained = run['parts'] if same_plan else None
     fr = bench_result('frontier_wt2')
-    frontier = {k: dict(predicted=v['plan']['predicted_bytes'], written=v['bytes'], error=v['plan']['predicted_bytes'] / v['bytes'] - 1,
-                        commit=v.get('commit'))
-                for k, v in fr['points'].items() if 'bytes' in v}
-    res = dict(plan=plan.to_dict(), planned_parts=planned, planned_total=sum(planned.values()), bias_hist=bias_hist(teacher, vocab, corpus).tolist(),
-               trained_run_same_plan=same_plan, trained_parts=trained, trained_total=run['compressed_bytes'] if same_plan else None,
-               error_vs_trained=sum(planned.values()) / run['compressed_bytes'] - 1 if same_plan else None,
-               part_errors={k: planned.get(k, 0) - trained.get(k, 0) for k in {*planned, *trained}} if same_plan else None,
-               frontier=frontier, torch=torch.__version__, machine=platform.machine())
+    frontier = {
+        k: dict(
+            predicted=v['plan']['predicted_bytes'],
+            written=v['bytes'],
+            error=v['plan']['predicted_bytes'] / v['bytes'] - 1,
+            commit=v.get('commit'),
+        )
+        for k, v in fr['points'].items()
+        if 'bytes' in v
+    }
+    res = dict(
+        plan=plan.to_dict(),
+        planned_parts=planned,
+        planned_total=sum(planned.values()),
+        bias_hist=bias_hist(teacher, vocab, corpus).tolist(),
+        trained_run_same_plan=same_plan,
+        trained_parts=trained,
+        trained_total=run['compressed_bytes'] if same_plan else None,
+        error_vs_trained=sum(planned.values()) / run['compressed_bytes'] - 1 if same_plan else None,
+        part_errors={k: planned.get(k, 0) - trained.get(k, 0) for k in {*planned, *trained}} if same_plan else None,
+        frontier=frontier,
+        torch=torch.__version__,
+        machine=platform.machine(),
+    )
     Path(a.out).write_text(json.dumps(res, indent=1))
-    print(json.dumps({k: res[k] for k in ('planned_total', 'trained_total', 'error_vs_trained', 'part_errors', 'frontier')}, indent=1))
+    print(
+        json.dumps(
+            {k: res[k] for k in ('planned_total', 'trained_total', 'error_vs_trained', 'part_errors', 'frontier')},
+            indent=1,
+        )
+    )

@@ -4,9 +4,11 @@ model fine-tuned for the same steps); the file bytes of each.
 
     python bench/quant_wt2.py [--calib-batches 16] [--qat-steps 200] [--out bench/out/quant_wt2.json]
 """
+
 import argparse, copy, json, platform, sys, tempfile, time
 from pathlib import Path
 import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_wt2 import teacher_file, reference_teacher
 from resnet_bk_compress.data import load_wikitext2, train_batches, unigram_ppl
@@ -16,12 +18,15 @@ from resnet_bk_compress.quant import OBSERVERS, Int8Config, calibrating, quantiz
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def calibrate(model, corpus, n_batches, seed=123):
     model.eval()
     with calibrating(model), torch.no_grad():
         for i, (x, _) in enumerate(train_batches(corpus.train, model.cfg.n_seq, 32, seed=seed)):
-            if i == n_batches: break
+            if i == n_batches:
+                break
             model(x)
+
 
 def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_average'):
     corpus = load_wikitext2()
@@ -44,13 +49,17 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_a
         print(name, out[f'ptq_{name}'], flush=True)
     # INT8 inputs of every Linear too (per tensor): the configuration where rounding costs something
     cfg = Int8Config(observer=observer_for_qat, activations=True)
-    m = quantize_(copy.deepcopy(teacher), cfg); calibrate(m, corpus, calib_batches)
+    m = quantize_(copy.deepcopy(teacher), cfg)
+    calibrate(m, corpus, calib_batches)
     quantize_(m, cfg, 'convert')
     f = save_model(m, tmp / 'ptq_activations.safetensors', vocab)
-    out['ptq_activations'] = dict(test_ppl=evaluate(m, corpus.test)['ppl'], file_bytes=file_bytes(f), observer=observer_for_qat)
+    out['ptq_activations'] = dict(
+        test_ppl=evaluate(m, corpus.test)['ppl'], file_bytes=file_bytes(f), observer=observer_for_qat
+    )
     print('activations', out['ptq_activations'], flush=True)
     # QAT from the calibrated model of that configuration, and the same fine-tuning in fp32 as a control
-    m = quantize_(copy.deepcopy(teacher), cfg); calibrate(m, corpus, calib_batches)
+    m = quantize_(copy.deepcopy(teacher), cfg)
+    calibrate(m, corpus, calib_batches)
     ts = time.perf_counter()
     fit(m, corpus, epochs=1, max_steps=qat_steps, lr=qat_lr, eval_split=None, progress=False, seed=7)
     qat_s = time.perf_counter() - ts
@@ -61,19 +70,35 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_a
     fit(ctrl, corpus, epochs=1, max_steps=qat_steps, lr=qat_lr, eval_split=None, progress=False, seed=7)
     ctrl_ppl = evaluate(ctrl, corpus.test)['ppl']
     ptq = out['ptq_activations']['test_ppl']
-    out['qat'] = dict(test_ppl=qat, file_bytes=file_bytes(f), steps=qat_steps, lr=qat_lr, seconds=qat_s,
-                      tokens_per_s=qat_steps * 32 * teacher.cfg.n_seq / qat_s, config=cfg.to_dict(),
-                      fp32_control_same_steps_test_ppl=ctrl_ppl,
-                      ptq_loss_ppl=ptq - fp32,
-                      # a share of a loss is only meaningful when there is a loss: below 0.1% of the fp32 perplexity
-                      # (seed-to-seed noise of training is larger) it is reported as None
-                      share_of_ptq_loss_recovered=(ptq - qat) / (ptq - fp32) if ptq - fp32 > 1e-3 * fp32 else None,
-                      qat_minus_fp32_control_ppl=qat - ctrl_ppl)
+    out['qat'] = dict(
+        test_ppl=qat,
+        file_bytes=file_bytes(f),
+        steps=qat_steps,
+        lr=qat_lr,
+        seconds=qat_s,
+        tokens_per_s=qat_steps * 32 * teacher.cfg.n_seq / qat_s,
+        config=cfg.to_dict(),
+        fp32_control_same_steps_test_ppl=ctrl_ppl,
+        ptq_loss_ppl=ptq - fp32,
+        # a share of a loss is only meaningful when there is a loss: below 0.1% of the fp32 perplexity
+        # (seed-to-seed noise of training is larger) it is reported as None
+        share_of_ptq_loss_recovered=(ptq - qat) / (ptq - fp32) if ptq - fp32 > 1e-3 * fp32 else None,
+        qat_minus_fp32_control_ppl=qat - ctrl_ppl,
+    )
     print('qat', out['qat'], flush=True)
     for k, v in out.items():
-        if isinstance(v, dict) and 'file_bytes' in v: v['compression_vs_fp32_file'] = out['fp32']['file_bytes'] / v['file_bytes']
-    return dict(results=out, calib_batches=calib_batches, calib_tokens=calib_batches * 32 * teacher.cfg.n_seq,
-                wall_s=time.perf_counter() - t0, torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine())
+        if isinstance(v, dict) and 'file_bytes' in v:
+            v['compression_vs_fp32_file'] = out['fp32']['file_bytes'] / v['file_bytes']
+    return dict(
+        results=out,
+        calib_batches=calib_batches,
+        calib_tokens=calib_batches * 32 * teacher.cfg.n_seq,
+        wall_s=time.perf_counter() - t0,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        machine=platform.machine(),
+    )
+
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .model import BKCore, causal_resolvent, on_device, rel_error, within
+from .model import BKCore
 from resnet_bk_compress.quant import (
     OBSERVERS,
     PerTensor,
@@ -28,7 +28,7 @@ from resnet_bk_compress.quant import (
 )
 
 # %% auto #0
-__all__ = ['SCHEMES', 'ComplexQuantizer', 'PerChannelQuantizedBKCore', 'ComplexInt8Config', 'complex_check']
+__all__ = ['SCHEMES', 'ComplexQuantizer', 'PerChannelQuantizedBKCore', 'ComplexInt8Config']
 
 # %% ../nbs/02_complex_quant.ipynb #78d377b1
 SCHEMES = ('separate', 'joint', 'polar')
@@ -210,43 +210,3 @@ class ComplexInt8Config(Int8Config, kind='int8_complex'):
         return PerChannelQuantizedBKCore(
             core, self.bk_bits, self.bk_granularity, self.bk_scheme, self.bk_symmetric, self.bk_observer
         )
-
-# %% ../nbs/02_complex_quant.ipynb #cb9938df
-def _explicit64(q: ComplexQuantizer, x: torch.Tensor) -> torch.Tensor:
-    "x quantized to integer codes and dequantized in float64: the reference route of the device check."
-    s, z = q._qparams_for(x)
-    return q.combine(
-        *(dequantize_tensor(c, s[i], z[i], q.granularity, torch.float64) for i, c in enumerate(q.quantize(x)))
-    )
-
-
-def complex_check(device: str | torch.device = 'cuda', bits: int = 8, seed: int = 0) -> dict:
-    """ComplexQuantizer on `device` against the CPU, per scheme and granularity: codes, SQNR, fake =
-    dequantize(quantize), gradient."""
-    dev, g, out = on_device(device), torch.Generator().manual_seed(seed), {}
-    G = causal_resolvent(torch.randn(8, 1024, generator=g) - 2)
-    G64 = G.to(torch.complex128)
-    w = torch.randn(*G.shape, 2, generator=g)
-    for scheme in SCHEMES:
-        for gran in (PerTensor(), PerChannel(-1)):
-            q = ComplexQuantizer(bits, gran, scheme)
-            q.observe(G)
-            q.freeze()
-            qd = copy.deepcopy(q).to(dev)
-            Gd, Gc = G.clone().to(dev).requires_grad_(), G.clone().requires_grad_()
-            fqd, fqc = qd.fake_quantize(Gd), q.fake_quantize(Gc)
-            (torch.view_as_real(fqd) * w.to(dev)).sum().backward()
-            (torch.view_as_real(fqc) * w).sum().backward()
-            step = torch.stack([(a.cpu().int() - b.int()).abs() for a, b in zip(qd.quantize(Gd), q.quantize(G))])
-            codes = 1.0 if step.max() > 1 else (step > 0).float().mean().item()
-            name = f"{scheme} {'per tensor' if isinstance(gran, PerTensor) else 'per position'}"
-            out[name] = within(
-                {
-                    'codes': (codes, 1e-3),
-                    'SQNR dB': (abs(sqnr(G64, fqd.cpu()) - sqnr(G64, _explicit64(q, G64))), 0.01),
-                    'fake = dequantize(quantize)': (rel_error(fqd, qd.dequantize(*qd.quantize(Gd))), 1e-6),
-                    'gradient': (rel_error(Gd.grad, Gc.grad), 1e-6),
-                },
-                f"{dev}, {name}",
-            )
-    return out

@@ -12,16 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from fastcore.basics import patch
-from resnet_bk_compress.model import (
-    ResNetBKConfig,
-    ResNetBKLM,
-    InputError,
-    num_params,
-    on_device,
-    rel_error,
-    within,
-    model_device,
-)
+from .model import ResNetBKConfig, ResNetBKLM, InputError, num_params, model_device
 from .data import Corpus, windows_at
 from .files import save_model, file_bytes
 from .train import fit, evaluate, head_operands, head_shared_rows, shared_row_scores
@@ -30,7 +21,7 @@ from .train import fit, evaluate, head_operands, head_shared_rows, shared_row_sc
 __all__ = ['FEATURES', 'soft_loss', 'hard_loss', 'feature_loss', 'distill_loss', 'DenseTeacher', 'TopKTeacher',
            'ChunkedDistillLoss', 'chunked_distill_loss', 'topk_soft_loss', 'shared_rows_distill_loss', 'capture',
            'bk_modules', 'layer_map', 'student_config', 'make_student', 'TeacherTargets', 'DistillationObjective',
-           'check_distill_settings', 'DistillationTrainer', 'distill_cascade', 'distill_check']
+           'check_distill_settings', 'DistillationTrainer', 'distill_cascade']
 
 # %% ../nbs/05_distill.ipynb #3837a91c
 def soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 2.0) -> torch.Tensor:
@@ -708,38 +699,3 @@ def distill_cascade(
             )
             prev = tr.student.eval()
     return prev, records
-
-# %% ../nbs/05_distill.ipynb #831fbe6b
-def distill_check(
-    device: str | torch.device = 'cuda',
-    seed: int = 0,
-    V: int = 5000,
-    n: int = 1024,
-    k: int = 32,
-    T: float = 2.0,
-    alpha: float = 0.5,
-) -> dict:
-    """The chunked distillation loss and its gradient on `device`, for a dense and a top-k teacher, against the
-    full-logit losses in float64 on the CPU."""
-    dev, g = on_device(device), torch.Generator().manual_seed(seed)
-    h, W, b = torch.randn(n, 32, generator=g), torch.randn(V, 32, generator=g) / 32**0.5, torch.randn(V, generator=g)
-    y = torch.randint(0, V, (n,), generator=g)
-    th, tW, tb = torch.randn(n, 48, generator=g), torch.randn(V, 48, generator=g) / 48**0.5, torch.randn(V, generator=g)
-    t_logits = th.double() @ tW.double().T + tb.double()
-    lpk, idx = (t_logits / T).log_softmax(-1).topk(k, -1)
-    teachers = dict(
-        dense=(lambda: DenseTeacher(th.to(dev), tW.to(dev), tb.to(dev)), lambda s: soft_loss(s, t_logits, T)),
-        topk=(lambda: TopKTeacher(idx.to(dev), lpk.float().to(dev)), lambda s: topk_soft_loss(s, t_logits, k, T)),
-    )
-    figs = {}
-    for name, (teacher, soft) in teachers.items():
-        ops64 = [t.double().requires_grad_() for t in (h, W, b)]
-        s64 = ops64[0] @ ops64[1].T + ops64[2]
-        ref = alpha * soft(s64) + (1 - alpha) * hard_loss(s64, y)
-        g_ref = torch.autograd.grad(ref, ops64)
-        ops = [t.clone().to(dev).requires_grad_() for t in (h, W, b)]
-        loss, _, _ = chunked_distill_loss(*ops, y.to(dev), teacher(), T, alpha, chunk=128)
-        grads = torch.autograd.grad(loss, ops)
-        figs[f'{name} loss'] = abs(loss.item() - ref.item()) / ref.item(), 1e-5
-        figs[f'{name} gradient'] = max(rel_error(a, r) for a, r in zip(grads, g_ref)), 1e-4
-    return within(figs, dev)

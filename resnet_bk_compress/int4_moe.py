@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from .model import MoE, on_device, rel_error, time_ms, within, moved_share
+from .model import MoE
 from .files import file_bytes, structure_only
 from resnet_bk_compress.quant import (
     PerGroup,
@@ -21,7 +21,6 @@ from resnet_bk_compress.quant import (
     Int8Config,
     QATLinear,
     Int8Linear,
-    FakeQuantizer,
     group_view,
     copy_float_,
     qrange,
@@ -35,7 +34,7 @@ from resnet_bk_compress.quant import (
 # %% auto #0
 __all__ = ['METHODS', 'GroupWiseQuantizer', 'pack_int4', 'unpack_int4', 'QuantizedLinear', 'int4_kernel_available',
            'InputMoments', 'GroupQATLinear', 'QATMoE', 'QuantizedMoELayer', 'expert_bytes', 'compression_ratio',
-           'QuantizedEmbedding', 'GroupQATEmbedding', 'Int4MoEConfig', 'int4_check', 'int4_timings']
+           'QuantizedEmbedding', 'GroupQATEmbedding', 'Int4MoEConfig']
 
 # %% ../nbs/03_int4_moe.ipynb #bdaffa4d
 METHODS = ('rtn', 'mse', 'gptq')
@@ -669,48 +668,3 @@ class Int4MoEConfig(Int8Config, kind='int4_moe'):
         if _plain_type(m) is GroupQATEmbedding:
             return m.to_quantized()
         return super().convert_module(m)
-
-# %% ../nbs/03_int4_moe.ipynb #8e591adc
-def int4_check(device: str | torch.device = 'cuda', seed: int = 0) -> dict:
-    """Packed INT4 layers on `device`: dequantize-then-matmul and the int4 kernel (where it applies) against float64 on
-    the CPU, and an INT4 MoE layer against the CPU's."""
-    dev, g = on_device(device), torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    ql = QuantizedLinear.from_float(nn.Linear(512, 256), GroupWiseQuantizer(128))
-    x = torch.randn(64, 512, generator=g)
-    want = F.linear(x.double(), ql.weight().double(), ql.bias.double())
-    qd = copy.deepcopy(ql).to(dev)
-    figs = {'dequantize-then-matmul': (rel_error(qd(x.to(dev)), want), 1e-5)}
-    if qd.kernel_supported:
-        qd.use_kernel = True
-        figs['int4 kernel'] = (rel_error(qd(x.to(dev)), want), 2e-2)
-    moe, t = MoE(64, num_experts=4, dropout=0.0), torch.randn(512, 64, generator=g)
-    qm = QuantizedMoELayer.from_float(moe.eval(), calib=t).eval()
-    with torch.no_grad():
-        ref, got = qm(t), copy.deepcopy(qm).to(dev)(t.to(dev)).cpu()
-    return within({**figs, 'INT4 MoE tokens moved': (moved_share(got, ref), 0.01)}, dev)
-
-# %% ../nbs/03_int4_moe.ipynb #0a55bcb8
-def int4_timings(device: str | torch.device = 'cuda', shapes=((128, 64), (4096, 4096)), tokens=(1, 4096)) -> list[dict]:
-    """Milliseconds per call on `device` of fp32, INT4 dequantize-then-matmul and the int4 kernel (None where it does
-    not apply), per (in, out) shape and token count."""
-    dev, out = on_device(device), []
-    for n_in, n_out in shapes:
-        lin = nn.Linear(n_in, n_out).to(dev)
-        q = QuantizedLinear.from_float(lin, GroupWiseQuantizer(min(128, n_in)))
-        for n in tokens:
-            x = torch.randn(n, n_in, device=dev)
-            with torch.no_grad():
-                r = dict(
-                    shape=f'{n_in} x {n_out}',
-                    tokens=n,
-                    fp32_ms=time_ms(lambda: lin(x), dev),
-                    dequant_ms=time_ms(lambda: q(x), dev),
-                    kernel_ms=None,
-                )
-                if q.kernel_supported:
-                    q.use_kernel = True
-                    r['kernel_ms'] = time_ms(lambda: q(x), dev)
-                    q.use_kernel = False
-            out.append(r)
-    return out

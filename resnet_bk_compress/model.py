@@ -6,7 +6,7 @@ Docs: https://resnet-bk.github.io/resnet_bk_compress/model.html.md"""
 
 # %% ../nbs/00_model.ipynb #38efe972
 from __future__ import annotations
-import copy, math, statistics, sys, time
+import copy, math, sys
 from dataclasses import dataclass, asdict
 import torch
 import torch.nn as nn
@@ -16,8 +16,7 @@ from fastcore.basics import store_attr
 # %% auto #0
 __all__ = ['InputError', 'run_command', 'ResNetBKConfig', 'causal_resolvent_loop', 'dense_resolvent', 'causal_resolvent',
            'two_sided_resolvent', 'BKCore', 'MoE', 'ResNetBKBlock', 'embedding_table', 'OutputHead', 'ResNetBKLM',
-           'num_params', 'logit_change', 'on_device', 'model_device', 'cuda_or_skip', 'rel_error', 'moved_share',
-           'time_ms', 'within', 'new_model', 'cpu_copy', 'check_model', 'scan_check']
+           'num_params', 'logit_change', 'on_device', 'model_device', 'new_model', 'cpu_copy']
 
 # %% ../nbs/00_model.ipynb #7727218e
 _BK_DTYPES = {'complex64': torch.complex64, 'complex128': torch.complex128}
@@ -540,49 +539,6 @@ def model_device(model: nn.Module) -> torch.device:
     parameters)."""
     return next(model.parameters()).device
 
-
-def cuda_or_skip() -> torch.device | None:
-    """The GPU when PyTorch sees one; else None, after saying that the cell is skipped (the notebooks' `#| cuda` cells
-    start with it)."""
-    if torch.cuda.is_available():
-        return torch.device('cuda')
-    print('no GPU here: skipped (in Colab: Runtime > Change runtime type > GPU)')
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    "max |got - want| / max |want|, `got` moved to `want`'s device and dtype: how far a result is from its reference."
-    return ((got.detach().to(want.device, want.dtype) - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
-def moved_share(got: torch.Tensor, want: torch.Tensor, tol: float = 1e-4) -> float:
-    """Share of the rows (last dim: a token's outputs or logits) of `got` that are more than `tol` (relative to the
-    row's largest |want|) from `want`."""
-    d = (got.detach().to(want.device, want.dtype) - want).abs().amax(-1) / want.abs().amax(-1).clamp_min(1e-30)
-    return (d > tol).float().mean().item()
-
-
-def time_ms(fn, device, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of fn() in milliseconds over `repeats` calls after `warmup`, synchronizing a CUDA device around
-    each (its kernels run asynchronously)."""
-    sync = torch.cuda.synchronize if torch.device(device).type == 'cuda' else (lambda: None)
-    ts = []
-    for i in range(warmup + repeats):
-        sync()
-        t = time.perf_counter()
-        fn()
-        sync()
-        if i >= warmup:
-            ts.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(ts)
-
-
-def within(figures: dict, device) -> dict:
-    """{name: (error, tolerance)} -> {name: error}; any error over its tolerance (or NaN) raises, naming the figure and
-    the device."""
-    if bad := [f"{k} {e:.2e} > {t:.0e}" for k, (e, t) in figures.items() if not e <= t]:
-        raise AssertionError(f"on {device}: " + ', '.join(bad))
-    return {k: e for k, (e, _) in figures.items()}
-
 # %% ../nbs/00_model.ipynb #b153119a
 def new_model(cfg: ResNetBKConfig, device: str | torch.device | None = 'cpu') -> ResNetBKLM:
     """A freshly initialized model on `device`: drawn on the CPU, so that one seed gives the same weights on every
@@ -595,48 +551,3 @@ def new_model(cfg: ResNetBKConfig, device: str | torch.device | None = 'cpu') ->
 def cpu_copy(model: nn.Module) -> nn.Module:
     "A copy of the model on the CPU, wherever the model lives; the model itself stays where it is."
     return copy.deepcopy(model) if model_device(model).type == 'cpu' else copy.deepcopy(model).cpu()
-
-# %% ../nbs/00_model.ipynb #98c807a7
-def check_model(seed: int = 0, **cfg) -> ResNetBKLM:
-    """A small seeded ResNet-BK (width 32, 2 blocks, 300 words, windows of 64, no dropout) whose potential varies, as
-    after training: the device checks' model."""
-    torch.manual_seed(seed)
-    lm = ResNetBKLM(
-        ResNetBKConfig(**{'vocab_size': 300, 'd_model': 32, 'n_layers': 2, 'n_seq': 64, 'dropout': 0.0, **cfg})
-    )
-    for blk in lm.blocks:
-        nn.init.normal_(blk.v_proj.weight, std=1.0)
-    return lm
-
-
-def scan_check(device: str | torch.device = 'cuda', batch: int = 8, n: int = 4096, seed: int = 0) -> dict:
-    "The BK-Core and a model on `device` against the CPU in float64: G, its gradient, the logits, and causality."
-    dev, g = on_device(device), torch.Generator().manual_seed(seed)
-    a = torch.randn(batch, n, generator=g) - 2
-    w = torch.randn(batch, n, 2, generator=g)  # a direction: the gradient checked is d<w, G>/da
-    ad, a64 = a.clone().to(dev).requires_grad_(), a.double().requires_grad_()  # leaves of their own
-    G = causal_resolvent(ad)
-    (torch.view_as_real(G) * w.to(dev)).sum().backward()
-    (torch.view_as_real(causal_resolvent(a64, dtype=torch.complex128)) * w.double()).sum().backward()
-    ref = causal_resolvent_loop(a.double(), dtype=torch.complex128)  # the sequential recurrence: an independent route
-    lm = check_model(seed).eval()
-    idx = torch.randint(0, lm.cfg.vocab_size, (4, lm.cfg.n_seq), generator=g)
-    with torch.no_grad():
-        want = copy.deepcopy(lm).double()(idx)
-    lm.to(dev)
-    with torch.no_grad():
-        got = lm(idx.to(dev))
-    delta = logit_change(lm, idx.to(dev), t=32)
-    if not delta[32:34].min() > 0:
-        raise AssertionError(
-            f"on {dev}: changing token 32 changed no logit at positions 32-33: the check would prove nothing"
-        )
-    return within(
-        {
-            'G': (((G.detach().cpu().to(torch.complex128) - ref).abs() / ref.abs()).max().item(), 1e-5),
-            'dG/da': (rel_error(ad.grad, a64.grad), 1e-4),
-            'logits': (rel_error(got, want), 1e-4),
-            'causal leak': ((delta[:32].max() / delta[32:].max()).item(), 1e-6),
-        },
-        dev,
-    )

@@ -11,19 +11,8 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import torch
 from fastcore.basics import patch
-from resnet_bk_compress.model import (
-    ResNetBKConfig,
-    ResNetBKLM,
-    InputError,
-    num_params,
-    on_device,
-    within,
-    model_device,
-    cpu_copy,
-    moved_share,
-    new_model,
-)
-from .data import Corpus, synthetic_corpus, unigram_ppl, batches_per_epoch
+from .model import ResNetBKLM, InputError, num_params, on_device, model_device, cpu_copy
+from .data import Corpus, unigram_ppl, batches_per_epoch
 from .files import save_model, file_bytes, atomic_write, save_compressed, load_compressed
 from .train import fit, evaluate
 from .quant import QuantConfig
@@ -54,7 +43,7 @@ from resnet_bk_compress.plan import (
 from .report import write_report
 
 # %% auto #0
-__all__ = ['BUDGET_MARGIN', 'CompressionPipeline', 'Budget', 'same_settings', 'pipeline_check']
+__all__ = ['BUDGET_MARGIN', 'CompressionPipeline', 'Budget', 'same_settings']
 
 # %% ../nbs/06_pipeline.ipynb #a5eca6a2
 def _peak_mb() -> float:
@@ -509,38 +498,3 @@ def scratch_baseline(
         seconds=time.perf_counter() - t0,
         matched_seconds=seconds,
     )
-
-# %% ../nbs/06_pipeline.ipynb #898822d2
-def pipeline_check(device: str | torch.device = 'cuda', seed: int = 0, steps: int = 5) -> dict:
-    """A short pipeline run on `device` (teacher included); its file, loaded on the CPU, must score what the run
-    reported and compute the logits it computes on the device."""
-    import tempfile
-
-    dev, syn = on_device(device), synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
-    torch.manual_seed(seed)
-    teacher = new_model(ResNetBKConfig(vocab_size=len(syn.vocab), d_model=32, n_layers=2, n_seq=32), dev)
-    fit(teacher, syn, max_steps=4 * steps, batch_size=16, lr=5e-3, eval_split=None, progress=False)
-    pipe = CompressionPipeline(
-        teacher.eval(),
-        syn.vocab,
-        target_compression=2,
-        student=dict(n_layers=1, num_experts=2, tie_embeddings=True),
-        table=dict(n_dense=100, codebook_size=16),
-        batch_size=16,
-        calib_batches=2,
-    )
-    with tempfile.TemporaryDirectory() as d:
-        rep = pipe.run_pipeline(syn, max_steps=steps, save_dir=Path(d) / 'run', progress=False, device=dev)
-        model, vocab, _ = load_compressed(rep['compressed_file'])  # on the CPU
-        x = syn.with_vocab(vocab).test[: 2 * 32].reshape(2, 32)
-        with torch.no_grad():
-            cpu, on = model(x), copy.deepcopy(model).to(dev)(x.to(dev)).cpu()
-        ppl = evaluate(model, syn.with_vocab(vocab).test)['ppl']
-    figs = within(
-        {
-            'positions moved': (moved_share(on, cpu), 0.01),
-            'ppl, file on the CPU vs the run': (abs(ppl - rep['compressed_ppl']) / ppl, 1e-3),
-        },
-        dev,
-    )
-    return {**figs, 'stages': [s['name'] for s in rep['stages']], 'seconds': rep['seconds']}

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
-from .model import MoE, ResNetBKLM, check_model, on_device, rel_error, within, model_device
+from .model import MoE, ResNetBKLM, model_device
 from .data import train_batches
 from .files import register_structure, atomic_write
 from .train import evaluate, fit
@@ -21,7 +21,7 @@ from .int4_moe import QuantizedMoELayer
 
 # %% auto #0
 __all__ = ['RANKINGS', 'ExpertStats', 'expert_stats', 'plot_expert_stats', 'prune_moe_', 'prune_experts_',
-           'ProgressivePruningScheduler', 'MagnitudePruner', 'pruning_check']
+           'ProgressivePruningScheduler', 'MagnitudePruner']
 
 # %% ../nbs/04_pruning.ipynb #6dbc3e75
 @dataclass
@@ -429,37 +429,3 @@ class MagnitudePruner:
                 )
             )
         return hist
-
-# %% ../nbs/04_pruning.ipynb #b4347945
-def pruning_check(device: str | torch.device = 'cuda', seed: int = 0) -> dict:
-    "Expert statistics, expert pruning and magnitude pruning on `device` against a float64 copy on the CPU."
-    dev, g = on_device(device), torch.Generator().manual_seed(seed)
-    lm = check_model(seed).eval()
-    ref, lm = copy.deepcopy(lm).double(), lm.to(dev)
-    V, n = lm.cfg.vocab_size, lm.cfg.n_seq
-    batches = [torch.randint(0, V, (8, n), generator=g) for _ in range(4)]
-    s_dev, s_ref = expert_stats(lm, batches), expert_stats(ref, batches)  # the batches go to each model's device
-    moved = max((s.tokens - r.tokens).abs().sum().item() / 2 / r.total for s, r in zip(s_dev, s_ref))
-    gate = max(rel_error(s.gate_mass, r.gate_mass) for s, r in zip(s_dev, s_ref))
-    sal = max(rel_error(s.saliency_sum, r.saliency_sum) for s, r in zip(s_dev, s_ref))
-    kept = float(prune_experts_(lm, s_dev, keep=2) != prune_experts_(ref, s_ref, keep=2))
-    p_dev, p_ref = MagnitudePruner(lm), MagnitudePruner(ref)
-    p_dev.prune(sparsity=0.5)
-    p_ref.prune(sparsity=0.5)
-    masks = max(
-        (p_dev._mask(m).cpu() != p_ref._mask(p_ref.targets[k])).double().mean().item() for k, m in p_dev.targets.items()
-    )
-    idx = torch.randint(0, V, (2, n), generator=g)
-    with torch.no_grad():
-        logits = rel_error(lm(idx.to(dev)), ref(idx))
-    return within(
-        {
-            'tokens routed differently': (moved, 1e-3),
-            'gate mass': (gate, 1e-5),
-            'saliency': (sal, 1e-4),
-            'kept experts differ': (kept, 0),
-            'magnitude masks': (masks, 0),
-            'pruned logits': (logits, 1e-4),
-        },
-        dev,
-    )

@@ -13,16 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
-from resnet_bk_compress.model import (
-    BKCore,
-    OutputHead,
-    InputError,
-    check_model,
-    on_device,
-    rel_error,
-    within,
-    model_device,
-)
+from .model import BKCore, OutputHead, InputError, model_device
 from .files import register_structure
 from .train import lm_loss
 
@@ -31,7 +22,7 @@ __all__ = ['OBSERVERS', 'QUANT_KINDS', 'PerTensor', 'PerChannel', 'PerGroup', 'q
            'qparams_from_min_max', 'choose_qparams', 'quantize_tensor', 'dequantize_tensor', 'fake_quantize_tensor',
            'sqnr', 'MinMaxObserver', 'MovingAverageMinMaxObserver', 'PercentileObserver', 'MSEObserver', 'Calibratable',
            'Quantizer', 'FakeQuantizer', 'calibrating', 'QuantizedBKCore', 'QuantConfig', 'Int8Config', 'copy_float_',
-           'QATLinear', 'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_', 'qat_check']
+           'QATLinear', 'QATEmbedding', 'Int8Linear', 'Int8Embedding', 'quantize_']
 
 # %% ../nbs/01_quant.ipynb #b5ab06be
 @dataclass(frozen=True)
@@ -748,35 +739,3 @@ def _rebuild_quant(model: nn.Module, spec: dict):
 
 
 register_structure('quant', _describe_quant, _rebuild_quant, order=20)
-
-# %% ../nbs/01_quant.ipynb #4e2cfe9b
-def qat_check(device: str | torch.device = 'cuda', seed: int = 0, config: Int8Config | None = None) -> dict:
-    """One QAT backward pass and the converted int8 model on `device`, against a float64 copy on the CPU: loss,
-    gradients, logits."""
-    dev, g, config = on_device(device), torch.Generator().manual_seed(seed), config or Int8Config()
-    lm = quantize_(check_model(seed), config).eval()
-    V, n = lm.cfg.vocab_size, lm.cfg.n_seq
-    with calibrating(lm), torch.no_grad():
-        for _ in range(4):
-            lm(torch.randint(0, V, (8, n), generator=g))
-    x, y = torch.randint(0, V, (2, 8, n), generator=g)
-    ref = copy.deepcopy(lm).double()
-    runs = []
-    for m in (ref, lm.to(dev)):  # eval mode: the observers stay as calibrated
-        ce, aux = lm_loss(m, x, y)
-        (ce + 0.01 * aux).backward()
-        runs.append((ce.item(), {k: p.grad for k, p in m.named_parameters() if p.grad is not None}))
-    (l64, g64), (l32, g32) = runs
-    if set(g32) != set(g64) or not g64:
-        raise AssertionError(f"on {dev}: gradients reached {sorted(g32)}, on the CPU {sorted(g64)}")
-    quantize_(lm, config, 'convert')
-    with torch.no_grad():
-        int8, fake = lm(x.to(dev)), ref(x)
-    return within(
-        {
-            'loss': (abs(l32 - l64) / l64, 1e-5),
-            'gradients': (max(rel_error(g32[k], g64[k]) for k in g64), 1e-4),
-            'int8 logits': (rel_error(int8, fake), 1e-4),
-        },
-        dev,
-    )

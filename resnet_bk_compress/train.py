@@ -16,9 +16,6 @@ from resnet_bk_compress.model import (
     ResNetBKLM,
     InputError,
     num_params,
-    on_device,
-    check_model,
-    within,
     model_device,
     new_model,
     run_command,
@@ -40,7 +37,7 @@ from .files import save_model, load_model, file_bytes, atomic_write
 __all__ = ['BENCH_URL', 'ChunkedCrossEntropy', 'chunked_cross_entropy', 'dense_head_loss', 'head_shared_rows', 'group_bias',
            'shared_row_scores', 'shared_rows_cross_entropy', 'head_operands', 'lm_loss', 'evaluate', 'warmup_cosine',
            'LMObjective', 'dist_info', 'init_distributed', 'CheckpointError', 'fit', 'train_main', 'rbk_train',
-           'eval_main', 'rbk_eval', 'bench_result', 'fit_check']
+           'eval_main', 'rbk_eval', 'bench_result']
 
 # %% ../nbs/00b_train.ipynb #d1addedc
 class ChunkedCrossEntropy(torch.autograd.Function):
@@ -567,18 +564,3 @@ def bench_result(name: str) -> dict:
             f"no bench/out/{name}.json in a checkout above {Path.cwd()} and {BENCH_URL.format(name)} "
             f"could not be fetched ({e}): run bench/{name}.py, or go online"
         ) from None
-
-# %% ../nbs/00b_train.ipynb #30724167
-def fit_check(device: str | torch.device = 'cuda', seed: int = 0, steps: int = 10) -> dict:
-    """`fit` for `steps` seeded steps on `device` against the same steps in float64 on the CPU: mean training loss and
-    test perplexity."""
-    dev, syn = on_device(device), synthetic_corpus(vocab_size=300, n_train=20_000, n_eval=2_000)
-    runs = []
-    for where, dtype in ((dev, torch.float32), (torch.device('cpu'), torch.float64)):
-        lm = check_model(seed).to(where, dtype)
-        h = fit(lm, syn, max_steps=steps, batch_size=16, lr=3e-3, eval_split=None, progress=False)
-        runs.append((h[-1]['train_loss'], evaluate(lm, syn.test)['ppl']))
-    (loss, ppl), (loss64, ppl64) = runs
-    return within(
-        {'train loss': (abs(loss - loss64) / loss64, 1e-4), 'test ppl': (abs(ppl - ppl64) / ppl64, 1e-4)}, dev
-    )

@@ -16,7 +16,8 @@ from resnet_bk_compress.quant import Int8Config, quantize_, calibrating
 from resnet_bk_compress.complex_quant import ComplexInt8Config
 from resnet_bk_compress.int4_moe import GroupWiseQuantizer, Int4MoEConfig
 from resnet_bk_compress.pruning import MagnitudePruner, expert_stats, prune_experts_
-from resnet_bk_compress.pipeline import CompressionPipeline, pipeline_check
+from resnet_bk_compress.pipeline import CompressionPipeline
+from resnet_bk_compress.checks import pipeline_check
 from resnet_bk_compress.files import load_compressed
 from conftest import train_small
 

@@ -2,17 +2,18 @@
 there with a CPU reference under explicit tolerances. Here they must pass on the CPU, and each must fail when its device's result is wrong."""
 import pytest
 import torch
-from resnet_bk_compress import model, train, quant, complex_quant, int4_moe, pruning, distill, pipeline, files
-from resnet_bk_compress.model import InputError, on_device, within
+from resnet_bk_compress import checks, complex_quant, files
+from resnet_bk_compress.model import InputError, on_device
+from resnet_bk_compress.checks import within
 
-CHECKS = [(model.scan_check, ['G', 'dG/da', 'logits', 'causal leak']),
-          (train.fit_check, ['train loss', 'test ppl']),
-          (quant.qat_check, ['loss', 'gradients', 'int8 logits']),
-          (complex_quant.complex_check, ['separate per tensor', 'polar per position']),
-          (int4_moe.int4_check, ['dequantize-then-matmul', 'INT4 MoE tokens moved']),
-          (pruning.pruning_check, ['tokens routed differently', 'kept experts differ', 'magnitude masks', 'pruned logits']),
-          (distill.distill_check, ['dense loss', 'dense gradient', 'topk loss', 'topk gradient']),
-          (pipeline.pipeline_check, ['positions moved', 'ppl, file on the CPU vs the run'])]
+CHECKS = [(checks.scan_check, ['G', 'dG/da', 'logits', 'causal leak']),
+          (checks.fit_check, ['train loss', 'test ppl']),
+          (checks.qat_check, ['loss', 'gradients', 'int8 logits']),
+          (checks.complex_check, ['separate per tensor', 'polar per position']),
+          (checks.int4_check, ['dequantize-then-matmul', 'INT4 MoE tokens moved']),
+          (checks.pruning_check, ['tokens routed differently', 'kept experts differ', 'magnitude masks', 'pruned logits']),
+          (checks.distill_check, ['dense loss', 'dense gradient', 'topk loss', 'topk gradient']),
+          (checks.pipeline_check, ['positions moved', 'ppl, file on the CPU vs the run'])]
 
 @pytest.mark.parametrize('check,figures', CHECKS, ids=[c.__name__ for c, _ in CHECKS])
 def test_checks_pass_on_the_cpu(check, figures):
@@ -30,12 +31,12 @@ def _on_float32(fn, bad):
 
 def test_each_check_fails_when_the_device_is_wrong(monkeypatch):
     "A perturbation of 1e-3 on the checked side of each computation must trip its check, naming the figure."
-    cases = [(model, 'causal_resolvent', lambda G: G * 1.001, model.scan_check, 'G'),
-             (train, 'evaluate', lambda r: {**r, 'ppl': r['ppl'] * 1.001}, train.fit_check, 'test ppl'),
-             (quant, 'lm_loss', lambda r: (r[0] * 1.001, r[1]), quant.qat_check, 'loss'),
-             (int4_moe, 'rel_error', lambda v: v + 1e-3, int4_moe.int4_check, 'dequantize-then-matmul'),
-             (pruning, 'expert_stats', lambda st: [type(s)(s.tokens, s.gate_mass * 1.001, s.saliency_sum, s.total) for s in st], pruning.pruning_check, 'gate mass'),
-             (distill, 'chunked_distill_loss', lambda r: (r[0] * 1.001, *r[1:]), distill.distill_check, 'dense loss'),
+    cases = [(checks, 'causal_resolvent', lambda G: G * 1.001, checks.scan_check, 'G'),
+             (checks, 'evaluate', lambda r: {**r, 'ppl': r['ppl'] * 1.001}, checks.fit_check, 'test ppl'),
+             (checks, 'lm_loss', lambda r: (r[0] * 1.001, r[1]), checks.qat_check, 'loss'),
+             (checks, 'rel_error', lambda v: v + 1e-3, checks.int4_check, 'dequantize-then-matmul'),
+             (checks, 'expert_stats', lambda st: [type(s)(s.tokens, s.gate_mass * 1.001, s.saliency_sum, s.total) for s in st], checks.pruning_check, 'gate mass'),
+             (checks, 'chunked_distill_loss', lambda r: (r[0] * 1.001, *r[1:]), checks.distill_check, 'dense loss'),
              ]
     for mod, name, bad, check, figure in cases:
         with monkeypatch.context() as m:
@@ -52,10 +53,10 @@ def test_each_check_fails_when_the_device_is_wrong(monkeypatch):
             if str(path).endswith('stage3_quantize.safetensors'):  # only the check loads the run's last file
                 with torch.no_grad(): mdl.ln_f.weight.mul_(1.5)  # LayerNorms stay float
             return mdl, v, info
-        m.setattr(pipeline, 'load_compressed', damaged)
-        with pytest.raises(AssertionError, match='ppl, file on the CPU'): pipeline.pipeline_check('cpu')
+        m.setattr(checks, 'load_compressed', damaged)
+        with pytest.raises(AssertionError, match='ppl, file on the CPU'): checks.pipeline_check('cpu')
 
-def complex_check_cpu(): return complex_quant.complex_check('cpu')
+def complex_check_cpu(): return checks.complex_check('cpu')
 
 def test_within_and_on_device():
     assert within({'a': (1e-7, 1e-6)}, 'cpu') == {'a': 1e-7}

@@ -27,10 +27,22 @@ def test_lines_at_most_120():
     assert not long, f'lines over 120 characters (run `ruff format nbs`, then wrap what is left by hand): {long}'
 
 
-def test_notebooks_formatted():
-    "The notebooks' code is as `ruff format` writes it (`ruff format nbs` fixes it; then `nbdev-export`)."
-    r = ruff('format', '--check', 'nbs')
+def test_notebooks_and_benchmarks_formatted():
+    "The notebooks' and benchmarks' code is as `ruff format` writes it (`ruff format nbs bench`; then `nbdev-export`)."
+    r = ruff('format', '--check', 'nbs', 'bench')
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_benchmarks_at_most_120_and_say_how_to_run_them():
+    "Each script under bench/ has lines of at most 120 characters and a docstring with its command and what it writes."
+    r = ruff('check', '--output-format', 'json', 'bench')
+    assert r.returncode in (0, 1), r.stderr
+    assert not json.loads(r.stdout or '[]'), [f"{v['filename']}:{v['location']['row']}" for v in json.loads(r.stdout)]
+    import ast
+
+    for f in sorted((ROOT / 'bench').glob('*.py')):
+        doc = ast.get_docstring(ast.parse(f.read_text())) or ''
+        assert f'python bench/{f.name}' in doc and 'bench/out/' in doc, f"{f.name}: its docstring says neither its command nor what it writes"
 
 
 def test_the_check_can_fail(tmp_path):
