@@ -20,9 +20,8 @@ default's five times (the median ratio; recorded); the learning-rate and schedul
 `--same-steps` trains every lever for the default's steps instead (the runs at length: whether a lever's gain holds
 without the steps it buys), and each run records the seconds its training steps took (`train_s`), so the cost of a
 step is measured over the whole run as well as by the timer. Results land in the JSON as each run finishes (a rerun
-skips the runs there), with the valid perplexity after each epoch and the test perplexity at the end. The budget's
-safety margin is read from the committed pipeline runs (the seconds it held back against the seconds each run ended
-before its deadline, and how much slower their steps ran than the probe that sized them), not trained here.
+skips the runs there), with the valid perplexity after each epoch and the test perplexity at the end. (The budget's
+safety margin is read from the committed pipeline runs by `05_distill`, not trained here.)
 
     python bench/levers_wt2.py [--teacher reference] [--epochs 4] [--levers default dropout0 ...] [--threads N]
                                [--same-steps] [--train-tokens N] [--out bench/out/levers_wt2.json]
@@ -56,35 +55,6 @@ LEVERS = {
 }
 
 COST = {'dropout', 'k'}  # the levers that change what a step costs (dropout masks, the cached words it reads)
-
-
-def margin_evidence() -> list[dict]:
-    """Each committed budgeted pipeline run: the seconds its 10% margin held back from distillation, the seconds it
-    ended before its deadline, and (runs since the stages record their training seconds) how much slower its
-    distillation steps ran than the probe that sized them. A run that ends well inside its margin did not need all
-    of it; steps slower than the probe by more than the margin would have overrun without the reserve."""
-    rows = []
-    for f in sorted((ROOT / 'bench' / 'out').glob('pipeline_wt2*.json')):
-        rep = json.loads(f.read_text())['results']['report']
-        b = rep.get('budget') or {}
-        if not b.get('minutes') or 'used_s' not in b:
-            continue
-        d = next(s for s in rep['stages'] if s['name'] == 'distill')
-        row = dict(
-            file=f.name,
-            budget_s=b['minutes'] * 60,
-            used_s=b['used_s'],
-            margin_s=0.1 * b['distill_steps'] * b['distill_step_s'],
-            spare_s=b['minutes'] * 60 - b['used_s'],
-            probe_step_s=b['distill_step_s'],
-        )
-        if d.get('train_s'):  # the steps alone, without building the targets and probing
-            row.update(
-                run_step_s=d['train_s'] / d['steps'],
-                slower_than_probe=d['train_s'] / d['steps'] / b['distill_step_s'] - 1,
-            )
-        rows.append(row)
-    return rows
 
 
 if __name__ == '__main__':
@@ -155,7 +125,6 @@ if __name__ == '__main__':
         torch=torch.__version__,
         threads=torch.get_num_threads(),
         machine=platform.machine(),
-        margin=margin_evidence(),
     )
     save()
     runs = res.setdefault('runs', {})

@@ -2,7 +2,7 @@
 there with a CPU reference under explicit tolerances. Here they must pass on the CPU, and each must fail when its device's result is wrong."""
 import pytest
 import torch
-from resnet_bk_compress import checks, complex_quant, files
+from resnet_bk_compress import checks, complex_quant, files, int4_moe
 from resnet_bk_compress.model import InputError, on_device
 from resnet_bk_compress.checks import within
 
@@ -68,7 +68,7 @@ def test_within_and_on_device():
         assert on_device(None) == torch.device('cpu')
 
 def test_int4_timings_and_kernel_flag():
-    r = int4_moe.int4_timings('cpu', shapes=((128, 64),), tokens=(1, 8))
+    r = checks.int4_timings('cpu', shapes=((128, 64),), tokens=(1, 8))
     assert [x['tokens'] for x in r] == [1, 8] and all(x['dequant_ms'] > 0 and x['fp32_ms'] > 0 for x in r)
     assert all((x['kernel_ms'] is not None) == int4_moe.int4_kernel_available('cpu') for x in r)
     assert not int4_moe.int4_kernel_available('meta')
