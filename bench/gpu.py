@@ -29,7 +29,7 @@ from resnet_bk_compress.files import file_bytes, save_model
 from resnet_bk_compress.train import fit, evaluate
 from resnet_bk_compress.distill import DistillationTrainer, make_student
 from resnet_bk_compress.checks import time_ms
-from resnet_bk_compress import checks, int4_moe
+from resnet_bk_compress import checks as device_checks, int4_moe
 
 ROOT = Path(__file__).resolve().parents[1]
 # the numbered notebooks 00_model ... 06_pipeline that have cuda cells (00a_data and 03a_tables have none)
@@ -40,14 +40,14 @@ PHASES = ('checks', 'notebooks', 'pipeline_wt2', 'bk_core', 'int4', 'distillatio
 # is also capped by --budget. The H200 took: checks 15 s, pipeline_wt2 278 s; the speed phases 10-30 s each.
 LIMITS = dict(checks=90, notebook=90, pipeline_wt2=420, bk_core=60, int4=60, distillation=90, training=90)
 CHECKS = (
-    checks.scan_check,
-    checks.fit_check,
-    checks.qat_check,
-    checks.complex_check,
-    checks.int4_check,
-    checks.pruning_check,
-    checks.distill_check,
-    checks.pipeline_check,
+    device_checks.scan_check,
+    device_checks.fit_check,
+    device_checks.qat_check,
+    device_checks.complex_check,
+    device_checks.int4_check,
+    device_checks.pruning_check,
+    device_checks.distill_check,
+    device_checks.pipeline_check,
 )
 # Published peaks (NVIDIA data sheets): memory bandwidth in bytes/s, dense fp32 FLOP/s without tensor cores.
 PEAKS = {'H200': dict(bandwidth=4.8e12, fp32=67e12), 'T4': dict(bandwidth=320e9, fp32=8.1e12)}
@@ -206,7 +206,7 @@ def int4(dev, quick):
     shapes = ((128, 64),) if quick else ((128, 64), (64, 128), (1024, 1024), (4096, 4096), (64, 33280))
     return dict(
         kernel_available=int4_moe.int4_kernel_available(dev),
-        timings=checks.int4_timings(dev, shapes, (1, 64) if quick else (1, 64, 4096)),
+        timings=device_checks.int4_timings(dev, shapes, (1, 64) if quick else (1, 64, 4096)),
     )
 
 
