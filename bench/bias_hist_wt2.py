@@ -1,14 +1,15 @@
 """What a bias histogram fixed before training costs: 4-bit head biases coded by k-means against by rank into a
 histogram.
 
-Takes the stage files of the last bench/pipeline_wt2.py run (.cache/pipeline_wt2: the float student after pruning and
-its teacher), quantizes the student as the quantize stage does but without QAT steps, leaving its biases in float, and
-then stores the same biases four ways: nearest of 16 levels placed by k-means weighted by word counts (the library's
-choice before the histogram was fixed); by rank into the teacher's histogram (the pipeline's choice: `bias_hist`); by
-rank into the student's own k-means histogram (a check: it must give the k-means codes back); by rank into equal counts.
-For each: the bias codes' entropy-coded bytes, the written file's bytes and test perplexity.
+Takes the stage files of a bench/pipeline_wt2.py run (default: `--teacher 3epoch`'s, the figures' run, in
+.cache/pipeline_wt2_3epoch: the float student after pruning and its teacher), quantizes the student as the quantize
+stage does but without QAT steps, leaving its biases in float, and then stores the same biases four ways: nearest of 16
+levels placed by k-means weighted by word counts (the library's choice before the histogram was fixed); by rank into the
+teacher's histogram (the pipeline's choice: `bias_hist`); by rank into the student's own k-means histogram (a check: it
+must give the k-means codes back); by rank into equal counts. For each: the bias codes' entropy-coded bytes, the written
+file's bytes and test perplexity.
 
-    python bench/bias_hist_wt2.py [--run-dir .cache/pipeline_wt2] [--out bench/out/bias_hist_wt2.json]
+    python bench/bias_hist_wt2.py [--run-dir .cache/pipeline_wt2_3epoch] [--out bench/out/bias_hist_wt2.json]
 """
 
 import argparse, json, platform, sys, tempfile
@@ -28,7 +29,7 @@ from resnet_bk_compress.plan import word_counts, bias_hist
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--run-dir', default=str(ROOT / '.cache' / 'pipeline_wt2'))
+    p.add_argument('--run-dir', default=str(ROOT / '.cache' / 'pipeline_wt2_3epoch'))
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'bias_hist_wt2.json'))
     a = p.parse_args()
     d = Path(a.run_dir)

@@ -1,6 +1,7 @@
 """Bytes of a compressed model by part: stored as they are, their order-0 entropy, and as entropy coding stores them.
 
-Reads a file the pipeline wrote (default: the 100x WikiText-2 file of bench/pipeline_wt2.py, in .cache/pipeline_wt2),
+Reads a file the pipeline wrote (default: the 100x WikiText-2 file of the figures' run,
+`bench/pipeline_wt2.py --teacher 3epoch`, in .cache/pipeline_wt2_3epoch),
 writes it again with today's `save_compressed` (rANS-coded byte tensors, the word list by PPMd) and without entropy
 coding (its word list is PPMd's too: the "raw" word list is the smaller of xz and bzip2, as before), and measures: per
 part, the bytes as stored, the order-0 entropy of its byte and nibble values, the bytes as the coded file stores them;
@@ -35,7 +36,9 @@ def part_of(name: str) -> str:
 
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('file', nargs='?', default=str(ROOT / '.cache' / 'pipeline_wt2' / 'stage3_quantize.safetensors'))
+    p.add_argument(
+        'file', nargs='?', default=str(ROOT / '.cache' / 'pipeline_wt2_3epoch' / 'stage3_quantize.safetensors')
+    )
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'coding_wt2.json'))
     a = p.parse_args()
     model, vocab, info = load_compressed(a.file)

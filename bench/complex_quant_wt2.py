@@ -1,4 +1,4 @@
-"""Complex quantization of the BK-Core on the reference teacher: SQNR of G in every layer for each grid (per tensor /
+"""Complex quantization of the BK-Core on the 3-epoch teacher: SQNR of G in every layer for each grid (per tensor /
 per position, symmetric / asymmetric, joint modulus scale, polar, and quantizing r = 1/G instead), |G| and the error
 across positions, and WikiText-2 test perplexity with only the BK-Core quantized, at 8 and 4 bits.
 
@@ -18,6 +18,8 @@ from resnet_bk_compress.train import evaluate
 from resnet_bk_compress.quant import PerTensor, PerChannel, calibrating, quantize_
 from resnet_bk_compress.complex_quant import ComplexQuantizer, ComplexInt8Config
 from resnet_bk_compress.quant import sqnr
+
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
 
 ROOT = Path(__file__).resolve().parents[1]
 OBSERVER = 'min_max'  # what the model flow (ComplexInt8Config.bk_observer) uses
@@ -59,7 +61,7 @@ def calibrated(kwargs, bits, G_cal, observer=OBSERVER):
 
 def run(n_batches=32, n_held=8):
     corpus = load_wikitext2()
-    teacher, vocab, meta = reference_teacher()
+    teacher, vocab, meta = reference_teacher(TEACHER)
     t0 = time.perf_counter()
     cal = [x for x, _ in list(train_batches(corpus.train, teacher.cfg.n_seq, 32, seed=1))[:n_batches]]
     held = [x for x, _ in list(eval_windows(corpus.valid, teacher.cfg.n_seq, 32))[:n_held]]

@@ -1,6 +1,6 @@
 """How the 100x student's perplexity grows with distillation: the curve, the scratch baseline, and teacher-written text.
 
-The student is the one the pipeline plans for 100x of the reference teacher (bench/train_wt2.py), distilled as the
+The student is the one the pipeline plans for 100x of the 3-epoch teacher (bench/train_wt2.py), distilled as the
 pipeline's distill stage does it (cached top-32 targets, bk features, warmup-cosine schedule). Each point of the curve
 is its own run, sized to its length (a cosine schedule evaluated half-way is not a shorter run): the float student's
 valid perplexity after every epoch and its test perplexity at the end (quantization costs nothing at 100x, see
@@ -35,6 +35,9 @@ from resnet_bk_compress.distill import DistillationTrainer
 from resnet_bk_compress.generate import generate_ids
 from resnet_bk_compress.pipeline import CompressionPipeline
 from resnet_bk_compress.plan import Plan, build_student, canonical_teacher
+
+
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
 
 
 def run(student, corpus, steps, objective, pipe, offset) -> dict:
@@ -99,8 +102,10 @@ if __name__ == '__main__':
     res = json.loads(out.read_text()) if out.is_file() else {}
     save = lambda: out.write_text(json.dumps(res, indent=1))
     corpus0 = load_wikitext2()
-    teacher0, vocab0, _ = reference_teacher()
-    pipe = CompressionPipeline(teacher0, vocab0, target_compression=a.target, teacher_bytes=file_bytes(teacher_file()))
+    teacher0, vocab0, _ = reference_teacher(TEACHER)
+    pipe = CompressionPipeline(
+        teacher0, vocab0, target_compression=a.target, teacher_bytes=file_bytes(teacher_file(TEACHER))
+    )
     pipe.use_plan(plan := pipe.choose_plan(corpus0))
     if (
         res.get('plan') and Plan.from_dict(res['plan']).to_dict() != plan.to_dict()

@@ -1,4 +1,4 @@
-"""Distillation of the reference teacher on WikiText-2: speed of the ways to compute the loss, and the lesson runs.
+"""Distillation of the 3-epoch teacher on WikiText-2: speed of the ways to compute the loss, and the lesson runs.
 
 Speed (tokens/s of 20 training steps, batch 32): plain training of the student, the textbook loss on full
 logits, the chunked loss with a live teacher, the chunked loss with cached top-k targets (and what building
@@ -27,6 +27,8 @@ from resnet_bk_compress.distill import (
     distill_loss,
     distill_cascade,
 )
+
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
 
 STUDENT = dict(d_model=16, n_layers=2, num_experts=2, tie_embeddings=True)  # the final size of every lesson run
 MIDDLE = dict(d_model=32, n_layers=2, num_experts=2, tie_embeddings=True)  # the teacher assistant of the cascade
@@ -109,10 +111,10 @@ if __name__ == '__main__':
         out.write_text(json.dumps(res, indent=1))
 
     corpus = load_wikitext2()
-    teacher, vocab, meta = reference_teacher()
+    teacher, vocab, meta = reference_teacher(TEACHER)
     res.update(
         unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(corpus.vocab)),
-        teacher=dict(test_ppl=meta['test_ppl'], bytes=file_bytes(teacher_file()), params=num_params(teacher)),
+        teacher=dict(test_ppl=meta['test_ppl'], bytes=file_bytes(teacher_file(TEACHER)), params=num_params(teacher)),
         student=STUDENT,
         middle=MIDDLE,
         steps=a.steps,

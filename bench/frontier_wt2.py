@@ -1,12 +1,12 @@
 """The perplexity-vs-bytes frontier on WikiText-2: the planned pipeline at several targets, each beside its same-size
 scratch baseline.
 
-For each target ratio the pipeline plans its student (03a_tables, 06_pipeline), distills, prunes and quantizes it with
-shorter training than the headline run (bench/pipeline_wt2.py; the plot says so), and trains the same-size scratch
-baseline for the same wall clock. A target the planner refuses is recorded, and the frontier's end is measured in its
-place: the smallest plan the planner found, at its ratio (rounded down to 0.1x). Results are appended to
-bench/out/frontier_wt2.json as each target finishes, so a partial run keeps what it measured. Run alone: the baseline's
-steps depend on speed.
+For each target ratio the pipeline plans a student of the 3-epoch teacher (03a_tables, 06_pipeline), distills,
+prunes and quantizes it with shorter training than the headline run (bench/pipeline_wt2.py; the plot says so), and
+trains the same-size scratch baseline for the same wall clock. A target the planner refuses is recorded, and the
+frontier's end is measured in its place: the smallest plan the planner found, at its ratio (rounded down to 0.1x).
+Results are appended to bench/out/frontier_wt2.json as each target finishes, so a partial run keeps what it measured.
+Run alone: the baseline's steps depend on speed.
 
     python bench/frontier_wt2.py [--targets 32 50 100 150 200] [--distillation-epochs 2] [--qat-epochs 0.1]
 """
@@ -22,6 +22,8 @@ from resnet_bk_compress.files import file_bytes
 from resnet_bk_compress.pipeline import CompressionPipeline
 from resnet_bk_compress.plan import PlanError
 
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--targets', type=float, nargs='+', default=[32.0, 50.0, 100.0, 150.0, 200.0])
@@ -30,7 +32,7 @@ if __name__ == '__main__':
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'frontier_wt2.json'))
     a = p.parse_args()
     corpus = load_wikitext2()
-    teacher, vocab, _ = reference_teacher()
+    teacher, vocab, _ = reference_teacher(TEACHER)
     out = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else dict(points={})
     out.update(
         distillation_epochs=a.distillation_epochs,
@@ -48,7 +50,9 @@ if __name__ == '__main__':
         target = queue.pop(0)
         d = ROOT / '.cache' / f'frontier_{target:g}x'
         shutil.rmtree(d, ignore_errors=True)
-        pipe = CompressionPipeline(teacher, vocab, target_compression=target, teacher_bytes=file_bytes(teacher_file()))
+        pipe = CompressionPipeline(
+            teacher, vocab, target_compression=target, teacher_bytes=file_bytes(teacher_file(TEACHER))
+        )
         try:
             rep = pipe.run_pipeline(
                 corpus,

@@ -2,9 +2,9 @@
 Runtime, the ONNX file's bytes against the model file's, and what decoding past n_seq costs in perplexity (position
 held vs a sliding window).
 
-Models: the reference teacher (bench/train_wt2.py) and the 100x compressed model of bench/pipeline_wt2.py (its run
-directory in .cache/pipeline_wt2), or any files given with --models. Speed: batch 1, a 16-word prompt, --new greedy
-tokens, best of 3; run alone. Writes bench/out/generate_wt2.json.
+Models: the 3-epoch teacher (bench/train_wt2.py) and its 100x compressed model (`bench/pipeline_wt2.py --teacher
+3epoch`, its run directory in .cache/pipeline_wt2_3epoch): the figures' models; or any files given with --models.
+Speed: batch 1, a 16-word prompt, --new greedy tokens, best of 3; run alone. Writes bench/out/generate_wt2.json.
 
     python bench/generate_wt2.py [--models A.safetensors ...] [--new 256] [--length 512] [--stretches 32] [--no-speed]
 """
@@ -19,6 +19,8 @@ from train_wt2 import reference_teacher, ROOT, teacher_file
 from resnet_bk_compress.data import load_wikitext2
 from resnet_bk_compress.files import load_model, file_bytes
 from resnet_bk_compress.generate import generate_ids, position_nll
+
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
 
 
 def best_of(fn, repeats=3) -> float:
@@ -71,9 +73,9 @@ if __name__ == '__main__':
     a = p.parse_args()
     corpus = load_wikitext2()
     if a.models is None:
-        reference_teacher()
-        report = ROOT / '.cache' / 'pipeline_wt2' / 'report.json'
-        a.models = [str(teacher_file())] + (
+        reference_teacher(TEACHER)
+        report = ROOT / '.cache' / 'pipeline_wt2_3epoch' / 'report.json'
+        a.models = [str(teacher_file(TEACHER))] + (
             [json.loads(report.read_text())['compressed_file']] if report.is_file() else []
         )
     out = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}

@@ -1,4 +1,4 @@
-"""INT4 experts on the reference teacher, WikiText-2 test: fp32; INT8 experts; INT4 with round-to-nearest, with the
+"""INT4 experts on the 3-epoch teacher, WikiText-2 test: fp32; INT8 experts; INT4 with round-to-nearest, with the
 scale search (with and without calibration input moments) and with GPTQ at group sizes 32/64/128; INT4 after QAT;
 every variant with an INT8 router and everything outside the MoE layers in fp32. Bytes of the expert tensors and of
 the whole file, routing agreement, and the relative output error of the MoE layers on held-out text.
@@ -17,6 +17,8 @@ from resnet_bk_compress.files import file_bytes, save_model
 from resnet_bk_compress.train import evaluate, fit
 from resnet_bk_compress.quant import calibrating, quantize_
 from resnet_bk_compress.int4_moe import METHODS, Int4MoEConfig, expert_bytes
+
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / 'bench' / 'out' / 'int4_moe_wt2.json'
@@ -61,7 +63,7 @@ def moe_error(teacher, model, inputs):
 
 def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, only=None):
     corpus = load_wikitext2()
-    teacher, vocab, meta = reference_teacher()
+    teacher, vocab, meta = reference_teacher(TEACHER)
     t0, tmp = time.perf_counter(), Path(tempfile.mkdtemp())
     cal = [x for x, _ in list(train_batches(corpus.train, teacher.cfg.n_seq, 32, seed=123))[:calib_batches]]
     held = moe_inputs(teacher, [x for x, _ in list(eval_windows(corpus.valid, teacher.cfg.n_seq, 32))[:4]])
@@ -78,7 +80,7 @@ def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, only=None):
         'fp32': dict(
             test_ppl=evaluate(teacher, corpus.test)['ppl'],
             expert_bytes=fp_experts,
-            file_bytes=file_bytes(teacher_file()),
+            file_bytes=file_bytes(teacher_file(TEACHER)),
         )
     }
     print('fp32', out['fp32'], flush=True)

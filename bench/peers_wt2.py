@@ -1,15 +1,15 @@
-"""Side by side with the libraries a user would pick instead (torchao, Optimum Quanto, HQQ, NNCF) on the reference
-teacher, WikiText-2 test.
+"""Side by side with the libraries a user would pick instead (torchao, Optimum Quanto, HQQ, NNCF) on the 3-epoch
+teacher (bench/train_wt2.py), WikiText-2 test.
 
 Each peer quantizes the teacher's weights its documented way, at each bit width it offers, writes the model with its own
 recommended serialization, and the model is loaded back from that file into a fresh skeleton and scored through its
 `forward` (the logits, then the cross-entropy): bytes of the files it wrote, with and without the word list (a peer's
 state_dict has none; ours carry it), test perplexity, seconds to quantize and evaluation tokens/s. A peer or setting
-that cannot run here is recorded with its exact error. Then the same for our own settings (INT8, INT4 GPTQ experts, the
-pipeline's files from bench/pipeline_wt2.py and bench/frontier_wt2.py), and an equal-footing comparison: each quantizer
-on the same layers at the same granularity. Writes bench/out/peers_wt2.json and the plot
-nbs/tutorials/images/peers_wt2.png. Run alone (its tokens/s depend on the cores being free); `pip install -e ".[peers]"`
-first.
+that cannot run here is recorded with its exact error. Then the same for our own settings (INT8, INT4 GPTQ experts,
+the pipeline's files from bench/pipeline_wt2.py --teacher 3epoch and bench/frontier_wt2.py), and an equal-footing
+comparison: each quantizer on the same layers at the same granularity. Writes bench/out/peers_wt2.json and the plot
+nbs/tutorials/images/peers_wt2.png. Run alone (its tokens/s depend on the cores being free); `pip install -e
+".[peers]"` first.
 
     python bench/peers_wt2.py [--only torchao quanto hqq nncf ours equal] [--eval-windows N]
 """
@@ -28,6 +28,8 @@ from resnet_bk_compress.model import ResNetBKLM
 from resnet_bk_compress.files import file_bytes, load_model, save_model
 from resnet_bk_compress.quant import Int8Config, quantize_
 from resnet_bk_compress.int4_moe import Int4MoEConfig
+
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT, PLOT = ROOT / 'bench' / 'out' / 'peers_wt2.json', ROOT / 'nbs' / 'tutorials' / 'images' / 'peers_wt2.png'
@@ -465,19 +467,27 @@ def ours(teacher, vocab, corpus, word_list, held, n_windows, tmp) -> list[dict]:
         )
 
     def pipeline_file(d):
+        RUNS = ('frontier_wt2.py', 'pipeline_wt2.py --teacher 3epoch')
+
         def f():
             p = ROOT / '.cache' / d / 'stage3_quantize.safetensors'
             if not p.is_file():
-                raise FileNotFoundError(
-                    f"{p} is missing: run bench/{'pipeline' if d == 'pipeline_wt2' else 'frontier'}_wt2.py first"
-                )
+                raise FileNotFoundError(f"{p} is missing: run python bench/{RUNS[d.startswith('pipeline')]} first")
             return p
 
         return f
 
     rows = [
         run_ours(
-            'fp32 teacher', teacher_file, teacher, vocab, corpus, word_list, held, n_windows, 'everything in float32'
+            'fp32 teacher',
+            lambda: teacher_file(TEACHER),
+            teacher,
+            vocab,
+            corpus,
+            word_list,
+            held,
+            n_windows,
+            'everything in float32',
         ),
         run_ours(
             'INT8 post-training',
@@ -516,7 +526,7 @@ def ours(teacher, vocab, corpus, word_list, held, n_windows, tmp) -> list[dict]:
     rows.append(
         run_ours(
             'pipeline 100x (headline run)',
-            pipeline_file('pipeline_wt2'),
+            pipeline_file('pipeline_wt2_3epoch'),  # the teacher's own 100x run
             teacher,
             vocab,
             corpus,
@@ -695,7 +705,7 @@ if __name__ == '__main__':
     a = p.parse_args()
     torch.manual_seed(0)
     corpus = load_wikitext2()
-    teacher, vocab, _ = reference_teacher()
+    teacher, vocab, _ = reference_teacher(TEACHER)
     teacher.eval()
     res = (
         json.loads(Path(a.out).read_text())
@@ -713,8 +723,8 @@ if __name__ == '__main__':
 
     res.update(
         teacher=dict(
-            file=str(teacher_file().relative_to(ROOT)),
-            file_bytes=file_bytes(teacher_file()),
+            file=str(teacher_file(TEACHER).relative_to(ROOT)),
+            file_bytes=file_bytes(teacher_file(TEACHER)),
             **tf,
             unigram_test_ppl=unigram_ppl(corpus.train, corpus.test, len(vocab)),
         ),

@@ -4,7 +4,7 @@ The planner writes the final structure with every value it knows before training
 measures that file (06_pipeline). Known before training: the word list, the table's codes (the run's own seeded
 k-means, on the teacher head's rows or the student's first table), and the histogram of the 4-bit bias codes (the
 teacher's biases', `plan.bias_hist`). Stand-ins: INT4 weights as uniform codes, stored at full width
-whatever training makes them. This writes the planned file of the default 100x plan of the reference teacher and
+whatever training makes them. This writes the planned file of the default 100x plan of the 3-epoch teacher and
 compares it, part by part, with the file bench/pipeline_wt2.py wrote (bench/out/pipeline_wt2.json) when that run had
 the same plan, and lists predicted against written bytes for every point of bench/out/frontier_wt2.json.
 
@@ -24,13 +24,15 @@ from resnet_bk_compress.files import save_compressed
 from resnet_bk_compress.report import file_parts
 from resnet_bk_compress.plan import Plan, plan as make_plan, final_structure, bias_hist
 
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'plan_bytes_wt2.json'))
     a = p.parse_args()
     corpus = load_wikitext2()
-    teacher, vocab, _ = reference_teacher()
-    plan = make_plan(teacher, vocab, corpus, 100.0, teacher_bytes=file_bytes(teacher_file()))
+    teacher, vocab, _ = reference_teacher(TEACHER)
+    plan = make_plan(teacher, vocab, corpus, 100.0, teacher_bytes=file_bytes(teacher_file(TEACHER)))
     model, voc = final_structure(teacher, vocab, corpus, plan.student, plan.table, plan.keep_experts)
     info = dict(stage='quantize', history=['distill', 'prune', 'quantize'])
     planned = file_parts(save_compressed(model, Path(tempfile.mkdtemp()) / 'plan.safetensors', voc, info))

@@ -1,4 +1,4 @@
-"""Pruning the reference teacher, WikiText-2 test: experts kept per layer (3, 2, 1) ranked by usage and by saliency, and
+"""Pruning the 3-epoch teacher, WikiText-2 test: experts kept per layer (3, 2, 1) ranked by usage and by saliency, and
 global magnitude sparsity (50/70/90%), each without and (for 2 experts, 70% and 90%) with 200 steps of retraining at the
 learning rate of bench/quant_wt2.py's fp32 control; file bytes of every model (save_model: sparse tensors as bitmasks).
 
@@ -16,18 +16,20 @@ from resnet_bk_compress.files import file_bytes, save_model
 from resnet_bk_compress.train import evaluate, fit
 from resnet_bk_compress.pruning import expert_stats, prune_experts_, MagnitudePruner, RANKINGS
 
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS, LR = 200, 1e-4
 
 
 def run():
     corpus = load_wikitext2()
-    teacher, vocab, meta = reference_teacher()
+    teacher, vocab, meta = reference_teacher(TEACHER)
     t0, tmp = time.perf_counter(), Path(tempfile.mkdtemp())
     calib = [x for x, _ in list(train_batches(corpus.train, teacher.cfg.n_seq, 32, seed=123))[:8]]
     stats = expert_stats(teacher, calib)
     out = dict(
-        fp32=dict(test_ppl=evaluate(teacher, corpus.test)['ppl'], file_bytes=file_bytes(teacher_file())),
+        fp32=dict(test_ppl=evaluate(teacher, corpus.test)['ppl'], file_bytes=file_bytes(teacher_file(TEACHER))),
         usage=[s.usage.tolist() for s in stats],
         saliency=[s.saliency.tolist() for s in stats],
         experts=[],

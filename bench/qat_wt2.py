@@ -3,7 +3,8 @@
 Takes the stage files of the last bench/pipeline_wt2.py run (.cache/pipeline_wt2: the float student after pruning, its
 teacher, the run's settings) and runs the quantize stage on the student as the run did (INT4 experts and table, INT8
 elsewhere, 4-bit biases with the teacher's histogram), once for each number of QAT epochs (the pipeline's default is
-0.5). For each: the QAT steps, the file's bytes and test perplexity, and the seconds of the QAT steps.
+0.5). For each: the QAT steps, the file's bytes and test perplexity, and the seconds of the QAT steps. Epochs measured
+before on the same run's files are kept in the JSON.
 
     python bench/qat_wt2.py [--run-dir .cache/pipeline_wt2] [--epochs 0 0.5 1 2] [--out bench/out/qat_wt2.json]
 """
@@ -44,6 +45,9 @@ if __name__ == '__main__':
         threads=torch.get_num_threads(),
         machine=platform.machine(),
     )
+    old = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
+    if old.get('run') == res['run']:  # the same run's stage files: keep the epochs measured before
+        res['runs'] = old['runs']
     for e in a.epochs:
         steps = pipe._steps(corpus, student.cfg.n_seq, e, None)
         t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""INT8 on the reference teacher, WikiText-2 test: fp32; post-training INT8 (weights, embeddings, BK-Core) with each
+"""INT8 on the 3-epoch teacher, WikiText-2 test: fp32; post-training INT8 (weights, embeddings, BK-Core) with each
 observer; the same plus INT8 inputs of every Linear; that configuration after a short QAT (and, as a control, the fp32
 model fine-tuned for the same steps); the file bytes of each.
 
@@ -16,6 +16,8 @@ from resnet_bk_compress.files import file_bytes, save_model
 from resnet_bk_compress.train import evaluate, fit
 from resnet_bk_compress.quant import OBSERVERS, Int8Config, calibrating, quantize_
 
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,11 +32,11 @@ def calibrate(model, corpus, n_batches, seed=123):
 
 def run(calib_batches=16, qat_steps=200, qat_lr=1e-4, observer_for_qat='moving_average'):
     corpus = load_wikitext2()
-    teacher, vocab, meta = reference_teacher()
+    teacher, vocab, meta = reference_teacher(TEACHER)
     out, tmp = {}, Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
     fp32 = evaluate(teacher, corpus.test)['ppl']
-    out['fp32'] = dict(test_ppl=fp32, file_bytes=file_bytes(teacher_file()))
+    out['fp32'] = dict(test_ppl=fp32, file_bytes=file_bytes(teacher_file(TEACHER)))
     out['unigram_test_ppl'] = unigram_ppl(corpus.train, corpus.test, len(vocab))
     print('fp32', out['fp32'], flush=True)
     for name in OBSERVERS:

@@ -2,8 +2,8 @@
 shared-row loss over its n_dense + K rows, side by side in one run (interleaved, each measured twice; the best of two
 is kept).
 
-The student is the one bench/pipeline_wt2.py's planner chose (its plan is read from bench/out/pipeline_wt2.json), built
-from the reference teacher as the distill stage builds it; the cached top-32 targets cover the first 300,000 training
+The student is the one bench/pipeline_wt2.py's planner chose (its plan is read from pipeline_wt2_3epoch.json), built
+from the 3-epoch teacher as the distill stage builds it; the cached top-32 targets cover the first 300,000 training
 tokens. Distillation runs the pipeline's objective (alpha 0.5, T 1, BK features at beta 0.1); QAT is the quantize
 stage's INT4/INT8 configuration, calibrated, with hard targets. tokens/s are fit's own figures over `--steps` steps
 after a warm-up step. Writes bench/out/shared_rows_wt2.json.
@@ -25,6 +25,9 @@ from resnet_bk_compress.pipeline import CompressionPipeline
 from resnet_bk_compress.plan import build_student, canonical_teacher
 
 
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
+
+
 def tokens_per_s(model, corpus, steps: int, lr: float, objective=None, dense: bool = False) -> float:
     "fit's tokens/s over `steps` steps of a copy of `model` (after one warm-up step), with the dense loss when `dense`."
     m = copy.deepcopy(model)
@@ -43,8 +46,8 @@ if __name__ == '__main__':
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'shared_rows_wt2.json'))
     a = p.parse_args()
     corpus = load_wikitext2()
-    teacher, vocab, _ = reference_teacher()
-    plan = bench_result('pipeline_wt2')['results']['report']['plan']
+    teacher, vocab, _ = reference_teacher(TEACHER)
+    plan = bench_result('pipeline_wt2_3epoch')  # the same teacher's 100x plan['results']['report']['plan']
     pipe = CompressionPipeline(
         teacher, vocab, student=plan['student'], table=plan['table'], keep_experts=plan['keep_experts']
     )

@@ -1,6 +1,6 @@
 """Word tables on WikiText-2: which table lets a full-width student keep the teacher's quality at a few bytes a word.
 
-Each run: the reference teacher's width and depth, pruned to one expert per block (REAP saliency), a tied
+Each run: the 3-epoch teacher's width and depth, pruned to one expert per block (REAP saliency), a tied
 table initialized from the teacher's head (k-means codebooks where a band is coded), an input map fitted to
 the teacher's input embedding, then distilled for --steps steps from cached top-32 targets at T=1. Reported:
 WikiText-2 test perplexity, bytes per word of the table (stored form), seconds. Writes bench/out/tables_wt2.json.
@@ -24,6 +24,8 @@ from resnet_bk_compress.tables import CodebookTable
 
 # name -> (n_dense, n_codebooks, codebook_size) of the table (None: a dense float table), and whether the input side
 # gets its own map
+TEACHER = '3epoch'  # the teacher of the committed figures (bench/train_wt2.py's TEACHERS)
+
 RUNS = {
     'dense table (float)': (None, True),
     '1000 rows + 1 code of 256': ((1000, 1, 256), True),
@@ -131,7 +133,7 @@ if __name__ == '__main__':
     p.add_argument('--out', default=str(ROOT / 'bench' / 'out' / 'tables_wt2.json'))
     a = p.parse_args()
     corpus = load_wikitext2()
-    teacher, vocab, _ = reference_teacher()
+    teacher, vocab, _ = reference_teacher(TEACHER)
     out = json.loads(Path(a.out).read_text()) if Path(a.out).is_file() else {}
     if a.speed:  # plain training steps (hard targets) and evaluation of the same student with each table
         sp = out['speed'] = {}

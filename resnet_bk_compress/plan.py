@@ -183,7 +183,7 @@ def final_structure(
                     b.random_(*((0, 256) if b.dtype == torch.uint8 else (-128, 128)), generator=g)
     return st.eval(), vocab
 
-
+# %% ../nbs/06b_plan.ipynb #7dd69493
 def predict_bytes(
     teacher: ResNetBKLM,
     vocab,
