@@ -408,6 +408,8 @@ def run_pipeline(
             self.use_plan(self.choose_plan(corpus))
     epochs = dict(distill=None if minutes else distillation_epochs, prune=pruning_epochs, quantize=qat_epochs)
     state, model, vocab = self._open_run(corpus, out, self._settings(corpus, epochs, max_steps, minutes), resume, dev)
+    if state.get('plan') is None and self.planned is not None:  # a run of an earlier version: the plan as it is known
+        state['plan'] = self.planned.to_dict()
     save_state = lambda: atomic_write(out / 'state.json', lambda p: Path(p).write_text(json.dumps(state, indent=1)))
     if not (out / 'state.json').is_file():
         save_state()

@@ -237,5 +237,8 @@ def test_a_run_directory_of_an_earlier_version_resumes(version, tmp_path):
     assert [s['name'] for s in rep['stages']] == list(STAGES) and rep['stages'][0] == before['stages'][0]
     assert pipe.student == Student.from_dict(before['settings']['student']) and pipe.student.dropout == (None if version == 'a2e8543' else 0.)
     assert rep['budget']['distill_steps'] == before['budget']['distill_steps'] and rep['compression_ratio'] >= 15
+    # the report names the run's plan, from its state where the version kept it, else from its settings
+    assert (rep['plan']['table'], rep['plan']['keep_experts']) == (before['settings']['table'], before['settings']['keep_experts'])
+    assert rep['plan']['predicted_bytes'] == (before.get('plan') or {}).get('predicted_bytes')
     with pytest.raises(PipelineError, match='used other settings'):  # a setting that the run's version did write is compared
         pipe.run_pipeline(syn, save_dir=tmp_path / 'run', resume=True, progress=False, minutes=1, max_steps=5)
