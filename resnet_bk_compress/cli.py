@@ -53,7 +53,7 @@ def _compress_args(argv=None):
         '--minutes',
         type=float,
         default=None,
-        help='a time budget for the whole job, teacher training included: '
+        help='a time budget for the whole job (a teacher trained here counts in it): '
         'distillation gets what the other stages leave (measured); --distillation-epochs is then ignored',
     )
     p.add_argument('--max-steps', type=int, default=None, help='cap on the training steps of every stage')

@@ -288,10 +288,10 @@ def _run_plan(state: dict) -> Plan:
     return Plan.from_dict(state.get('plan') or kept)
 
 # %% ../nbs/06_pipeline.ipynb #5762eaa5
-def _measure(model, corpus, path) -> dict:
-    return dict(
-        bytes=file_bytes(path), ppl=evaluate(model, corpus.test)['ppl'], params=num_params(model), file=Path(path).name
-    )
+def _measure(model, corpus, path, params: int | None = None) -> dict:
+    "A stage file's bytes, test perplexity and weights (`params`: a packed model's, counted before its conversion)."
+    params = num_params(model) if params is None else params
+    return dict(bytes=file_bytes(path), ppl=evaluate(model, corpus.test)['ppl'], params=params, file=Path(path).name)
 
 
 @patch
@@ -431,6 +431,8 @@ def run_pipeline(
     for i, name in enumerate(self.stages[len(done) :], start=len(done) + 1):
         t0, ckpt = time.perf_counter(), out / f'stage{i}.ckpt'
         steps = self._steps(corpus, model.cfg.n_seq, epochs[name], max_steps)
+        # the quantize stage packs its input's weights into buffers: they are counted as they were
+        weights = num_params(model) if name == 'quantize' else None
         model, steps, hist, budget = self._run_stage(
             name, model, corpus, steps, ckpt, progress, budget, deadline, keep_budget
         )
@@ -439,7 +441,7 @@ def run_pipeline(
         rec = dict(
             name=name,
             steps=steps,
-            **_measure(model.eval(), corpus, path),
+            **_measure(model.eval(), corpus, path, weights),
             seconds=time.perf_counter() - t0,
             peak_mb=_peak_mb(),
             **_training(hist),
@@ -489,6 +491,7 @@ def scratch_baseline(
     torch.manual_seed(0)
     model = build_student(teacher, corpus, scratch, self.table, self._calib(corpus, n_seq)).to(device)
     fit(model, corpus, **args(steps, progress))
+    weights = num_params(model)  # before the quantize stage packs them
     if 'quantize' in self.stages:
         model, _, _ = self._stage_quantize(model, corpus, quantize_steps, None, progress)
     path = save_compressed(model, out / 'baseline.safetensors', corpus.vocab, dict(stage='baseline'))
@@ -496,7 +499,7 @@ def scratch_baseline(
         name='scratch baseline',
         steps=steps,
         quantize_steps=quantize_steps,
-        **_measure(model.eval(), corpus, path),
+        **_measure(model.eval(), corpus, path, weights),
         seconds=time.perf_counter() - t0,
         matched_seconds=seconds,
     )

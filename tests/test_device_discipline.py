@@ -98,6 +98,7 @@ def test_planned_pipeline_with_baseline(teacher, syn, tmp_path, monkeypatch):
     model, vocab, _ = load_compressed(rep['compressed_file'])
     assert evaluate(model, syn.with_vocab(vocab).test)['ppl'] == pytest.approx(rep['compressed_ppl'], rel=1e-5)
     assert pipe.planned is not None and 'baseline' in rep
+    assert rep['baseline']['params'] == rep['stages'][-1]['params']  # the same architecture, its weights counted alike
 
 def test_pipeline_check(teacher):
     with meta_default(): figs = pipeline_check('cpu', steps=2)

@@ -89,6 +89,7 @@ def test_the_report_counts_the_steps_each_stage_trained(syn, teacher, run, tmp_p
     pipe = CompressionPipeline(teacher, syn.vocab, stages=('prune', 'quantize'), keep_experts=4, batch_size=16, calib_batches=2)
     rep = pipe.run_pipeline(syn, max_steps=3, save_dir=tmp_path / 'r', progress=False)  # the teacher has 4: none pruned
     assert [s['steps'] for s in rep['stages']] == [0, 3] and rep['stages'][0]['params'] == rep['teacher']['params']
+    assert rep['stages'][1]['params'] == rep['stages'][0]['params']  # packed, the same weights are counted
     assert (rep['stages'][0]['curve'], rep['stages'][0]['train_s']) == ([], 0) and rep['stages'][1]['curve'][-1][0] == 3
 
 def test_stages_subset_and_resume_after_the_last_stage(syn, teacher, tmp_path):
