@@ -71,10 +71,13 @@ def _verdict(ratio: float, inc: float, target: float, limit: float, auto: bool, 
     return [size, f"perplexity {t_ppl:.2f} -> {ppl:.2f} ({inc:+.1%}): limit +{limit:.0%} {held}"]
 
 
-def _budget_line(b: dict, used: float) -> str:
+def _budget_line(b: dict, used: float, stages: list) -> str:
+    "Minutes used, and distillation's steps at the probed step that sized them and at the step they took."
+    d = next((s for s in stages if s['name'] == 'distill' and s.get('steps') and s.get('train_s')), None)
+    took = f", {d['train_s'] / d['steps']:.3f} s taken" if d else ''  # a run of an earlier version kept no train_s
     return (
-        f"time budget {b['minutes']:g} min: {used / 60:.1f} min used ({b['spent_before_s'] / 60:.1f} before the run, "
-        f"distillation {b.get('distill_steps', 0):,} steps at {b.get('distill_step_s', 0):.2f} s)"
+        f"time budget {b['minutes']:g} min: {used / 60:.1f} min used ({b['spent_before_s'] / 60:.1f} before the run; "
+        f"distillation {b.get('distill_steps', 0):,} steps, {b.get('distill_step_s') or 0:.3f} s a step probed{took})"
     )
 
 # %% ../nbs/06c_report.ipynb #89b46eba
@@ -116,7 +119,7 @@ def write_report(
     if (b := state.get('budget')) is not None:  # how the time budget was spent
         used = b['spent_before_s'] + b['started_s'] + sum(s['seconds'] for s in state['stages'])
         rep['budget'] = dict(b, used_s=used, stage_seconds={s['name']: s['seconds'] for s in state['stages']})
-        rep['verdict'].append(_budget_line(b, used))
+        rep['verdict'].append(_budget_line(b, used, state['stages']))
     if 'baseline' in state:
         b, beaten = state['baseline'], last['ppl'] < state['baseline']['ppl']
         rep['baseline'] = dict(b, gain_kept=gain_kept(t['ppl'], b['ppl'], state['unigram_ppl']), beaten=beaten)
